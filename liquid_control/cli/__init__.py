@@ -1,0 +1,1 @@
+"""The liquid-control command line."""

@@ -1,0 +1,58 @@
+"""Entry point of the liquid-control command: one subcommand a module.
+
+Each subcommand module defines ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
+heavy imports (torch, rclpy) inside ``run`` so that ``--help`` stays fast.
+"""
+
+import argparse
+import importlib
+import logging
+import sys
+from typing import Optional, Sequence
+
+from liquid_control import __version__
+from liquid_control.errors import LiquidControlError
+
+# (subcommand, module under liquid_control.cli, one-line help)
+COMMANDS = [
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """Build the argument parser with every subcommand."""
+    parser = argparse.ArgumentParser(
+        prog='liquid-control',
+        description='Train, evaluate, inspect and run liquid neural network policies.')
+    parser.add_argument('--version', action='version', version=f'%(prog)s {__version__}')
+    parser.add_argument('-v', '--verbose', action='store_true', help='log at debug level')
+    subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
+    for name, module_name, help_text in COMMANDS:
+        module = importlib.import_module(f'liquid_control.cli.{module_name}')
+        subparser = subparsers.add_parser(name, help=help_text, description=help_text)
+        module.add_arguments(subparser)
+        subparser.set_defaults(run=module.run)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    """Parse the command line, run the subcommand and return its exit code."""
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format='%(levelname)s %(name)s: %(message)s')
+    if args.command is None:
+        parser.print_help()
+        return 2
+    try:
+        return int(args.run(args) or 0)
+    except (LiquidControlError, FileNotFoundError) as error:
+        print(f'liquid-control {args.command}: error: {error}', file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f'liquid-control {args.command}: interrupted', file=sys.stderr)
+        return 130
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""Data layer (numpy, OpenCV, rosbags): images, episodes, bag and tub readers."""

@@ -1,0 +1,100 @@
+"""Decoding of camera images into RGB arrays, independent of ROS.
+
+Raw images follow the layout of ``sensor_msgs/Image`` (encoding, height, width, step, data)
+and compressed ones that of ``sensor_msgs/CompressedImage`` (format, data). Every decoder
+returns a C-contiguous ``(H, W, 3)`` uint8 array in RGB order, or raises ``DataError``
+with a message that names the value at fault.
+"""
+
+from typing import Union
+
+import cv2
+import numpy as np
+
+from liquid_control.errors import DataError
+
+Buffer = Union[bytes, bytearray, memoryview, np.ndarray]
+
+# encoding -> (channels, bytes per channel, OpenCV conversion to RGB or None)
+RAW_ENCODINGS = {
+    'rgb8': (3, 1, None),
+    'bgr8': (3, 1, cv2.COLOR_BGR2RGB),
+    'rgba8': (4, 1, cv2.COLOR_RGBA2RGB),
+    'bgra8': (4, 1, cv2.COLOR_BGRA2RGB),
+    'mono8': (1, 1, cv2.COLOR_GRAY2RGB),
+    '8uc1': (1, 1, cv2.COLOR_GRAY2RGB),
+    '8uc3': (3, 1, cv2.COLOR_BGR2RGB),
+    'mono16': (1, 2, cv2.COLOR_GRAY2RGB),
+}
+
+MAX_SIDE = 16384
+
+
+def _as_uint8(data: Buffer) -> np.ndarray:
+    if isinstance(data, np.ndarray):
+        return data.reshape(-1).view(np.uint8)
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def decode_raw(encoding: str, height: int, width: int, step: int, data: Buffer,
+               is_bigendian: bool = False) -> np.ndarray:
+    """Decode a raw image buffer into an ``(H, W, 3)`` uint8 RGB array.
+
+    ``mono16`` is scaled to 8 bits by its top byte. Rows may be padded (``step`` larger
+    than ``width * channels``); the padding is dropped.
+    """
+    key = encoding.lower()
+    if key not in RAW_ENCODINGS:
+        raise DataError(
+            f'unsupported image encoding {encoding!r}; supported: '
+            f'{", ".join(sorted(RAW_ENCODINGS))}. Convert the camera output to one of them.')
+    if not (0 < height <= MAX_SIDE and 0 < width <= MAX_SIDE):
+        raise DataError(f'invalid image size {width}x{height}: each side must be 1..{MAX_SIDE}')
+    channels, depth, conversion = RAW_ENCODINGS[key]
+    row_bytes = width * channels * depth
+    if step < row_bytes:
+        raise DataError(
+            f'invalid step {step} for a {width}-pixel-wide {encoding} image: '
+            f'a row needs at least {row_bytes} bytes')
+    buffer = _as_uint8(data)
+    if buffer.size < step * (height - 1) + row_bytes:
+        raise DataError(
+            f'image data has {buffer.size} bytes, but a {width}x{height} {encoding} image '
+            f'with step {step} needs {step * height}')
+
+    rows = buffer[:step * height] if buffer.size >= step * height else np.concatenate(
+        [buffer, np.zeros(step * height - buffer.size, np.uint8)])
+    pixels = rows.reshape(height, step)[:, :row_bytes]
+    if depth == 2:
+        dtype = '>u2' if is_bigendian else '<u2'
+        pixels = (np.ascontiguousarray(pixels).view(dtype) >> 8).astype(np.uint8)
+    image = pixels.reshape(height, width, channels)
+    if conversion is None:
+        return np.ascontiguousarray(image)
+    return cv2.cvtColor(np.ascontiguousarray(image), conversion)
+
+
+def decode_compressed(data: Buffer, format: str = '') -> np.ndarray:
+    """Decode JPEG or PNG bytes into an ``(H, W, 3)`` uint8 RGB array.
+
+    ``format`` is the ``CompressedImage.format`` string and only used in messages: the
+    codec is detected from the bytes.
+    """
+    buffer = _as_uint8(data)
+    if buffer.size == 0:
+        raise DataError(f'compressed image ({format or "unknown format"}) is empty')
+    image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
+    if image is None:
+        raise DataError(
+            f'cannot decode compressed image ({format or "unknown format"}, '
+            f'{buffer.size} bytes): not a valid JPEG or PNG, or truncated')
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def encode_jpeg(rgb: np.ndarray, quality: int = 90) -> bytes:
+    """Encode an ``(H, W, 3)`` uint8 RGB array as JPEG bytes."""
+    ok, encoded = cv2.imencode('.jpg', cv2.cvtColor(rgb, cv2.COLOR_RGB2BGR),
+                               [cv2.IMWRITE_JPEG_QUALITY, int(quality)])
+    if not ok:
+        raise DataError(f'JPEG encoding failed for an image of shape {rgb.shape}')
+    return encoded.tobytes()

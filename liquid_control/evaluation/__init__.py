@@ -1,0 +1,1 @@
+"""Offline evaluation of policies on episodes and bags (torch and numpy, no rclpy)."""

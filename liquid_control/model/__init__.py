@@ -1,0 +1,1 @@
+"""Torch-only model code: wirings, liquid cells, encoder, policy, checkpoints, export."""

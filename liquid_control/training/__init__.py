@@ -1,0 +1,1 @@
+"""Training of policies on recorded episodes (torch and numpy, no rclpy)."""
