@@ -1,0 +1,182 @@
+"""Training settings: one dataclass, loaded from YAML and overridden from the command line."""
+
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Dict, Iterable, Optional, Tuple
+
+import yaml
+
+from liquid_control.data.augment import Augmentation
+from liquid_control.errors import ConfigError
+
+FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
+SPLITS = ('time', 'episode')
+LOSSES = ('mse', 'huber')
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    """Everything that decides a training run; stored in the checkpoint's metadata.
+
+    ``model`` holds extra ``PolicyConfig`` fields (for example ``units``) that pass
+    through to the model unchanged. Times are in seconds, learning rates per step.
+    """
+
+    family: str = 'ncp_ltc'
+    model: Dict[str, Any] = field(default_factory=dict)
+    preprocessing: Dict[str, Any] = field(default_factory=dict)
+    outputs: Tuple[str, ...] = ('angular_z', 'linear_x')
+    use_imu: str = 'auto'
+
+    sequence_length: int = 16
+    stride: int = 4
+    max_gap_s: float = 0.5
+    warmup_frames: int = 4
+    split: str = 'time'
+    validation_fraction: float = 0.2
+    validation_sequence_length: int = 64
+
+    batch_size: int = 16
+    epochs: int = 30
+    max_minutes: Optional[float] = None
+    max_batches_per_epoch: Optional[int] = None
+    lr_encoder: float = 1e-3
+    lr_recurrent: float = 5e-3
+    weight_decay: float = 1e-4
+    gradient_clip: float = 1.0
+    loss: str = 'huber'
+    output_weights: Tuple[float, ...] = ()
+    sharp_turn_weight: float = 0.0
+    sharp_turn_output: str = 'angular_z'
+    patience: int = 8
+    seed: int = 0
+    threads: Optional[int] = None
+    augment: Dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.family not in FAMILIES:
+            raise ConfigError(f'family {self.family!r} is unknown; use one of {FAMILIES}')
+        if self.split not in SPLITS:
+            raise ConfigError(f'split {self.split!r} is unknown; use one of {SPLITS}')
+        if self.loss not in LOSSES:
+            raise ConfigError(f'loss {self.loss!r} is unknown; use one of {LOSSES}')
+        if self.use_imu not in ('auto', 'yes', 'no'):
+            raise ConfigError(f'use_imu={self.use_imu!r} is invalid; use auto, yes or no')
+        if not self.outputs:
+            raise ConfigError('outputs is empty; name at least one command, e.g. angular_z')
+        for name in ('sequence_length', 'stride', 'batch_size', 'epochs', 'patience',
+                     'validation_sequence_length'):
+            value = getattr(self, name)
+            if not (isinstance(value, int) and value >= 1):
+                raise ConfigError(f'{name}={value!r} is invalid: use an integer >= 1')
+        if not 0 <= self.warmup_frames < self.sequence_length:
+            raise ConfigError(f'warmup_frames={self.warmup_frames} is invalid: use 0 <= '
+                              f'warmup_frames < sequence_length ({self.sequence_length})')
+        if not 0.0 < self.validation_fraction < 0.9:
+            raise ConfigError(f'validation_fraction={self.validation_fraction} is invalid: '
+                              'use a value between 0 and 0.9')
+        for name in ('lr_encoder', 'lr_recurrent'):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f'{name}={getattr(self, name)} is invalid: use a value > 0')
+        if self.max_gap_s <= 0:
+            raise ConfigError(f'max_gap_s={self.max_gap_s} is invalid: use seconds > 0')
+        if self.max_minutes is not None and self.max_minutes <= 0:
+            raise ConfigError(f'max_minutes={self.max_minutes} is invalid: use minutes > 0')
+        if self.output_weights and len(self.output_weights) != len(self.outputs):
+            raise ConfigError(f'output_weights {list(self.output_weights)} must have one '
+                              f'weight for each output {list(self.outputs)}')
+        if self.sharp_turn_weight < 0:
+            raise ConfigError(f'sharp_turn_weight={self.sharp_turn_weight} is invalid: '
+                              'use a value >= 0 (0 turns the weighting off)')
+        if self.sharp_turn_weight > 0 and self.sharp_turn_output not in self.outputs:
+            raise ConfigError(f'sharp_turn_output {self.sharp_turn_output!r} is not one of '
+                              f'the outputs {list(self.outputs)}')
+        self.augmentation()  # validates the augment dict early
+
+    def augmentation(self) -> Augmentation:
+        """Return the augmentation settings as an ``Augmentation``."""
+        return Augmentation.from_dict(self.augment)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return the settings as a JSON-compatible dict."""
+        values = asdict(self)
+        values['outputs'] = list(self.outputs)
+        values['output_weights'] = list(self.output_weights)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'TrainConfig':
+        """Build from a dict such as ``to_dict()`` output, rejecting unknown keys."""
+        known = {item.name for item in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f'unknown training settings {sorted(unknown)}; '
+                              f'known: {sorted(known)}')
+        values = dict(values)
+        for name in ('outputs', 'output_weights'):
+            if name in values:
+                values[name] = tuple(values[name] or ())
+        for name in ('model', 'preprocessing', 'augment'):
+            if name in values and values[name] is None:
+                values[name] = {}
+        try:
+            return cls(**values)
+        except TypeError as error:
+            raise ConfigError(f'invalid training settings: {error}') from error
+
+    def with_overrides(self, overrides: Dict[str, Any]) -> 'TrainConfig':
+        """Return a copy with dotted keys replaced, e.g. ``{'augment.shift_pixels': 2}``."""
+        values = self.to_dict()
+        for key, value in overrides.items():
+            _set_dotted(values, key, value)
+        return TrainConfig.from_dict(values)
+
+
+def _set_dotted(values: Dict[str, Any], key: str, value: Any) -> None:
+    head, _, rest = key.partition('.')
+    if not rest:
+        values[head] = value
+        return
+    if head not in ('model', 'preprocessing', 'augment'):
+        raise ConfigError(f'setting {key!r} is invalid: only model., preprocessing. and '
+                          'augment. take dotted keys')
+    nested = dict(values.get(head) or {})
+    nested[rest] = value
+    values[head] = nested
+
+
+def parse_overrides(items: Iterable[str]) -> Dict[str, Any]:
+    """Parse ``KEY=VALUE`` strings; each value is read as YAML (numbers, lists, null)."""
+    overrides = {}
+    for item in items:
+        key, separator, text = item.partition('=')
+        if not separator or not key:
+            raise ConfigError(f'override {item!r} is invalid: write KEY=VALUE, '
+                              'e.g. lr_encoder=0.0005 or augment.shift_pixels=2')
+        try:
+            overrides[key.strip()] = yaml.safe_load(text)
+        except yaml.YAMLError as error:
+            raise ConfigError(f'override {item!r} has an invalid value: {error}') from error
+    return overrides
+
+
+def load_train_config(path: Optional[Path] = None,
+                      overrides: Optional[Dict[str, Any]] = None) -> TrainConfig:
+    """Read a training YAML file (or the defaults when ``path`` is None) and apply overrides."""
+    config = TrainConfig()
+    if path is not None:
+        path = Path(path)
+        try:
+            values = yaml.safe_load(path.read_text()) or {}
+        except OSError as error:
+            raise ConfigError(f'cannot read the training config {path}: {error}') from error
+        except yaml.YAMLError as error:
+            raise ConfigError(f'training config {path} is not valid YAML: {error}') from error
+        if not isinstance(values, dict):
+            raise ConfigError(f'training config {path} must be a mapping of settings, '
+                              f'got {type(values).__name__}')
+        config = TrainConfig.from_dict(values)
+    if overrides:
+        config = config.with_overrides(overrides)
+    return config
+

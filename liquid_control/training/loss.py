@@ -1,0 +1,53 @@
+"""Sequence loss on normalised outputs, with masking, warm-up frames and sharp-turn weights."""
+
+from typing import Optional, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+def sharp_turn_weights(steering: torch.Tensor, scale: float, weight: float) -> torch.Tensor:
+    """Return per-frame weights ``1 + weight * |steering| / scale``.
+
+    ``steering`` is in physical units and ``scale`` its typical magnitude (the training
+    standard deviation works), so frames with strong steering count up to several times
+    more; ``weight=0`` gives ones.
+    """
+    if weight <= 0:
+        return torch.ones_like(steering)
+    return 1.0 + weight * steering.abs() / max(scale, 1e-6)
+
+
+def sequence_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                  output_std: torch.Tensor, kind: str = 'huber', warmup_frames: int = 0,
+                  output_weights: Optional[Sequence[float]] = None,
+                  frame_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Return the mean loss over valid frames, on outputs divided by their training std.
+
+    ``predictions`` and ``targets`` are ``(B, T, O)`` in physical units, ``mask`` ``(B, T)``
+    bool, ``output_std`` ``(O,)``. The first ``warmup_frames`` frames of each sequence are
+    left out, because the recurrent state starts from zero there. ``frame_weights`` is
+    ``(B, T)``; ``output_weights`` has one weight per output.
+    """
+    error = (predictions - targets) / output_std.clamp_min(1e-6)
+    if kind == 'huber':
+        per_value = F.huber_loss(error, torch.zeros_like(error), reduction='none', delta=1.0)
+    elif kind == 'mse':
+        per_value = error.pow(2)
+    else:
+        raise ValueError(f'loss kind {kind!r} is unknown; use huber or mse')
+
+    if output_weights:
+        weights = torch.as_tensor(output_weights, dtype=per_value.dtype,
+                                  device=per_value.device)
+        per_frame = (per_value * weights).sum(-1) / weights.sum()
+    else:
+        per_frame = per_value.mean(-1)
+
+    weight = mask.to(per_frame.dtype)
+    if warmup_frames > 0:
+        weight = weight.clone()
+        weight[:, :warmup_frames] = 0.0
+    if frame_weights is not None:
+        weight = weight * frame_weights
+    return (per_frame * weight).sum() / weight.sum().clamp_min(1.0)
