@@ -1,0 +1,261 @@
+"""PNG plots of an evaluation: outputs over time, scatter, errors, neurons, saliency.
+
+Every function draws one figure with matplotlib's Agg backend (no display needed), writes
+it to ``path`` and returns the path.
+"""
+
+import math
+from pathlib import Path
+from typing import Dict, Mapping, Optional, Sequence
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402 (the backend must be chosen first)
+import numpy as np  # noqa: E402
+
+from liquid_control.evaluation.replay import EvaluationResult  # noqa: E402
+from liquid_control.evaluation.saliency import overlay  # noqa: E402
+
+HUMAN_COLOR = '#444444'
+POLICY_COLOR = '#d62728'
+BASELINE_COLOR = '#1f77b4'
+SECONDS_PER_ROW = 60.0
+DPI = 110
+
+
+def _label(result: EvaluationResult, name: str) -> str:
+    unit = result.output_units[result.output_names.index(name)]
+    return f'{name} ({unit})' if unit else name
+
+
+def _save(figure, path: Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    figure.savefig(path, dpi=DPI, bbox_inches='tight')
+    plt.close(figure)
+    return path
+
+
+def replay_time(result: EvaluationResult) -> np.ndarray:
+    """Return each frame's time in seconds on a clock that skips the gaps between segments.
+
+    Each segment follows the previous one after one median frame interval, so the time axis
+    of a plot shows recorded driving, not the pauses between recordings.
+    """
+    times = np.empty(result.frames, dtype=np.float64)
+    offset = 0.0
+    for segment in np.unique(result.segment_index):
+        rows = np.nonzero(result.segment_index == segment)[0]
+        stamps = result.timestamps[rows]
+        times[rows] = offset + (stamps - stamps[0])
+        interval = float(np.median(np.diff(stamps))) if len(stamps) > 1 else 0.05
+        offset = times[rows[-1]] + interval
+    return times
+
+
+def plot_time_series(result: EvaluationResult, name: str, path: Path,
+                     seconds_per_row: float = SECONDS_PER_ROW) -> Path:
+    """Plot the human's command and the policy's output over time, one row a minute.
+
+    Dotted vertical lines mark state resets (a new episode or a gap in the recording).
+    """
+    prediction, target = result.output(name)
+    times = replay_time(result)
+    total = float(times[-1]) if len(times) else 0.0
+    seconds_per_row = min(seconds_per_row, max(total, 1.0))
+    rows = max(1, int(math.ceil((total - 1e-6) / seconds_per_row)))
+    figure, axes = plt.subplots(rows, 1, figsize=(12, 2.3 * rows + 0.6), squeeze=False,
+                                sharey=True)
+    low = np.nanmin([np.nanmin(prediction), np.nanmin(target)])
+    high = np.nanmax([np.nanmax(prediction), np.nanmax(target)])
+    margin = 0.05 * max(high - low, 1e-6)
+
+    # NaN at each segment start breaks the lines there instead of joining across a gap.
+    starts = np.nonzero(np.diff(result.segment_index) != 0)[0] + 1
+    plotted_times = np.insert(times, starts, np.nan)
+    plotted_target = np.insert(target.astype(np.float64), starts, np.nan)
+    plotted_prediction = np.insert(prediction.astype(np.float64), starts, np.nan)
+    for row in range(rows):
+        axis = axes[row, 0]
+        axis.plot(plotted_times, plotted_target, color=HUMAN_COLOR, linewidth=1.0,
+                  label='human')
+        axis.plot(plotted_times, plotted_prediction, color=POLICY_COLOR, linewidth=1.2,
+                  label='policy')
+        baseline = result.baseline.get(name)
+        if baseline is not None:
+            axis.axhline(baseline, color=BASELINE_COLOR, linewidth=0.8, linestyle='--',
+                         label='constant baseline')
+        for start in starts:
+            axis.axvline(times[start], color='#999999', linewidth=0.8, linestyle=':')
+        axis.set_xlim(row * seconds_per_row, (row + 1) * seconds_per_row)
+        axis.set_ylim(low - margin, high + margin)
+        axis.set_ylabel(_label(result, name))
+        axis.grid(alpha=0.3)
+    axes[0, 0].legend(loc='upper right', ncol=3, fontsize=8)
+    axes[-1, 0].set_xlabel('recorded time (s), gaps removed')
+    title = f'{name}: policy vs human'
+    if result.perturbation:
+        title += f' under {result.perturbation}'
+    axes[0, 0].set_title(title)
+    return _save(figure, path)
+
+
+def plot_scatter(result: EvaluationResult, name: str, path: Path) -> Path:
+    """Plot policy output against the human's command on scored frames, with y = x."""
+    prediction, target = result.output(name)
+    scored = result.scored[:, result.output_names.index(name)]
+    prediction = prediction[scored]
+    target = target[scored]
+    metrics = result.metrics[name]
+    figure, axis = plt.subplots(figsize=(5.2, 5))
+    # Human commands often take a few discrete values, so a little horizontal jitter keeps
+    # overlapping points visible; the jitter is 1 % of the target's range.
+    span = float(np.ptp(target)) if target.size else 1.0
+    jitter = np.random.default_rng(0).uniform(-0.01, 0.01, target.shape) * max(span, 1e-6)
+    axis.scatter(target + jitter, prediction, s=5, alpha=0.25, color=POLICY_COLOR,
+                 linewidths=0)
+    if target.size:
+        low = float(min(target.min(), prediction.min()))
+        high = float(max(target.max(), prediction.max()))
+        axis.plot([low, high], [low, high], color=HUMAN_COLOR, linewidth=1, label='y = x')
+        axis.legend(loc='upper left', fontsize=8)
+    axis.set_xlabel(f'human {_label(result, name)}')
+    axis.set_ylabel(f'policy {_label(result, name)}')
+    axis.set_title(f'{name}: r = {metrics["pearson"]:.3f}, MAE = {metrics["mae"]:.3f}')
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_error_histogram(result: EvaluationResult, name: str, path: Path) -> Path:
+    """Plot histograms of policy error and of the constant baseline's error."""
+    prediction, target = result.output(name)
+    scored = result.scored[:, result.output_names.index(name)]
+    error = (prediction - target)[scored]
+    figure, axis = plt.subplots(figsize=(6.5, 4))
+    baseline = result.baseline.get(name)
+    bins = 60
+    if baseline is not None and error.size:
+        baseline_error = (baseline - target)[scored]
+        limit = float(max(np.abs(error).max(), np.abs(baseline_error).max()))
+        bins = np.linspace(-limit, limit, 61)
+        axis.hist(baseline_error, bins=bins, histtype='step', color=BASELINE_COLOR,
+                  linewidth=1.5, label=f'constant baseline (MAE '
+                  f'{result.metrics[name]["baseline_mae"]:.3f})')
+    axis.hist(error, bins=bins, color=POLICY_COLOR, alpha=0.6,
+              label=f'policy (MAE {result.metrics[name]["mae"]:.3f})')
+    axis.axvline(0.0, color=HUMAN_COLOR, linewidth=0.8)
+    axis.set_xlabel(f'error = output - human, {_label(result, name)}')
+    axis.set_ylabel('frames')
+    axis.set_title(f'{name}: error distribution')
+    axis.legend(fontsize=8)
+    axis.grid(alpha=0.3)
+    return _save(figure, path)
+
+
+def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
+                         groups: Optional[Sequence[tuple]] = None,
+                         outputs: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+    """Plot neuron states (T, N) over time as a heat map, one row a neuron.
+
+    ``groups`` is an optional list of (name, first neuron, stop neuron) drawn as labelled
+    bands, e.g. the NCP layers. ``outputs`` adds the named output traces in a panel below.
+    """
+    times = np.asarray(times, dtype=np.float64)
+    states = np.asarray(states, dtype=np.float32)
+    panels = 2 if outputs else 1
+    heights = [3, 1] if outputs else [1]
+    figure, axes = plt.subplots(panels, 1, figsize=(12, 0.12 * states.shape[1] + 3.5),
+                                sharex=True, squeeze=False,
+                                gridspec_kw={'height_ratios': heights})
+    axis = axes[0, 0]
+    # A symmetric colour scale at the 99th percentile keeps one outlier from washing out
+    # the rest; potentials outside it saturate.
+    limit = float(np.percentile(np.abs(states), 99)) or 1.0
+    image = axis.imshow(states.T, aspect='auto', cmap='coolwarm', vmin=-limit, vmax=limit,
+                        interpolation='nearest',
+                        extent=(times[0], times[-1], states.shape[1] - 0.5, -0.5))
+    figure.colorbar(image, ax=axis, pad=0.01, label='neuron state')
+    axis.set_ylabel('neuron')
+    if groups:
+        for label, first, stop in groups:
+            axis.axhline(first - 0.5, color='black', linewidth=0.6)
+            axis.text(times[0], (first + stop - 1) / 2, f' {label}', va='center',
+                      ha='left', fontsize=8, color='black',
+                      bbox={'facecolor': 'white', 'alpha': 0.6, 'linewidth': 0})
+    axis.set_title('neuron activity over time')
+    if outputs:
+        output_axis = axes[1, 0]
+        for name, values in outputs.items():
+            output_axis.plot(times, values, linewidth=1, label=name)
+        output_axis.legend(fontsize=8, loc='upper right')
+        output_axis.set_ylabel('output')
+        output_axis.grid(alpha=0.3)
+        # Keep the lower panel as wide as the heat map next to its colour bar.
+        figure.colorbar(image, ax=output_axis, pad=0.01).ax.set_visible(False)
+    axes[-1, 0].set_xlabel('time (s)')
+    return _save(figure, path)
+
+
+def plot_saliency(frames: np.ndarray, maps: np.ndarray, path: Path,
+                  titles: Optional[Sequence[str]] = None, columns: int = 2) -> Path:
+    """Plot frames (N, 3, H, W) in [0, 1] beside their saliency overlays (N, H, W)."""
+    count = len(frames)
+    rows = int(math.ceil(count / columns))
+    height, width = frames.shape[-2:]
+    panel_width = 3.2
+    panel_height = panel_width * height / width + 0.5
+    figure, axes = plt.subplots(rows, 2 * columns,
+                                figsize=(2 * columns * panel_width, rows * panel_height),
+                                squeeze=False)
+    for axis in axes.flat:
+        axis.axis('off')
+    for index in range(count):
+        row, column = divmod(index, columns)
+        frame_axis = axes[row, 2 * column]
+        overlay_axis = axes[row, 2 * column + 1]
+        frame_axis.imshow(frames[index].transpose(1, 2, 0))
+        overlay_axis.imshow(overlay(frames[index], maps[index]))
+        title = titles[index] if titles else f'frame {index}'
+        frame_axis.set_title(title, fontsize=8)
+        overlay_axis.set_title('VisualBackProp', fontsize=8)
+    figure.suptitle('where the encoder looks (yellow-red = salient)', fontsize=10)
+    figure.tight_layout()
+    return _save(figure, path)
+
+
+def plot_robustness(summaries: Mapping[str, Mapping], output_name: str, path: Path,
+                    ssim: Optional[Dict[str, float]] = None) -> Path:
+    """Plot one output's Pearson r and MAE per condition, with saliency SSIM if given.
+
+    ``summaries`` maps a condition name ('clean', 'noise:0.1', ...) to a summary dict as
+    written to metrics.json.
+    """
+    names = list(summaries)
+    pearson = [summaries[name][output_name]['pearson'] for name in names]
+    mae = [summaries[name][output_name]['mae'] for name in names]
+    panels = 3 if ssim else 2
+    figure, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.8), squeeze=False)
+    positions = np.arange(len(names))
+    colors = [HUMAN_COLOR if name == 'clean' else POLICY_COLOR for name in names]
+
+    axes[0, 0].bar(positions, pearson, color=colors)
+    axes[0, 0].set_title(f'{output_name}: Pearson r')
+    axes[0, 1].bar(positions, mae, color=colors)
+    baseline = summaries[names[0]][output_name].get('baseline_mae')
+    if baseline is not None and np.isfinite(baseline):
+        axes[0, 1].axhline(baseline, color=BASELINE_COLOR, linestyle='--', linewidth=1,
+                           label='constant baseline')
+        axes[0, 1].legend(fontsize=8)
+    axes[0, 1].set_title(f'{output_name}: MAE')
+    if ssim:
+        values = [ssim.get(name, np.nan) for name in names]
+        axes[0, 2].bar(positions, values, color=colors)
+        axes[0, 2].set_ylim(0, 1.05)
+        axes[0, 2].set_title('saliency SSIM vs clean')
+    for axis in axes.flat:
+        axis.set_xticks(positions)
+        axis.set_xticklabels(names, rotation=40, ha='right', fontsize=8)
+        axis.grid(axis='y', alpha=0.3)
+    figure.tight_layout()
+    return _save(figure, path)

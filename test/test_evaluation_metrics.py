@@ -1,0 +1,166 @@
+"""Metrics, perturbations and SSIM of the evaluation, checked against independent numbers."""
+
+import math
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from liquid_control.errors import ConfigError
+from liquid_control.evaluation.metrics import regression_metrics
+from liquid_control.evaluation.perturbations import (
+    DEFAULT_PERTURBATIONS, parse_perturbation, parse_perturbations)
+from liquid_control.evaluation.ssim import mean_ssim, ssim
+
+
+def test_metrics_match_hand_computed_values():
+    prediction = np.array([0.0, 1.0, 2.0, 4.0])
+    target = np.array([0.0, 2.0, 2.0, 2.0])
+    result = regression_metrics(prediction, target, baseline_value=1.0)
+    assert result['mae'] == pytest.approx(0.75)
+    assert result['rmse'] == pytest.approx(math.sqrt(5 / 4))
+    # SS_res = 0 + 1 + 0 + 4 = 5, SS_tot = 2.25 + 0.25 * 3 = 3
+    assert result['r2'] == pytest.approx(1 - 5 / 3)
+    assert result['pearson'] == pytest.approx(stats.pearsonr(prediction, target)[0])
+    assert result['baseline_mae'] == pytest.approx((1 + 1 + 1 + 1) / 4)
+    assert result['scored_frames'] == 4
+    assert result['unscored_frames'] == 0
+
+
+def test_metrics_skip_frames_without_target():
+    prediction = np.array([5.0, 1.0, 2.0, 3.0])
+    target = np.array([np.nan, 1.0, 2.0, 4.0])
+    result = regression_metrics(prediction, target)
+    assert result['scored_frames'] == 3
+    assert result['unscored_frames'] == 1
+    assert result['mae'] == pytest.approx(1 / 3)
+    assert math.isnan(result['baseline_mae'])
+
+
+def test_metrics_of_constant_target_are_nan_not_errors():
+    result = regression_metrics(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.5, 0.5]), 0.5)
+    assert math.isnan(result['r2'])
+    assert math.isnan(result['pearson'])
+    assert result['baseline_mae'] == 0.0
+
+
+def test_metrics_with_no_scored_frame_are_nan():
+    result = regression_metrics(np.zeros(3), np.full(3, np.nan), 0.0)
+    assert result['scored_frames'] == 0
+    assert math.isnan(result['mae'])
+
+
+def test_metrics_reject_mismatched_lengths():
+    with pytest.raises(ValueError, match='one value a frame'):
+        regression_metrics(np.zeros(3), np.zeros(4))
+
+
+def test_metrics_reject_non_finite_predictions():
+    with pytest.raises(ValueError, match='not finite'):
+        regression_metrics(np.array([np.nan, 1.0]), np.array([0.0, 1.0]))
+
+
+def test_noise_has_requested_variance():
+    images = np.full((64, 3, 40, 50), 0.5, dtype=np.float32)
+    for variance in (0.01, 0.02):
+        noisy = parse_perturbation(f'noise:{variance}').apply(images, np.random.default_rng(0))
+        # Clipping at 0 and 1 is rare at these variances, so the variance survives.
+        assert float(np.var(noisy - images)) == pytest.approx(variance, rel=0.05)
+        assert abs(float(np.mean(noisy - images))) < 0.002
+
+
+def test_noise_output_stays_in_unit_range():
+    images = np.random.default_rng(1).random((4, 3, 20, 30)).astype(np.float32)
+    noisy = parse_perturbation('noise:0.3').apply(images, np.random.default_rng(0))
+    assert noisy.dtype == np.float32
+    assert noisy.min() >= 0.0
+    assert noisy.max() <= 1.0
+
+
+def test_noise_is_reproducible_with_seed():
+    images = np.full((2, 3, 8, 8), 0.5, dtype=np.float32)
+    noise = parse_perturbation('noise:0.1')
+    first = noise.apply(images, np.random.default_rng(7))
+    second = noise.apply(images, np.random.default_rng(7))
+    np.testing.assert_array_equal(first, second)
+
+
+def test_brightness_shifts_and_clips():
+    images = np.array([0.0, 0.5, 0.9], dtype=np.float32).reshape(1, 3, 1, 1)
+    brighter = parse_perturbation('brightness:+0.2').apply(images, np.random.default_rng())
+    np.testing.assert_allclose(brighter.ravel(), [0.2, 0.7, 1.0], atol=1e-6)
+    darker = parse_perturbation('brightness:-0.2').apply(images, np.random.default_rng())
+    np.testing.assert_allclose(darker.ravel(), [0.0, 0.3, 0.7], atol=1e-6)
+
+
+def test_blur_spreads_a_point_and_keeps_its_mass():
+    images = np.zeros((1, 3, 31, 31), dtype=np.float32)
+    images[0, :, 15, 15] = 1.0
+    blurred = parse_perturbation('blur:2').apply(images, np.random.default_rng())
+    assert blurred[0, 0, 15, 15] < 0.1
+    assert blurred[0, 0, 15, 17] > 0.0
+    assert float(blurred[0, 0].sum()) == pytest.approx(1.0, rel=1e-3)
+    np.testing.assert_allclose(blurred[0, 0], blurred[0, 0].T, atol=1e-6)
+
+
+def test_default_perturbations_parse_to_their_names():
+    names = [perturbation.name for perturbation in parse_perturbations(DEFAULT_PERTURBATIONS)]
+    assert names == list(DEFAULT_PERTURBATIONS)
+
+
+@pytest.mark.parametrize('name, message', [
+    ('noise', 'KIND:VALUE'),
+    ('fog:0.1', 'KIND:VALUE'),
+    ('noise:abc', 'not a number'),
+    ('noise:0', 'variance'),
+    ('noise:nan', 'finite'),
+    ('brightness:2', 'brightness'),
+    ('blur:-1', 'sigma'),
+])
+def test_perturbation_rejects_invalid_names(name, message):
+    with pytest.raises(ConfigError, match=message):
+        parse_perturbation(name)
+
+
+def test_perturbations_reject_duplicates():
+    with pytest.raises(ConfigError, match='more than once'):
+        parse_perturbations(['noise:0.1', 'noise:0.10'])
+
+
+def _reference_ssim(first: np.ndarray, second: np.ndarray) -> float:
+    """SSIM with scipy's Gaussian filter (11-pixel support, reflected borders)."""
+    from scipy.ndimage import gaussian_filter
+
+    def local_mean(image):
+        return gaussian_filter(image, 1.5, truncate=3.5, mode='mirror')
+
+    mean_first, mean_second = local_mean(first), local_mean(second)
+    variance_first = local_mean(first * first) - mean_first ** 2
+    variance_second = local_mean(second * second) - mean_second ** 2
+    covariance = local_mean(first * second) - mean_first * mean_second
+    c1, c2 = 0.01 ** 2, 0.03 ** 2
+    return float(np.mean((2 * mean_first * mean_second + c1) * (2 * covariance + c2) /
+                         ((mean_first ** 2 + mean_second ** 2 + c1) *
+                          (variance_first + variance_second + c2))))
+
+
+def test_ssim_matches_reference_implementation():
+    rng = np.random.default_rng(0)
+    first = rng.random((66, 200))
+    second = np.clip(first + rng.normal(0, 0.1, first.shape), 0, 1)
+    assert ssim(first, second) == pytest.approx(_reference_ssim(first, second), abs=1e-6)
+
+
+def test_ssim_orders_by_similarity():
+    rng = np.random.default_rng(0)
+    image = rng.random((40, 60))
+    slightly = np.clip(image + rng.normal(0, 0.02, image.shape), 0, 1)
+    strongly = np.clip(image + rng.normal(0, 0.3, image.shape), 0, 1)
+    assert ssim(image, image) == pytest.approx(1.0)
+    assert ssim(image, slightly) > ssim(image, strongly)
+    assert mean_ssim(np.stack([image, image]), np.stack([image, slightly])) < 1.0
+
+
+def test_ssim_rejects_shape_mismatch():
+    with pytest.raises(ValueError, match='one shape'):
+        ssim(np.zeros((4, 4)), np.zeros((4, 5)))
