@@ -201,3 +201,44 @@ class RateMeter:
         if len(self._times) < 2 or self._times[-1] <= self._times[0]:
             return 0.0
         return (len(self._times) - 1) / (self._times[-1] - self._times[0])
+
+
+class ControlCounters:
+    """Counters and timing windows of the control loop, reported in diagnostics.
+
+    ``dropped_frames`` counts frames replaced by a newer one before any step used them;
+    ``deadline_misses`` counts control ticks that were skipped, or whose step finished
+    after the next tick was due and so was not published.
+    """
+
+    def __init__(self, window: int = 1000) -> None:
+        self.frames_received = 0
+        self.dropped_frames = 0
+        self.invalid_frames = 0
+        self.imu_received = 0
+        self.invalid_imu = 0
+        self.invalid_outputs = 0
+        self.deadline_misses = 0
+        self.state_resets = 0
+        self.commands_published = 0
+        self.zero_commands = 0
+        self.step_seconds = SampleWindow(window)
+        self.command_rate = RateMeter(max(2, window // 10))
+
+    def key_values(self) -> list:
+        """Return (key, value text) pairs for a ``diagnostic_msgs/KeyValue`` list."""
+        return [
+            ('control_rate_hz', f'{self.command_rate.rate():.2f}'),
+            ('step_latency_p50_ms', f'{self.step_seconds.percentile(50) * 1e3:.3f}'),
+            ('step_latency_p99_ms', f'{self.step_seconds.percentile(99) * 1e3:.3f}'),
+            ('deadline_misses', str(self.deadline_misses)),
+            ('frames_received', str(self.frames_received)),
+            ('dropped_frames', str(self.dropped_frames)),
+            ('invalid_frames', str(self.invalid_frames)),
+            ('imu_received', str(self.imu_received)),
+            ('invalid_imu', str(self.invalid_imu)),
+            ('invalid_outputs', str(self.invalid_outputs)),
+            ('state_resets', str(self.state_resets)),
+            ('commands_published', str(self.commands_published)),
+            ('zero_commands', str(self.zero_commands)),
+        ]

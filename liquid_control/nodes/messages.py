@@ -72,7 +72,8 @@ def imu_msg_to_array(msg) -> np.ndarray:
     values = (msg.angular_velocity.x, msg.angular_velocity.y, msg.angular_velocity.z,
               msg.linear_acceleration.x, msg.linear_acceleration.y,
               msg.linear_acceleration.z)
-    array = np.array(values, np.float32)
+    with np.errstate(over='ignore'):
+        array = np.array(values, np.float32)
     if not np.all(np.isfinite(array)):
         raise DataError(f'IMU message has values that are NaN, infinite or beyond float32: '
                         f'{values}')

@@ -1,0 +1,475 @@
+"""ROS 2 node that drives a robot with a liquid policy: camera and IMU in, cmd_vel out.
+
+Threading: the camera and IMU callbacks only store the newest message. The control timer,
+in its own callback group, decodes the newest frame, steps the policy over the elapsed time
+on the ROS clock and publishes the command. Services, parameters and diagnostics run in a
+third group. A MultiThreadedExecutor runs the groups in parallel, so inference never blocks
+message reception.
+
+Fail-safe: the node publishes a zero command every tick while it is disabled, while the
+camera (or, with ``imu_stale_action: stop``, the IMU) is stale, after a non-finite policy
+output and once on shutdown (SIGINT or SIGTERM).
+"""
+
+import signal
+import sys
+import threading
+import time
+from typing import List, Optional, Tuple
+
+import numpy as np
+import rclpy
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geometry_msgs.msg import Twist, TwistStamped
+from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
+                                SetParametersResult)
+from rclpy.callback_groups import MutuallyExclusiveCallbackGroup, ReentrantCallbackGroup
+from rclpy.duration import Duration
+from rclpy.exceptions import ParameterException
+from rclpy.executors import MultiThreadedExecutor
+from rclpy.node import Node
+from rclpy.signals import SignalHandlerOptions
+from rclpy.timer import TimerInfo
+from sensor_msgs.msg import CompressedImage, Image, Imu
+from std_msgs.msg import Float32MultiArray
+from std_srvs.srv import SetBool, Trigger
+
+from liquid_control.errors import ConfigError, DataError, LiquidControlError
+from liquid_control.nodes.control import (ControlCounters, ElapsedTime, InputWatchdog, Mode,
+                                          OutputLimiter, missed_periods)
+from liquid_control.nodes.dds import apply_large_frame_profile
+from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
+                                           imu_msg_to_array, stamp_to_seconds)
+from liquid_control.nodes.params import SPECS, SPECS_BY_NAME, PolicyNodeParams
+from liquid_control.nodes.qos import command_qos, sensor_qos
+
+NODE_NAME = 'policy_node'
+WARN_THROTTLE_S = 2.0
+SHUTDOWN_ACK_TIMEOUT_S = 1.0
+EXECUTOR_THREADS = 4
+
+
+def _descriptor(spec) -> ParameterDescriptor:
+    descriptor = ParameterDescriptor(description=spec.full_description(),
+                                     read_only=spec.read_only)
+    if spec.minimum is not None and isinstance(spec.default, float):
+        descriptor.floating_point_range = [FloatingPointRange(
+            from_value=spec.minimum, to_value=spec.maximum, step=0.0)]
+    elif spec.minimum is not None and isinstance(spec.default, int):
+        descriptor.integer_range = [IntegerRange(
+            from_value=int(spec.minimum), to_value=int(spec.maximum), step=1)]
+    if spec.choices:
+        descriptor.additional_constraints = f'one of: {", ".join(spec.choices)}'
+    return descriptor
+
+
+class PolicyNode(Node):
+    """Steps a liquid policy at ``control_rate_hz`` and publishes ``cmd_vel``."""
+
+    def __init__(self, **kwargs) -> None:
+        super().__init__(NODE_NAME, **kwargs)
+        for spec in SPECS:
+            self.declare_parameter(spec.name, spec.default, _descriptor(spec))
+        self.params = PolicyNodeParams.from_values(
+            {spec.name: self.get_parameter(spec.name).value for spec in SPECS})
+        self._load_model()
+
+        self.counters = ControlCounters()
+        self._lock = threading.Lock()  # policy state, limiter, frame in use, mode
+        self._sensor_lock = threading.Lock()  # newest messages from the callbacks
+        self._enabled = self.params.enabled_on_start
+        self._shutting_down = False
+        self._pending_frame: Optional[Tuple[object, float]] = None
+        self._frame: Optional[np.ndarray] = None
+        self._frame_received: Optional[float] = None
+        self._frame_stamp = None
+        self._imu: Optional[np.ndarray] = None
+        self._imu_received: Optional[float] = None
+        self._last_expected_tick: Optional[float] = None
+        self._elapsed = ElapsedTime()
+        self._limiter = OutputLimiter(*self._limits(self.params))
+        self._watchdog = InputWatchdog(
+            self.params.input_timeout, self.params.imu_timeout, self._imu_required,
+            self.params.imu_stale_action == 'continue')
+
+        self._create_interfaces()
+        self.add_on_set_parameters_callback(self._on_set_parameters)
+        self._log_ready()
+
+    # Start-up
+
+    def _load_model(self) -> None:
+        import torch
+
+        from liquid_control.inference import load_runner
+        from liquid_control.paths import bundled_model
+
+        torch.set_num_threads(self.params.num_threads)
+        self.model_path = self.params.model_path or str(bundled_model())
+        self.runner = load_runner(self.model_path)
+        names = self.runner.output_names
+        if 'linear_x' not in names and 'angular_z' not in names:
+            raise ConfigError(f'model {self.model_path} outputs {list(names)}, but the policy '
+                              'node needs linear_x, angular_z or both')
+        if self.runner.uses_imu and not self.params.use_imu:
+            raise ConfigError(f"parameter 'use_imu' is false, but model {self.model_path} was "
+                              'trained with IMU input: set use_imu to true')
+        self._linear_index = names.index('linear_x') if 'linear_x' in names else None
+        self._angular_index = names.index('angular_z') if 'angular_z' in names else None
+        self._imu_required = self.runner.uses_imu and self.params.use_imu
+
+    def _create_interfaces(self) -> None:
+        sensor_group = ReentrantCallbackGroup()
+        self._control_group = MutuallyExclusiveCallbackGroup()
+        service_group = MutuallyExclusiveCallbackGroup()
+        qos = sensor_qos(self.params.sensor_reliability)
+        if self.params.compressed:
+            self._image_sub = self.create_subscription(
+                CompressedImage, 'image_raw/compressed', self._on_image, qos,
+                callback_group=sensor_group)
+        else:
+            self._image_sub = self.create_subscription(
+                Image, 'image_raw', self._on_image, qos, callback_group=sensor_group)
+        self._imu_sub = None
+        if self._imu_required:
+            self._imu_sub = self.create_subscription(
+                Imu, 'imu/data', self._on_imu, qos, callback_group=sensor_group)
+
+        command_type = TwistStamped if self.params.twist_stamped else Twist
+        self._command_pub = self.create_publisher(command_type, 'cmd_vel', command_qos())
+        self._diagnostics_pub = self.create_publisher(DiagnosticArray, '/diagnostics', 10)
+        self._neurons_pub = self.create_publisher(Float32MultiArray, '~/neurons', 10)
+
+        self.create_service(SetBool, '~/enable', self._on_enable, callback_group=service_group)
+        self.create_service(Trigger, '~/reset', self._on_reset, callback_group=service_group)
+        self._timer = self.create_timer(self.params.control_period, self._on_control_tick,
+                                        callback_group=self._control_group)
+        self.create_timer(self.params.diagnostics_period, self._publish_diagnostics,
+                          callback_group=service_group)
+
+    def _log_ready(self) -> None:
+        topic = self._image_sub.topic_name
+        kind = 'CompressedImage' if self.params.compressed else 'Image'
+        imu = self._imu_sub.topic_name if self._imu_sub is not None else 'not used'
+        self.get_logger().info(
+            f'ready: model {self.model_path}, outputs {list(self.runner.output_names)} '
+            f'({list(self.runner.output_units)}), camera {topic} ({kind}), IMU {imu}, '
+            f'{self.params.control_rate_hz:g} Hz on {self._command_pub.topic_name} '
+            f'({"TwistStamped" if self.params.twist_stamped else "Twist"}), '
+            f'{"enabled" if self._enabled else "disabled"}')
+
+    @staticmethod
+    def _limits(params: PolicyNodeParams) -> Tuple[List[float], List[float]]:
+        """Return (max_abs, max_rate) for the command vector (linear_x, angular_z)."""
+        return ([params.max_linear_x, params.max_angular_z],
+                [params.max_linear_accel, params.max_angular_accel])
+
+    # Sensor callbacks: store the newest message only
+
+    def _now(self) -> float:
+        return self.get_clock().now().nanoseconds * 1e-9
+
+    def _on_image(self, msg) -> None:
+        received = self._now()
+        with self._sensor_lock:
+            if self._pending_frame is not None:
+                self.counters.dropped_frames += 1
+            self._pending_frame = (msg, received)
+            self.counters.frames_received += 1
+
+    def _on_imu(self, msg: Imu) -> None:
+        received = self._now()
+        self.counters.imu_received += 1
+        try:
+            self._check_stamp(msg.header.stamp, received, 'IMU message')
+            values = imu_msg_to_array(msg)
+        except DataError as error:
+            self.counters.invalid_imu += 1
+            self.get_logger().warning(f'IMU message rejected: {error}',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        with self._sensor_lock:
+            self._imu = values
+            self._imu_received = received
+
+    def _check_stamp(self, stamp, received: float, what: str) -> None:
+        limit = self.params.max_stamp_offset
+        if limit <= 0:
+            return
+        offset = stamp_to_seconds(stamp) - received
+        if abs(offset) > limit:
+            raise DataError(
+                f'{what} header stamp {stamp_to_seconds(stamp):.3f} s is {offset:+.3f} s from '
+                f'the node clock (max_stamp_offset {limit:g} s): check the sensor clock, or '
+                'set use_sim_time when playing a bag with a /clock publisher')
+
+    # Control loop
+
+    def _on_control_tick(self, info: TimerInfo) -> None:
+        started = time.perf_counter()
+        expected = info.expected_call_time.nanoseconds * 1e-9
+        with self._lock:
+            if self._shutting_down:
+                return
+            self._step(expected, started)
+
+    def _step(self, expected: float, started: float) -> None:
+        now = self._now()
+        period = self.params.control_period
+        deadline = expected + period
+        self._count_skipped_ticks(expected, period)
+        dt, clock_went_back = self._elapsed.update(now)
+        if clock_went_back:
+            self._last_expected_tick = None
+            self._reset_state('the clock jumped back')
+        if now > deadline:
+            self.counters.deadline_misses += 1
+            self.get_logger().warning(
+                f'control tick started {(now - expected) * 1e3:.1f} ms late, after the next '
+                'tick was due: skipped', throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        self._take_newest_frame()
+
+        mode = self._update_mode(now)
+        if not mode.runs_policy:
+            self._publish_zero()
+            return
+        imu = self._imu if mode is Mode.RUNNING and self._imu_required else None
+        dt = dt if dt is not None and dt > 0 else period
+        try:
+            outputs = self.runner.step_preprocessed(self._frame, imu, dt)
+        except (ValueError, RuntimeError) as error:
+            self.get_logger().error(f'policy step failed: {error}; zero command',
+                                    throttle_duration_sec=WARN_THROTTLE_S)
+            self._stop_with_reset('policy step failed')
+            return
+        if self._now() > deadline:
+            # The command belongs to a period that has ended: never publish it late.
+            self.counters.deadline_misses += 1
+            self.get_logger().warning(
+                f'control step took {(time.perf_counter() - started) * 1e3:.1f} ms, past the '
+                f'next tick: command dropped', throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        if not np.all(np.isfinite(outputs)):
+            self.counters.invalid_outputs += 1
+            self.get_logger().error(f'policy output is not finite: {outputs.tolist()}; zero '
+                                    'command and state reset',
+                                    throttle_duration_sec=WARN_THROTTLE_S)
+            self._stop_with_reset('non-finite output')
+            return
+
+        command = self._limiter.apply(self._command_from_outputs(outputs), dt)
+        use_frame_stamp = self.params.command_stamp == 'frame'
+        self._publish_command(command, self._frame_stamp if use_frame_stamp else None)
+        self.counters.step_seconds.add(time.perf_counter() - started)
+        self.counters.command_rate.add(now)
+        if self.params.publish_neurons:
+            self._neurons_pub.publish(
+                Float32MultiArray(data=self.runner.neuron_states().tolist()))
+
+    def _count_skipped_ticks(self, expected: float, period: float) -> None:
+        previous, self._last_expected_tick = self._last_expected_tick, expected
+        if previous is None or expected <= previous:
+            return
+        skipped = missed_periods(expected - previous, period)
+        if skipped:
+            self.counters.deadline_misses += skipped
+            self.get_logger().warning(f'{skipped} control tick(s) skipped: the previous step '
+                                      'overran its period',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+
+    def _take_newest_frame(self) -> None:
+        with self._sensor_lock:
+            pending, self._pending_frame = self._pending_frame, None
+        if pending is None:
+            return
+        msg, received = pending
+        try:
+            self._check_stamp(msg.header.stamp, received, 'camera frame')
+            if self.params.compressed:
+                rgb = compressed_msg_to_rgb(msg)
+            else:
+                rgb = image_msg_to_rgb(msg)
+            frame = self.runner.preprocess(rgb)
+        except (DataError, ValueError) as error:
+            self.counters.invalid_frames += 1
+            self.get_logger().warning(f'camera frame rejected: {error}',
+                                      throttle_duration_sec=WARN_THROTTLE_S)
+            return
+        self._frame = frame
+        self._frame_received = received
+        self._frame_stamp = msg.header.stamp
+
+    def _update_mode(self, now: float) -> Mode:
+        with self._sensor_lock:
+            imu_received = self._imu_received
+        mode = self._watchdog.evaluate(now, self._enabled, self._frame_received, imu_received)
+        first = self._watchdog.mode is None
+        previous = self._watchdog.update(mode)
+        if first:
+            self.get_logger().info(f'mode: {mode.value}')
+        elif previous is not None and mode.runs_policy:
+            self.get_logger().info(f'mode: {previous.value} -> {mode.value}: publishing '
+                                   'policy commands')
+        elif previous is not None:
+            self.get_logger().warning(f'mode: {previous.value} -> {mode.value}: publishing '
+                                      'zero commands')
+            if previous.runs_policy:
+                self._reset_state(mode.value)
+        return mode
+
+    def _command_from_outputs(self, outputs: np.ndarray) -> np.ndarray:
+        if self._linear_index is None:
+            linear = self.params.constant_linear_x
+        else:
+            linear = float(outputs[self._linear_index]) * self.params.linear_scale
+        angular = 0.0
+        if self._angular_index is not None:
+            angular = float(outputs[self._angular_index]) * self.params.angular_scale
+        return np.array([linear, angular])
+
+    def _reset_state(self, reason: str) -> None:
+        self.runner.reset()
+        self.counters.state_resets += 1
+        self.get_logger().info(f'policy state reset: {reason}')
+
+    def _stop_with_reset(self, reason: str) -> None:
+        self._publish_zero()
+        self._reset_state(reason)
+
+    def _publish_zero(self) -> None:
+        self._limiter.reset()
+        self._publish_command(np.zeros(2), None)
+        self.counters.zero_commands += 1
+
+    def _publish_command(self, command: np.ndarray, stamp) -> None:
+        twist = Twist()
+        twist.linear.x = float(command[0])
+        twist.angular.z = float(command[1])
+        if self.params.twist_stamped:
+            message = TwistStamped()
+            message.header.stamp = stamp if stamp is not None else self.get_clock().now().to_msg()
+            message.header.frame_id = self.params.frame_id
+            message.twist = twist
+        else:
+            message = twist
+        self._command_pub.publish(message)
+        self.counters.commands_published += 1
+
+    # Services, parameters, diagnostics
+
+    def _on_enable(self, request: SetBool.Request, response: SetBool.Response):
+        with self._lock:
+            changed = self._enabled != request.data
+            self._enabled = request.data
+        response.success = True
+        response.message = 'enabled' if request.data else 'disabled'
+        if changed:
+            self.get_logger().info(f'~/enable: {response.message}')
+        return response
+
+    def _on_reset(self, request: Trigger.Request, response: Trigger.Response):
+        with self._lock:
+            self._reset_state('~/reset service')
+        response.success = True
+        response.message = 'policy state reset'
+        return response
+
+    def _on_set_parameters(self, parameters) -> SetParametersResult:
+        changes = {p.name: p.value for p in parameters if p.name in SPECS_BY_NAME}
+        if not changes:
+            return SetParametersResult(successful=True)
+        params, reason = self.params.with_changes(changes)
+        if params is None:
+            self.get_logger().warning(f'parameter change rejected: {reason}')
+            return SetParametersResult(successful=False, reason=reason)
+        with self._lock:
+            self._limiter.set_limits(*self._limits(params))
+            self._watchdog.input_timeout = params.input_timeout
+            self._watchdog.imu_timeout = params.imu_timeout
+            self._watchdog.continue_without_imu = params.imu_stale_action == 'continue'
+            if params.control_rate_hz != self.params.control_rate_hz:
+                self._timer.timer_period_ns = int(round(params.control_period * 1e9))
+                self._last_expected_tick = None
+            self.params = params
+        self.get_logger().info(
+            'parameters set: ' + ', '.join(f'{name}={value!r}' for name, value in changes.items()))
+        return SetParametersResult(successful=True)
+
+    def _publish_diagnostics(self) -> None:
+        now = self._now()
+        with self._sensor_lock:
+            imu_received = self._imu_received
+        mode = self._watchdog.mode
+        status = DiagnosticStatus(name=f'{self.get_name()}: control',
+                                  hardware_id=self.get_fully_qualified_name())
+        if mode is None:
+            status.level, status.message = DiagnosticStatus.WARN, 'starting'
+        elif mode.runs_policy or mode is Mode.DISABLED:
+            status.level, status.message = DiagnosticStatus.OK, mode.value
+        else:
+            status.level, status.message = DiagnosticStatus.WARN, mode.value
+        if self.counters.invalid_outputs:
+            status.level = DiagnosticStatus.ERROR
+            status.message += f'; {self.counters.invalid_outputs} non-finite outputs'
+
+        def age(received: Optional[float]) -> str:
+            return 'none' if received is None else f'{now - received:.3f}'
+
+        values = [('mode', mode.value if mode else 'starting'),
+                  ('enabled', str(self._enabled).lower()),
+                  ('camera_age_s', age(self._frame_received)),
+                  ('imu_age_s', age(imu_received) if self._imu_required else 'not used')]
+        values += self.counters.key_values()
+        status.values = [KeyValue(key=key, value=value) for key, value in values]
+        array = DiagnosticArray(status=[status])
+        array.header.stamp = self.get_clock().now().to_msg()
+        self._diagnostics_pub.publish(array)
+
+    def shutdown(self) -> None:
+        """Stop the control loop and publish one zero command, waiting for its delivery."""
+        with self._lock:
+            self._shutting_down = True
+            self._publish_zero()
+        delivered = self._command_pub.wait_for_all_acked(Duration(seconds=SHUTDOWN_ACK_TIMEOUT_S))
+        self.get_logger().info('shutdown: zero command published'
+                               + ('' if delivered else ' (delivery not acknowledged)'))
+
+
+def main(args=None) -> int:
+    """Run the policy node until SIGINT or SIGTERM, then publish a zero command."""
+    apply_large_frame_profile()
+    # rclpy's own handlers would shut the context down before the zero command goes out.
+    rclpy.init(args=args if args is not None else sys.argv,
+               signal_handler_options=SignalHandlerOptions.NO)
+    stop = threading.Event()
+
+    def request_stop(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    try:
+        node = PolicyNode()
+    except (LiquidControlError, ParameterException, FileNotFoundError) as error:
+        rclpy.logging.get_logger(NODE_NAME).fatal(f'start-up failed: {error}')
+        rclpy.try_shutdown()
+        return 2
+
+    executor = MultiThreadedExecutor(num_threads=EXECUTOR_THREADS)
+    executor.add_node(node)
+    spinner = threading.Thread(target=executor.spin, name='executor', daemon=True)
+    spinner.start()
+    try:
+        while spinner.is_alive() and not stop.wait(0.1):
+            pass
+    finally:
+        node.shutdown()
+        executor.shutdown(timeout_sec=2.0)
+        node.destroy_node()
+        rclpy.try_shutdown()
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
