@@ -259,3 +259,72 @@ def plot_robustness(summaries: Mapping[str, Mapping], output_name: str, path: Pa
         axis.grid(axis='y', alpha=0.3)
     figure.tight_layout()
     return _save(figure, path)
+
+
+def _layer_positions(wiring) -> Dict[int, tuple]:
+    """Place each neuron in a column by layer, motor layer rightmost, evenly spread."""
+    positions = {}
+    column_count = len(wiring.layers) + 1
+    for column, (_name, indices) in enumerate(wiring.layers, start=1):
+        for row, neuron in enumerate(indices):
+            positions[neuron] = (column / column_count, _spread(row, len(indices)))
+    return positions
+
+
+def _spread(row: int, count: int) -> float:
+    return 0.5 if count == 1 else 0.05 + 0.9 * (1.0 - row / (count - 1))
+
+
+def plot_wiring(wiring, path: Path, output_names: Sequence[str] = ()) -> Path:
+    """Draw a wiring: inputs on the left, then one column a layer, motor neurons right.
+
+    ``wiring`` is a ``liquid_control.model.wirings.Wiring``. Green lines are excitatory
+    synapses and red ones inhibitory. Synapses within a layer (e.g. the recurrent command
+    synapses) are drawn as arcs.
+    """
+    positions = _layer_positions(wiring)
+    inputs = {index: (0.0, _spread(index, wiring.input_size))
+              for index in range(wiring.input_size)}
+    colors = {1: '#2ca02c', -1: '#d62728'}
+    figure, axis = plt.subplots(figsize=(10, 7))
+
+    for source, target, polarity in wiring.sensory_synapses():
+        start, end = inputs[int(source)], positions[int(target)]
+        axis.plot([start[0], end[0]], [start[1], end[1]], color=colors[int(polarity)],
+                  alpha=0.15, linewidth=0.6)
+    for source, target, polarity in wiring.synapses():
+        start, end = positions[int(source)], positions[int(target)]
+        if start[0] == end[0]:
+            # Same column: bend the line outwards so it does not run through the neurons.
+            style = 'arc3,rad=0.5' if source != target else 'arc3,rad=2.0'
+            axis.annotate('', xy=end, xytext=start, arrowprops={
+                'arrowstyle': '-', 'color': colors[int(polarity)], 'alpha': 0.5,
+                'linewidth': 0.8, 'connectionstyle': style})
+        else:
+            axis.plot([start[0], end[0]], [start[1], end[1]], color=colors[int(polarity)],
+                      alpha=0.45, linewidth=0.8)
+
+    axis.scatter([p[0] for p in inputs.values()], [p[1] for p in inputs.values()], s=18,
+                 color='#7f7f7f', zorder=3)
+    axis.text(0.0, 1.03, f'{wiring.input_size} inputs', ha='center', fontsize=9)
+    palette = ['#9467bd', '#ff7f0e', '#1f77b4', '#8c564b', '#17becf']
+    for layer_number, (name, indices) in enumerate(wiring.layers):
+        color = palette[layer_number % len(palette)]
+        points = [positions[neuron] for neuron in indices]
+        axis.scatter([p[0] for p in points], [p[1] for p in points], s=70, color=color,
+                     edgecolors='black', linewidths=0.5, zorder=3)
+        axis.text(points[0][0], 1.03, f'{len(indices)} {name}', ha='center', fontsize=9)
+    for neuron, name in zip(wiring.motor_neurons, output_names):
+        x, y = positions[neuron]
+        axis.text(x + 0.02, y, name, va='center', fontsize=9)
+
+    axis.plot([], [], color=colors[1], label='excitatory')
+    axis.plot([], [], color=colors[-1], label='inhibitory')
+    axis.legend(loc='lower right', fontsize=8)
+    axis.set_xlim(-0.05, 1.0)
+    axis.set_ylim(-0.02, 1.08)
+    axis.axis('off')
+    axis.set_title(f'{wiring.kind} wiring: {wiring.units} neurons, '
+                   f'{wiring.sensory_synapse_count} sensory and {wiring.synapse_count} '
+                   'internal synapses')
+    return _save(figure, path)

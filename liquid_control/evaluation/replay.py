@@ -158,7 +158,7 @@ def _targets(episode, output_names: Sequence[str]) -> np.ndarray:
     return np.stack(columns, axis=1)
 
 
-def _imu(episode, count: int) -> np.ndarray:
+def episode_imu(episode, count: int) -> np.ndarray:
     """Return the episode's IMU (N, 6) with gaps filled by the last reading (zeros first)."""
     if not getattr(episode, 'has_imu', False):
         raise DataError(f'the policy needs IMU readings but episode {_episode_name(episode)} '
@@ -249,7 +249,7 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
             targets = _targets(episode, output_names)
             valid = np.asarray(episode.valid, dtype=bool).reshape(count, 1)
             scored = valid & np.isfinite(targets)
-            imu = _imu(episode, count) if use_imu else None
+            imu = episode_imu(episode, count) if use_imu else None
             episode_frames = (frames[episode_number] if frames is not None
                               else load_frames(episode, preprocessing, workers))
             if len(episode_frames) != count:

@@ -9,8 +9,8 @@ pointwise with that layer's averaged map, down to the input. It needs one forwar
 no gradients.
 
 The maps here are computed from the outputs of every ``nn.Conv2d`` in the policy, in the
-order they run, rectified with ReLU. This assumes the conv layers form one chain, which
-holds for the shared encoder of every policy family.
+order they run. This assumes the conv layers form one chain, which holds for the shared
+encoder of every policy family.
 """
 
 from typing import List, Tuple
@@ -103,11 +103,15 @@ def visual_backprop(policy: nn.Module, frames: np.ndarray) -> np.ndarray:
         policy.train(was_training)
 
     # Average the rectified feature maps over channels, then scale each to [0, 1] so the
-    # products below stay in a usable floating-point range.
+    # products below stay in a usable floating-point range. The policies' encoders have no
+    # ReLU after the last conv layer, so both signs of its output carry information and it
+    # is rectified with the absolute value instead.
     averages = []
-    for _conv, output in recorded:
+    last = len(recorded) - 1
+    for index, (_conv, output) in enumerate(recorded):
         output = output.reshape(-1, *output.shape[-3:])
-        averages.append(_normalize(F.relu(output).mean(dim=1, keepdim=True)))
+        rectified = output.abs() if index == last else F.relu(output)
+        averages.append(_normalize(rectified.mean(dim=1, keepdim=True)))
 
     mask = averages[-1]
     for index in range(len(recorded) - 1, 0, -1):
