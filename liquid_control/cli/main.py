@@ -15,7 +15,7 @@ from liquid_control.errors import LiquidControlError
 
 # (subcommand, module under liquid_control.cli, one-line help)
 COMMANDS = [
-    ('evaluate', 'evaluate', 'replay recordings through a policy and report accuracy, plots and robustness'),
+    ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
 ]
 
 
