@@ -15,6 +15,7 @@ from liquid_control.errors import LiquidControlError
 
 # (subcommand, module under liquid_control.cli, one-line help)
 COMMANDS = [
+    ('train', 'train', 'train a policy on episodes, bags or tubs'),
     ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
 ]
 

@@ -10,7 +10,7 @@ from liquid_control.data.augment import Augmentation
 from liquid_control.errors import ConfigError
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
-SPLITS = ('time', 'episode')
+SPLITS = ('time', 'episode_end', 'episode')
 LOSSES = ('mse', 'huber')
 
 

@@ -14,6 +14,7 @@ import numpy as np
 from liquid_control.data.augment import Augmentation
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import DataError
+from liquid_control.evaluation.replay import frame_intervals, segment_starts
 
 LOGGER = logging.getLogger(__name__)
 
@@ -51,32 +52,6 @@ class Segment:
 
     def __len__(self) -> int:
         return self.stop - self.start
-
-
-def frame_intervals(timestamps: np.ndarray, max_gap_s: float) -> np.ndarray:
-    """Return the time since the previous frame, in seconds, for every frame.
-
-    The first frame, and a frame after a gap longer than ``max_gap_s``, get the median
-    interval: the policy starts from a fresh state there and has no true delta to use.
-    """
-    timestamps = np.asarray(timestamps, dtype=np.float64)
-    if len(timestamps) < 2:
-        return np.full(len(timestamps), 0.05, dtype=np.float32)
-    deltas = np.diff(timestamps)
-    positive = deltas[deltas > 0]
-    nominal = float(np.median(positive)) if len(positive) else 0.05
-    dt = np.empty(len(timestamps), dtype=np.float64)
-    dt[0] = nominal
-    dt[1:] = deltas
-    dt[(dt <= 0) | (dt > max_gap_s)] = nominal
-    return dt.astype(np.float32)
-
-
-def gap_starts(timestamps: np.ndarray, max_gap_s: float) -> np.ndarray:
-    """Return the indices where a new run starts: 0 and every frame after a gap."""
-    deltas = np.diff(np.asarray(timestamps, dtype=np.float64))
-    breaks = np.nonzero((deltas > max_gap_s) | (deltas <= 0))[0] + 1
-    return np.concatenate([[0], breaks]).astype(np.int64)
 
 
 def cache_episode(episode, preprocessing: Preprocessing, outputs: Sequence[str],
@@ -125,33 +100,51 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
                    seed: int = 0) -> Split:
     """Split episodes into training windows and validation segments.
 
-    ``mode='time'`` keeps the last ``validation_fraction`` of every episode for validation
-    and drops one window length of frames before it, so no training window ends next to
-    a validation frame. ``mode='episode'`` keeps whole episodes (chosen with ``seed``) for
-    validation and needs at least two episodes.
+    - ``time``: the last ``validation_fraction`` of all frames, in recording order, is kept
+      for validation, so validation is a later part of the drive.
+    - ``episode_end``: the last ``validation_fraction`` of every episode is kept.
+    - ``episode``: whole episodes (chosen with ``seed``) are kept; needs two or more.
+
+    Where training and validation frames meet inside one episode, one window length of
+    frames before the validation part is dropped, so no training window ends next to a
+    validation frame.
     """
+    lengths = [len(cached) for cached in episodes]
     validation_ranges: Dict[int, Tuple[int, int]] = {}
     train_ranges: Dict[int, Tuple[int, int]] = {}
+
+    def cut_episode(index: int, cut: int) -> None:
+        if cut < lengths[index]:
+            validation_ranges[index] = (cut, lengths[index])
+        gap = sequence_length if cut < lengths[index] else 0
+        if cut - gap > 0:
+            train_ranges[index] = (0, cut - gap)
+
     if mode == 'time':
-        for index, cached in enumerate(episodes):
-            cut = int(round(len(cached) * (1.0 - validation_fraction)))
-            validation_ranges[index] = (cut, len(cached))
-            train_ranges[index] = (0, max(cut - sequence_length, 0))
+        order = sorted(range(len(episodes)), key=lambda i: float(episodes[i].timestamps[0]))
+        remaining = int(round(sum(lengths) * validation_fraction))
+        for index in reversed(order):
+            taken = min(remaining, lengths[index])
+            cut_episode(index, lengths[index] - taken)
+            remaining -= taken
+    elif mode == 'episode_end':
+        for index in range(len(episodes)):
+            cut_episode(index, int(round(lengths[index] * (1.0 - validation_fraction))))
     elif mode == 'episode':
         if len(episodes) < 2:
             raise DataError('split=episode needs at least two episodes; use split=time for '
                             'a single recording')
         order = np.random.default_rng(seed).permutation(len(episodes))
-        total = sum(len(cached) for cached in episodes)
         held_out = 0
-        for index in order:
-            if held_out < validation_fraction * total and len(validation_ranges) < len(order) - 1:
-                validation_ranges[int(index)] = (0, len(episodes[index]))
-                held_out += len(episodes[index])
+        for index in (int(i) for i in order):
+            if (held_out < validation_fraction * sum(lengths)
+                    and len(validation_ranges) < len(order) - 1):
+                validation_ranges[index] = (0, lengths[index])
+                held_out += lengths[index]
             else:
-                train_ranges[int(index)] = (0, len(episodes[index]))
+                train_ranges[index] = (0, lengths[index])
     else:
-        raise DataError(f'split mode {mode!r} is unknown; use time or episode')
+        raise DataError(f'split mode {mode!r} is unknown; use time, episode_end or episode')
 
     train_windows = []
     for index, (start, stop) in sorted(train_ranges.items()):
@@ -163,7 +156,7 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
 
     segments = []
     for index, (start, stop) in sorted(validation_ranges.items()):
-        starts = gap_starts(episodes[index].timestamps, max_gap_s)
+        starts = segment_starts(episodes[index].timestamps, max_gap_s)
         bounds = sorted({start, stop, *[int(s) for s in starts if start < s < stop]})
         for first, last in zip(bounds[:-1], bounds[1:]):
             if last - first >= 2:

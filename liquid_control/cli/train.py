@@ -1,0 +1,132 @@
+"""liquid-control train: fit a policy on recorded episodes, bags or tubs.
+
+Run it under ``torchrun --nproc_per_node=N`` to train with distributed data parallel
+(gloo backend, one process per rank); rank 0 writes the checkpoints and logs.
+"""
+
+import argparse
+import logging
+from pathlib import Path
+
+LOGGER = logging.getLogger(__name__)
+
+# Command-line options that map one-to-one onto TrainConfig fields.
+OPTION_FIELDS = {
+    'family': 'family', 'epochs': 'epochs', 'max_minutes': 'max_minutes',
+    'batch_size': 'batch_size', 'sequence_length': 'sequence_length',
+    'lr_encoder': 'lr_encoder', 'lr_recurrent': 'lr_recurrent', 'seed': 'seed',
+    'split': 'split', 'validation_fraction': 'validation_fraction', 'patience': 'patience',
+    'threads': 'threads',
+}
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Declare the options of ``liquid-control train``."""
+    parser.add_argument('data', nargs='+', metavar='DATA',
+                        help='episode or dataset folders, rosbag2 folders or files, ROS 1 '
+                             'bags or donkeycar tubs (bags and tubs are imported first)')
+    parser.add_argument('--out', required=True, type=Path, metavar='MODEL',
+                        help='checkpoint to write (best epoch), e.g. models/drive.lcm; '
+                             'MODEL.last.lcm and MODEL_logs/ are written next to it')
+    parser.add_argument('--config', type=Path, metavar='YAML',
+                        help='training settings (default: config/train.yaml of the package)')
+    parser.add_argument('--family', choices=('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru',
+                                             'cnn'),
+                        help='model family (default from the config: ncp_ltc)')
+    parser.add_argument('--units', type=int,
+                        help='neurons of the recurrent core (LSTM/GRU hidden units, CNN '
+                             'hidden layer width)')
+    parser.add_argument('--epochs', type=int, help='maximum number of epochs')
+    parser.add_argument('--max-minutes', type=float,
+                        help='stop after this many minutes of training (checked every batch)')
+    parser.add_argument('--batch-size', type=int, help='sequences per batch')
+    parser.add_argument('--sequence-length', type=int, help='frames per training sequence')
+    parser.add_argument('--lr-encoder', type=float, help='learning rate of the encoder')
+    parser.add_argument('--lr-recurrent', type=float,
+                        help='learning rate of the recurrent core and output layer')
+    parser.add_argument('--split', choices=('time', 'episode_end', 'episode'),
+                        help='validation split: the last part of the recording (time), the '
+                             'end of every episode, or whole episodes')
+    parser.add_argument('--validation-fraction', type=float,
+                        help='share of frames kept for validation (0..0.9)')
+    parser.add_argument('--patience', type=int,
+                        help='stop after this many epochs without a better validation loss')
+    parser.add_argument('--seed', type=int, help='seed of weights, shuffling and augmentation')
+    parser.add_argument('--threads', type=int, help='torch CPU threads per process')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        dest='overrides',
+                        help='override any setting of the config, e.g. --set '
+                             'augment.noise_probability=0.3 (repeatable)')
+    parser.add_argument('--resume', action='store_true',
+                        help='continue from MODEL.last.lcm and MODEL_logs/resume.pt')
+    parser.add_argument('--cache-dir', type=Path,
+                        help='where imported bags and tubs are kept (default '
+                             '~/.cache/liquid_control/imports)')
+    parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+
+
+def collect_overrides(args: argparse.Namespace) -> dict:
+    """Return the config overrides given on the command line, ``--set`` applied last."""
+    from liquid_control.training.config import parse_overrides
+
+    overrides = {}
+    for option, key in OPTION_FIELDS.items():
+        value = getattr(args, option, None)
+        if value is not None:
+            overrides[key] = value
+    if getattr(args, 'units', None) is not None:
+        overrides['model.units'] = args.units
+    overrides.update(parse_overrides(args.overrides))
+    return overrides
+
+
+def load_config(args: argparse.Namespace):
+    """Return the ``TrainConfig`` from ``--config`` (or the package default) and overrides."""
+    from liquid_control.paths import config_file
+    from liquid_control.training.config import load_train_config
+
+    path = args.config
+    if path is None:
+        default = config_file('train.yaml')
+        path = default if default.is_file() else None
+    return load_train_config(path, collect_overrides(args))
+
+
+def load_data(sources, cache_dir=None) -> list:
+    """Load the episodes of every source, importing bags and tubs on the fly."""
+    from liquid_control.data.sources import load_episodes
+
+    episodes = []
+    for source in sources:
+        loaded = load_episodes(source, cache_dir=cache_dir)
+        LOGGER.info('%s: %d episode(s), %d frames', source, len(loaded),
+                    sum(len(episode) for episode in loaded))
+        episodes.extend(loaded)
+    return episodes
+
+
+def run(args: argparse.Namespace) -> int:
+    """Train and print where the checkpoint went."""
+    from liquid_control.training import distributed
+    from liquid_control.training.trainer import train
+
+    config = load_config(args)
+    context = distributed.start()
+    try:
+        episodes = load_data(args.data, args.cache_dir)
+        result = train(config, episodes, args.out, sources=[str(s) for s in args.data],
+                       resume=args.resume, progress=not args.no_progress, context=context)
+    finally:
+        distributed.stop(context)
+    if context.is_main:
+        metrics = result.best_metrics
+        output = config.outputs[0]
+        print(f'best checkpoint: {result.paths.best} (epoch {result.best_epoch} of '
+              f'{result.epochs_run}, {result.stop_reason})')
+        if metrics:
+            print(f'validation {output}: MAE {metrics.get(f"val/{output}/mae", float("nan")):.4f}'
+                  f' (constant predictor '
+                  f'{metrics.get(f"val/{output}/baseline_mae", float("nan")):.4f}), '
+                  f'Pearson r {metrics.get(f"val/{output}/pearson", float("nan")):.3f}')
+        print(f'last checkpoint: {result.paths.last}; logs: {result.paths.logs}')
+    return 0

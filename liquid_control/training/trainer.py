@@ -1,0 +1,504 @@
+"""The training loop: truncated back-propagation through time over windows of frames.
+
+One loop serves every model family, so comparisons share the encoder, the data, the
+augmentation and the schedule. Validation replays each validation segment from a fresh
+state with its true time deltas, as ``liquid-control evaluate`` and the policy node do,
+and early stopping watches its loss.
+
+Files written next to ``out`` (say ``model.lcm``): ``model.lcm`` (the best epoch),
+``model.last.lcm`` (the latest epoch) and ``model_logs/`` with ``log.csv``, TensorBoard
+event files and ``resume.pt`` (optimizer state for ``resume``).
+"""
+
+import datetime
+import logging
+import math
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+
+from liquid_control.data.preprocess import Preprocessing
+from liquid_control.errors import CheckpointError, ConfigError, DataError
+from liquid_control.evaluation.metrics import regression_metrics
+from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+from liquid_control.model.policy import PolicyConfig, build_policy
+from liquid_control.training import distributed
+from liquid_control.training.config import TrainConfig
+from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode, collate,
+                                             segment_arrays, split_episodes)
+from liquid_control.training.logs import EpochLog, summary_line
+from liquid_control.training.loss import sequence_loss, sharp_turn_weights
+from liquid_control.training.normalization import Statistics, measure_statistics
+
+LOGGER = logging.getLogger(__name__)
+
+RESUME_FILE = 'resume.pt'
+DEFAULT_UNITS = {'angular_z': 'rad/s', 'linear_x': 'm/s'}
+
+
+@dataclass
+class OutputPaths:
+    """Where a run writes its checkpoints and logs, derived from ``--out``."""
+
+    best: Path
+    last: Path
+    logs: Path
+
+    @classmethod
+    def from_out(cls, out: Path) -> 'OutputPaths':
+        out = Path(out)
+        suffix = out.suffix or '.lcm'
+        return cls(best=out.with_suffix(suffix),
+                   last=out.with_name(out.stem + '.last' + suffix),
+                   logs=out.with_name(out.stem + '_logs'))
+
+
+@dataclass
+class TrainResult:
+    """What a finished run produced and measured."""
+
+    paths: OutputPaths
+    epochs_run: int
+    best_epoch: int
+    best_metrics: Dict[str, float]
+    train_seconds: float
+    stop_reason: str
+    parameter_counts: Dict[str, int]
+    history: List[Dict[str, float]] = field(default_factory=list)
+
+
+def decide_imu(config: TrainConfig, episodes: Sequence) -> bool:
+    """Return whether the policy gets IMU input, from ``use_imu`` and the data."""
+    with_imu = [bool(getattr(episode, 'has_imu', False)) for episode in episodes]
+    if config.use_imu == 'no':
+        return False
+    if config.use_imu == 'yes':
+        if not all(with_imu):
+            raise DataError(f'use_imu=yes but {with_imu.count(False)} of {len(with_imu)} '
+                            'episodes have no IMU readings; record IMU or set use_imu=no')
+        return True
+    return bool(with_imu) and all(with_imu)
+
+
+def output_units(episodes: Sequence, outputs: Sequence[str]) -> Tuple[str, ...]:
+    """Return the unit of each output from the first episode's metadata, else the ROS unit."""
+    metadata = getattr(episodes[0], 'metadata', {}) or {}
+    commands = metadata.get('commands') or {}
+    units = []
+    for name in outputs:
+        entry = commands.get(name) if isinstance(commands, dict) else None
+        unit = entry.get('unit') if isinstance(entry, dict) else None
+        units.append(str(unit or DEFAULT_UNITS.get(name, '')))
+    return tuple(units)
+
+
+def build_policy_config(config: TrainConfig, preprocessing: Preprocessing, use_imu: bool,
+                        units: Sequence[str]) -> PolicyConfig:
+    """Return the ``PolicyConfig`` of a run: family, outputs and input size from the config."""
+    values = dict(config.model)
+    values.update({
+        'family': config.family,
+        'imu_enabled': use_imu,
+        'output_names': tuple(config.outputs),
+        'output_units': tuple(units),
+        'preprocessing': preprocessing.to_dict(),
+        'seed': config.seed,
+    })
+    try:
+        return PolicyConfig.from_dict(values)
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f'invalid model settings {config.model}: {error}') from error
+
+
+def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]:
+    """Split parameters into the encoder (``lr_encoder``) and the rest (``lr_recurrent``)."""
+    encoder = getattr(policy, 'encoder', None)
+    encoder_ids = set()
+    if encoder is not None:
+        encoder_ids = {id(p) for p in encoder.parameters()}
+    encoder_parameters = [p for p in policy.parameters() if id(p) in encoder_ids]
+    other_parameters = [p for p in policy.parameters() if id(p) not in encoder_ids]
+    groups = []
+    if encoder_parameters:
+        groups.append({'params': encoder_parameters, 'lr': config.lr_encoder,
+                       'name': 'encoder'})
+    if other_parameters:
+        groups.append({'params': other_parameters, 'lr': config.lr_recurrent,
+                       'name': 'recurrent'})
+    return groups
+
+
+def shard_windows(windows: Sequence, context: distributed.Context) -> List:
+    """Return this rank's share of the windows; every rank gets the same count."""
+    if not context.distributed:
+        return list(windows)
+    usable = len(windows) - len(windows) % context.world_size
+    return [windows[i] for i in range(context.rank, usable, context.world_size)]
+
+
+def to_tensors(batch: Dict[str, np.ndarray]) -> Dict[str, Optional[torch.Tensor]]:
+    """Convert a numpy batch from ``collate`` into torch tensors."""
+    return {key: None if value is None else torch.from_numpy(np.ascontiguousarray(value))
+            for key, value in batch.items()}
+
+
+class Trainer:
+    """Trains one policy on cached episodes and writes its checkpoints and logs."""
+
+    def __init__(self, config: TrainConfig, episodes: Sequence, out: Path, *,
+                 sources: Sequence[str] = (), resume: bool = False, progress: bool = True,
+                 context: Optional[distributed.Context] = None):
+        if not episodes:
+            raise DataError('no episodes to train on; pass episode folders, a tub or a bag')
+        self.config = config
+        self.paths = OutputPaths.from_out(out)
+        self.sources = [str(source) for source in sources]
+        self.resume = resume
+        self.progress = progress
+        self.context = context or distributed.Context()
+        self.preprocessing = Preprocessing.from_dict(config.preprocessing)
+        self.use_imu = decide_imu(config, episodes)
+        self.units = output_units(episodes, config.outputs)
+
+        started = time.perf_counter()
+        self.episodes: List[CachedEpisode] = [
+            cache_episode(episode, self.preprocessing, config.outputs, self.use_imu,
+                          config.max_gap_s)
+            for episode in episodes]
+        frame_count = sum(len(cached) for cached in self.episodes)
+        megabytes = sum(cached.frames.nbytes for cached in self.episodes) / 1e6
+        if self.context.is_main:
+            LOGGER.info('cached %d frames of %d episode(s) at %dx%d (%.0f MB) in %.1f s',
+                        frame_count, len(self.episodes), self.preprocessing.width,
+                        self.preprocessing.height, megabytes, time.perf_counter() - started)
+        self.split: Split = split_episodes(
+            self.episodes, config.split, config.validation_fraction, config.sequence_length,
+            config.stride, config.max_gap_s, seed=config.seed)
+        if self.context.is_main:
+            LOGGER.info('split by %s: %d training windows of %d frames, %d validation '
+                        'segment(s) with %d frames', config.split,
+                        len(self.split.train_windows), config.sequence_length,
+                        len(self.split.validation_segments),
+                        sum(len(s) for s in self.split.validation_segments))
+
+        torch.manual_seed(config.seed)
+        self.policy = build_policy(build_policy_config(
+            config, self.preprocessing, self.use_imu, self.units))
+        self.statistics: Optional[Statistics] = None
+        self.model = self.policy
+        self.optimizer: Optional[torch.optim.Optimizer] = None
+        self.history: List[Dict[str, float]] = []
+
+    # -- set-up --------------------------------------------------------------------------
+
+    def _prepare(self) -> Tuple[int, float, int, int, float]:
+        """Normalise, build the optimizer, and load the resume state if asked.
+
+        Returns (first epoch, best score, best epoch, epochs without improvement, seconds
+        already trained).
+        """
+        start_epoch, best_score, best_epoch, stale, trained_s = 1, math.inf, 0, 0, 0.0
+        resume_state = None
+        if self.resume:
+            resume_state = self._load_resume_state()
+        if resume_state is None:
+            encoder = getattr(self.policy, 'encoder', None)
+            self.statistics = measure_statistics(
+                encoder if encoder is not None else torch.nn.Identity(), self.episodes,
+                self.split.train_windows, self.use_imu, seed=self.config.seed)
+            self.statistics.apply(self.policy)
+
+        self.optimizer = torch.optim.AdamW(parameter_groups(self.policy, self.config),
+                                           weight_decay=self.config.weight_decay)
+        if resume_state is not None:
+            self.optimizer.load_state_dict(resume_state['optimizer'])
+            start_epoch = int(resume_state['epoch']) + 1
+            best_score = float(resume_state['best_score'])
+            best_epoch = int(resume_state['best_epoch'])
+            stale = int(resume_state['stale_epochs'])
+            trained_s = float(resume_state['train_seconds'])
+            if self.context.is_main:
+                LOGGER.info('resuming after epoch %d (best epoch %d, val loss %.4f)',
+                            start_epoch - 1, best_epoch, best_score)
+
+        if self.context.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+            self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
+        return start_epoch, best_score, best_epoch, stale, trained_s
+
+    def _load_resume_state(self) -> Optional[dict]:
+        resume_path = self.paths.logs / RESUME_FILE
+        if not self.paths.last.is_file() or not resume_path.is_file():
+            raise CheckpointError(
+                f'cannot resume: {self.paths.last} or {resume_path} is missing; train '
+                'without --resume first, with the same --out')
+        policy, metadata = load_checkpoint(self.paths.last)
+        saved_config = metadata.get('train_config', {})
+        if saved_config.get('family') != self.config.family:
+            raise CheckpointError(
+                f'cannot resume {self.paths.last}: it is a {saved_config.get("family")} '
+                f'model and this run trains {self.config.family}')
+        try:
+            self.policy.load_state_dict(policy.state_dict())
+        except RuntimeError as error:
+            raise CheckpointError(f'cannot resume {self.paths.last}: its model settings '
+                                  f'differ from this run ({error})') from error
+        try:
+            state = torch.load(resume_path, weights_only=True)
+        except Exception as error:  # torch raises several types for damaged files
+            raise CheckpointError(f'{resume_path} is unreadable ({error}); delete it and '
+                                  'train without --resume') from error
+        self._output_mean = metadata.get('training_output_mean', {})
+        self._output_std = metadata.get('training_output_std', {})
+        return state
+
+    # -- one epoch -----------------------------------------------------------------------
+
+    def _output_scale(self) -> torch.Tensor:
+        std = getattr(self.policy, 'output_std', None)
+        if isinstance(std, torch.Tensor) and std.numel() == len(self.config.outputs):
+            return std.detach().float().reshape(-1)
+        return torch.ones(len(self.config.outputs))
+
+    def _batch_loss(self, batch: Dict[str, Optional[torch.Tensor]], warmup: int
+                    ) -> torch.Tensor:
+        outputs, _ = self.model(batch['frames'], batch['imu'], batch['dt'])  # (B, T, O)
+        scale = self._output_scale()
+        frame_weights = None
+        if self.config.sharp_turn_weight > 0:
+            index = list(self.config.outputs).index(self.config.sharp_turn_output)
+            frame_weights = sharp_turn_weights(batch['targets'][..., index],
+                                               float(scale[index]),
+                                               self.config.sharp_turn_weight)
+        return sequence_loss(outputs, batch['targets'], batch['mask'], scale,
+                             kind=self.config.loss, warmup_frames=warmup,
+                             output_weights=self.config.output_weights or None,
+                             frame_weights=frame_weights)
+
+    def _train_epoch(self, epoch: int, deadline: Optional[float]) -> Tuple[float, bool]:
+        """Run one epoch; return (mean training loss, whether the time limit was hit)."""
+        config = self.config
+        rng = np.random.default_rng([config.seed, epoch, self.context.rank])
+        torch.manual_seed(config.seed * 100003 + epoch)
+        augmentation = config.augmentation()
+        windows = shard_windows(self.split.train_windows, self.context)
+        order = np.random.default_rng([config.seed, epoch]).permutation(len(windows))
+        batch_count = math.ceil(len(order) / config.batch_size)
+        if config.max_batches_per_epoch:
+            batch_count = min(batch_count, config.max_batches_per_epoch)
+
+        bar = None
+        if self.progress and self.context.is_main:
+            from tqdm import tqdm
+            bar = tqdm(total=batch_count, desc=f'epoch {epoch}', unit='batch', leave=False)
+        self.model.train()
+        total, seen, out_of_time = 0.0, 0, False
+        try:
+            for batch_number in range(batch_count):
+                chosen = [windows[i] for i in
+                          order[batch_number * config.batch_size:
+                                (batch_number + 1) * config.batch_size]]
+                batch = to_tensors(collate(self.episodes, chosen, rng, augmentation))
+                self.optimizer.zero_grad(set_to_none=True)
+                loss = self._batch_loss(batch, config.warmup_frames)
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(
+                        f'training loss became {loss.item()} in epoch {epoch}; lower '
+                        'lr_encoder/lr_recurrent or check the data for extreme values')
+                loss.backward()
+                if config.gradient_clip > 0:
+                    torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
+                                                   config.gradient_clip)
+                self.optimizer.step()
+                total += float(loss.item()) * len(chosen)
+                seen += len(chosen)
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f'{total / seen:.4f}')
+                late = deadline is not None and time.perf_counter() > deadline
+                if distributed.any_rank(self.context, late):
+                    out_of_time = True
+                    break
+        finally:
+            if bar is not None:
+                bar.close()
+        mean_loss = total / max(seen, 1)
+        return distributed.mean_over_ranks(self.context, mean_loss), out_of_time
+
+    @torch.no_grad()
+    def validate(self) -> Dict[str, float]:
+        """Replay every validation segment from a fresh state; return loss and metrics."""
+        self.policy.eval()
+        predictions, targets, masks = [], [], []
+        losses, weights = 0.0, 0.0
+        scale = self._output_scale()
+        try:
+            for segment in self.split.validation_segments:
+                cached = self.episodes[segment.episode_index]
+                batch = to_tensors(segment_arrays(cached, segment))
+                outputs, _ = self.policy(batch['frames'], batch['imu'], batch['dt'])
+                mask = batch['mask']
+                count = float(mask.sum())
+                if count > 0:
+                    loss = sequence_loss(outputs, batch['targets'], mask, scale,
+                                         kind=self.config.loss,
+                                         output_weights=self.config.output_weights or None)
+                    losses += float(loss) * count
+                    weights += count
+                predictions.append(outputs[0].numpy())
+                targets.append(batch['targets'][0].numpy())
+                masks.append(mask[0].numpy())
+        finally:
+            self.policy.train()
+        prediction = np.concatenate(predictions)
+        target = np.concatenate(targets)
+        mask = np.concatenate(masks)
+        values = {'val/loss': losses / weights if weights else math.nan}
+        means = self.output_mean()
+        for index, name in enumerate(self.config.outputs):
+            scored_target = np.where(mask, target[:, index], np.nan)
+            metrics = regression_metrics(prediction[:, index], scored_target, means[name])
+            for key in ('mae', 'rmse', 'pearson', 'r2', 'baseline_mae'):
+                values[f'val/{name}/{key}'] = metrics[key]
+        return values
+
+    def output_mean(self) -> Dict[str, float]:
+        """Return the training mean of every output, the constant predictor's value."""
+        if self.statistics is not None:
+            return {name: float(value) for name, value in
+                    zip(self.config.outputs, self.statistics.output_mean)}
+        return {name: float(value) for name, value in self._output_mean.items()}
+
+    def output_std(self) -> Dict[str, float]:
+        """Return the training std of every output."""
+        if self.statistics is not None:
+            return {name: float(value) for name, value in
+                    zip(self.config.outputs, self.statistics.output_std)}
+        return {name: float(value) for name, value in self._output_std.items()}
+
+    # -- checkpoints ---------------------------------------------------------------------
+
+    def metadata(self, epoch: int, best_epoch: int, kind: str, values: Dict[str, float],
+                 train_seconds: float) -> dict:
+        """Return the JSON-able training record stored with each checkpoint."""
+        return {
+            'kind': kind,
+            'created': datetime.datetime.now(datetime.timezone.utc).isoformat(
+                timespec='seconds'),
+            'data_sources': self.sources,
+            'episodes': [cached.name for cached in self.episodes],
+            'frames': int(sum(len(cached) for cached in self.episodes)),
+            'split': self.config.split,
+            'validation': self.split.describe(self.episodes),
+            'training_windows': len(self.split.train_windows),
+            'training_output_mean': self.output_mean(),
+            'training_output_std': self.output_std(),
+            'train_config': self.config.to_dict(),
+            'epoch': epoch,
+            'best_epoch': best_epoch,
+            'validation_metrics': {key: float(value) for key, value in values.items()},
+            'train_seconds': round(train_seconds, 1),
+            'world_size': self.context.world_size,
+            'torch_version': torch.__version__,
+        }
+
+    def _save(self, path: Path, metadata: dict) -> None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(path, self.policy, metadata)
+
+    def _save_resume_state(self, epoch: int, best_score: float, best_epoch: int,
+                           stale: int, train_seconds: float) -> None:
+        self.paths.logs.mkdir(parents=True, exist_ok=True)
+        temporary = self.paths.logs / (RESUME_FILE + '.tmp')
+        torch.save({'optimizer': self.optimizer.state_dict(), 'epoch': epoch,
+                    'best_score': best_score, 'best_epoch': best_epoch,
+                    'stale_epochs': stale, 'train_seconds': train_seconds}, temporary)
+        temporary.replace(self.paths.logs / RESUME_FILE)
+
+    # -- the run -------------------------------------------------------------------------
+
+    def run(self) -> TrainResult:
+        """Train until the epochs, the patience or the time limit run out."""
+        config = self.config
+        start_epoch, best_score, best_epoch, stale, trained_s = self._prepare()
+        session_started = time.perf_counter()
+        deadline = None
+        if config.max_minutes is not None:
+            deadline = session_started + config.max_minutes * 60.0 - trained_s
+        log = EpochLog(self.paths.logs, enabled=self.context.is_main)
+        counts = self.policy.parameter_counts()
+        if self.context.is_main:
+            LOGGER.info('training %s: %s parameters (encoder %s, recurrent %s), %d epochs '
+                        'at most', config.family, f'{counts.get("total", 0):,}',
+                        f'{counts.get("encoder", 0):,}', f'{counts.get("recurrent", 0):,}',
+                        config.epochs)
+
+        stop_reason = 'epochs'
+        epoch = start_epoch - 1
+        values: Dict[str, float] = {}
+        try:
+            for epoch in range(start_epoch, config.epochs + 1):
+                epoch_started = time.perf_counter()
+                train_loss, out_of_time = self._train_epoch(epoch, deadline)
+                improved = False
+                if self.context.is_main:
+                    values = {'train/loss': train_loss, **self.validate()}
+                    values['time/epoch_s'] = time.perf_counter() - epoch_started
+                    values['time/total_s'] = trained_s + time.perf_counter() - session_started
+                    for group in self.optimizer.param_groups:
+                        values[f'lr/{group.get("name", "group")}'] = group['lr']
+                    score = values['val/loss']
+                    improved = math.isfinite(score) and score < best_score
+                    if improved:
+                        best_score, best_epoch, stale = score, epoch, 0
+                    else:
+                        stale += 1
+                    self.history.append({'epoch': epoch, **values})
+                    log.write(epoch, values)
+                    LOGGER.info(summary_line(epoch, config.epochs, values, config.outputs[0],
+                                             improved))
+                    total_s = values['time/total_s']
+                    if improved:
+                        self._save(self.paths.best, self.metadata(
+                            epoch, best_epoch, 'best', values, total_s))
+                    self._save(self.paths.last, self.metadata(
+                        epoch, best_epoch, 'last', values, total_s))
+                    self._save_resume_state(epoch, best_score, best_epoch, stale, total_s)
+                patience_over = distributed.broadcast_flag(
+                    self.context, stale >= config.patience)
+                if out_of_time:
+                    stop_reason = f'time limit of {config.max_minutes} minutes'
+                    break
+                if patience_over:
+                    stop_reason = (f'no improvement of the validation loss for '
+                                   f'{config.patience} epochs')
+                    break
+        finally:
+            log.close()
+        train_seconds = trained_s + time.perf_counter() - session_started
+        best_metrics = {}
+        for row in self.history:
+            if row['epoch'] == best_epoch:
+                best_metrics = {k: v for k, v in row.items() if k != 'epoch'}
+        if self.context.is_main:
+            LOGGER.info('stopped after epoch %d (%s); best epoch %d, val loss %.4f; '
+                        '%.1f minutes; best checkpoint %s', epoch, stop_reason, best_epoch,
+                        best_score, train_seconds / 60.0, self.paths.best)
+        return TrainResult(paths=self.paths, epochs_run=epoch, best_epoch=best_epoch,
+                           best_metrics=best_metrics, train_seconds=train_seconds,
+                           stop_reason=stop_reason, parameter_counts=dict(counts),
+                           history=list(self.history))
+
+
+def train(config: TrainConfig, episodes: Sequence, out: Path, **options) -> TrainResult:
+    """Train a policy on ``episodes`` and write its checkpoints next to ``out``.
+
+    ``options`` go to ``Trainer``: ``sources``, ``resume``, ``progress``, ``context``.
+    """
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    return Trainer(config, episodes, out, **options).run()
