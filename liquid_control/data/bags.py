@@ -1,0 +1,297 @@
+"""Reader and importer for rosbag2 (sqlite3, MCAP) and ROS 1 bags, through ``rosbags``.
+
+Import reads the bag twice: first the IMU and command topics into arrays, then the image
+topic, streaming each frame into an episode with its synchronised labels. Frames keep the
+header stamp (or the bag's receive time when the header stamp is zero); header-less
+commands (Twist, Joy without stamp) use the bag's receive time.
+"""
+
+import logging
+import shutil
+import sqlite3
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+
+import numpy as np
+from rosbags.highlevel import AnyReader, AnyReaderError
+from rosbags.interfaces import Connection
+from rosbags.typesys import Stores, get_typestore
+
+from liquid_control.data.episodes import EncodedImage, EpisodeWriter, FrameLabels, image_extension
+from liquid_control.data.images import decode_raw
+from liquid_control.data.sync import (LabelOptions, command_from_message, command_mapping,
+                                      imu_from_message, label_frame)
+from liquid_control.errors import DataError
+
+IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
+IMU_TYPES = {'sensor_msgs/msg/Imu'}
+COMMAND_TYPES = {'geometry_msgs/msg/Twist': 'twist',
+                 'geometry_msgs/msg/TwistStamped': 'twist_stamped',
+                 'sensor_msgs/msg/Joy': 'joy'}
+
+# Errors that rosbags and its storage back-ends raise for damaged or truncated files.
+# NOTE: collected by truncating and corrupting sqlite3, MCAP and ROS 1 files with rosbags
+# 0.11; other damage may surface as another exception type.
+_READ_ERRORS = (AnyReaderError, sqlite3.Error, struct.error, EOFError, ValueError, KeyError,
+                IndexError, AssertionError, OSError)
+
+_logger = logging.getLogger(__name__)
+
+
+def is_bag(path: Path) -> bool:
+    """Whether ``path`` looks like a bag: a rosbag2 folder or a .bag/.db3/.mcap file."""
+    if path.is_dir():
+        return (path / 'metadata.yaml').is_file()
+    return path.suffix in ('.bag', '.db3', '.mcap')
+
+
+def bag_kind(path: Path) -> str:
+    """Return 'ros1_bag' or 'rosbag2'."""
+    return 'ros1_bag' if path.suffix == '.bag' else 'rosbag2'
+
+
+@dataclass
+class TopicInfo:
+    """A topic of a bag: name, message type and message count."""
+
+    name: str
+    msgtype: str
+    count: int
+
+    def describe(self) -> str:
+        """Return 'name (type, N messages)'."""
+        return f'{self.name} ({self.msgtype}, {self.count} messages)'
+
+
+def _wrap_read_error(path: Path, error: BaseException) -> DataError:
+    return DataError(f'cannot read bag {path}: {type(error).__name__}: {error}. The file is '
+                     'truncated, corrupted or not a bag.')
+
+
+class BagReader:
+    """An open bag: its topics, and message streams with stamps in nanoseconds."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(f'bag {self.path} not found')
+        self._reader: Optional[AnyReader] = None
+
+    def __enter__(self) -> 'BagReader':
+        try:
+            self._reader = AnyReader([self.path],
+                                     default_typestore=get_typestore(Stores.ROS2_KILTED))
+            self._reader.open()
+        except _READ_ERRORS as error:
+            self._reader = None
+            raise _wrap_read_error(self.path, error) from None
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        if self._reader is not None and self._reader.stack is not None:
+            self._reader.close()
+
+    @property
+    def topics(self) -> Dict[str, TopicInfo]:
+        """Topics by name."""
+        topics: Dict[str, TopicInfo] = {}
+        for connection in self._reader.connections:
+            info = topics.setdefault(connection.topic,
+                                     TopicInfo(connection.topic, connection.msgtype, 0))
+            info.count += connection.msgcount
+        return topics
+
+    def describe_topics(self) -> str:
+        """Return every topic of the bag on one line, for error messages."""
+        topics = self.topics
+        if not topics:
+            return 'no topics'
+        return '; '.join(info.describe() for info in sorted(topics.values(), key=lambda t: t.name))
+
+    def messages(self, topic: str) -> Iterator[Tuple[int, object]]:
+        """Yield ``(receive_time_ns, message)`` for one topic in receive-time order."""
+        connections: List[Connection] = [c for c in self._reader.connections if c.topic == topic]
+        try:
+            for connection, receive_ns, raw in self._reader.messages(connections=connections):
+                yield receive_ns, self._reader.deserialize(raw, connection.msgtype)
+        except _READ_ERRORS as error:
+            raise _wrap_read_error(self.path, error) from None
+
+
+def message_stamp_ns(message, receive_ns: int) -> int:
+    """Return the header stamp of a message, or ``receive_ns`` without a non-zero one."""
+    header = getattr(message, 'header', None)
+    if header is not None:
+        stamp = header.stamp
+        stamp_ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+        if stamp_ns > 0:
+            return stamp_ns
+    return int(receive_ns)
+
+
+def _select_topic(bag: BagReader, requested: Optional[str], types: Sequence[str],
+                  role: str, option: str) -> Optional[str]:
+    topics = bag.topics
+    if requested:
+        if requested not in topics:
+            raise DataError(f'topic {requested!r} not found in bag {bag.path}; it contains: '
+                            f'{bag.describe_topics()}')
+        if topics[requested].msgtype not in types:
+            raise DataError(f'topic {requested!r} in bag {bag.path} has type '
+                            f'{topics[requested].msgtype}, but a {role} topic must be one of '
+                            f'{", ".join(sorted(types))}')
+        return requested
+    candidates = sorted(name for name, info in topics.items() if info.msgtype in types)
+    if len(candidates) > 1:
+        raise DataError(f'bag {bag.path} has several {role} topics ({", ".join(candidates)}); '
+                        f'choose one with {option}')
+    return candidates[0] if candidates else None
+
+
+@dataclass
+class BagTopics:
+    """The topics an import uses; ``imu`` and ``command`` may be None."""
+
+    image: str
+    imu: Optional[str]
+    command: Optional[str]
+
+
+def select_topics(bag: BagReader, options: LabelOptions, image_topic: Optional[str] = None,
+                  imu_topic: Optional[str] = None, command_topic: Optional[str] = None
+                  ) -> BagTopics:
+    """Choose the image, IMU and command topics, by name or by message type.
+
+    Raises ``DataError`` naming the bag and listing its topics when a requested topic is
+    absent, a type is ambiguous, there is no image topic, or there is no command topic
+    while ``options.require_commands`` is set.
+    """
+    image = _select_topic(bag, image_topic, tuple(IMAGE_TYPES), 'camera', '--image-topic')
+    if image is None:
+        raise DataError(f'bag {bag.path} has no camera topic (sensor_msgs/msg/Image or '
+                        f'CompressedImage); it contains: {bag.describe_topics()}')
+    imu = _select_topic(bag, imu_topic, tuple(IMU_TYPES), 'IMU', '--imu-topic')
+    command = _select_topic(bag, command_topic, tuple(COMMAND_TYPES), 'command',
+                            '--command-topic')
+    if command is None and options.require_commands:
+        raise DataError(
+            f'bag {bag.path} has no command topic (geometry_msgs/msg/Twist, TwistStamped or '
+            f'sensor_msgs/msg/Joy); it contains: {bag.describe_topics()}. Name one with '
+            '--command-topic, or import camera and IMU only with --no-commands.')
+    return BagTopics(image, imu, command)
+
+
+def _read_imu(bag: BagReader, topic: str) -> Tuple[np.ndarray, np.ndarray]:
+    stamps, values = [], []
+    for receive_ns, message in bag.messages(topic):
+        stamps.append(message_stamp_ns(message, receive_ns))
+        values.append(imu_from_message(message))
+    return _sorted_arrays(stamps, values, 6)
+
+
+def _read_commands(bag: BagReader, topic: str, command_type: str, mapping: dict
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    stamps, values = [], []
+    for receive_ns, message in bag.messages(topic):
+        stamps.append(message_stamp_ns(message, receive_ns))
+        values.append(command_from_message(message, command_type, mapping))
+    return _sorted_arrays(stamps, values, 2)
+
+
+def _sorted_arrays(stamps: list, values: list, width: int) -> Tuple[np.ndarray, np.ndarray]:
+    stamp_array = np.asarray(stamps, dtype=np.int64)
+    value_array = np.asarray(values, dtype=np.float64).reshape(-1, width)
+    order = np.argsort(stamp_array, kind='stable')
+    return stamp_array[order], value_array[order]
+
+
+def _frame_image(message, kind: str):
+    """Return what the writer stores: compressed bytes as received, or an RGB array."""
+    if kind == 'compressed':
+        data = bytes(message.data)
+        return EncodedImage(data, image_extension(data))
+    return decode_raw(message.encoding, int(message.height), int(message.width),
+                      int(message.step), message.data, bool(message.is_bigendian))
+
+
+def import_bag(path: Path, out_dir: Path, options: LabelOptions,
+               image_topic: Optional[str] = None, imu_topic: Optional[str] = None,
+               command_topic: Optional[str] = None) -> List[Path]:
+    """Import a bag into episodes in ``out_dir``; return the episode folders.
+
+    A gap longer than ``options.split_gap_s`` between frames starts a new episode; frames
+    without a matched command are flagged invalid or skipped (``options.invalid_frames``).
+    On any error the episodes of this import are deleted before the error is raised.
+    """
+    path = Path(path)
+    written: List[Path] = []
+    writer: Optional[EpisodeWriter] = None
+    with BagReader(path) as bag:
+        topics = select_topics(bag, options, image_topic, imu_topic, command_topic)
+        types = bag.topics
+        image_kind = IMAGE_TYPES[types[topics.image].msgtype]
+
+        imu_ns, imu_values = np.zeros(0, np.int64), np.zeros((0, 6))
+        if topics.imu:
+            imu_ns, imu_values = _read_imu(bag, topics.imu)
+        command_type = COMMAND_TYPES[types[topics.command].msgtype] if topics.command else None
+        mapping = command_mapping(command_type or 'twist', options)
+        command_ns, command_values = np.zeros(0, np.int64), np.zeros((0, 2))
+        if topics.command:
+            command_ns, command_values = _read_commands(bag, topics.command, command_type,
+                                                        mapping)
+
+        metadata = {
+            'source': {'kind': bag_kind(path), 'path': str(path.resolve()),
+                       'topics': {'image': topics.image, 'imu': topics.imu,
+                                  'command': topics.command},
+                       'types': {name: types[name].msgtype for name in
+                                 (topics.image, topics.imu, topics.command) if name}},
+            'commands': mapping if topics.command else None,
+            'imu': {'present': bool(topics.imu), 'units': ['rad/s'] * 3 + ['m/s^2'] * 3},
+            'label_options': options.to_dict(),
+        }
+        split_ns = int(options.split_gap_s * 1e9) if options.split_gap_s > 0 else None
+        skipped = {'invalid': 0, 'non-increasing stamp': 0}
+        previous_ns = None
+        try:
+            for receive_ns, message in bag.messages(topics.image):
+                stamp_ns = message_stamp_ns(message, receive_ns)
+                if previous_ns is not None and stamp_ns <= previous_ns:
+                    skipped['non-increasing stamp'] += 1
+                    continue
+                labels = label_frame(stamp_ns, imu_ns, imu_values, command_ns, command_values,
+                                      options)
+                if not labels.valid and options.invalid_frames == 'skip':
+                    skipped['invalid'] += 1
+                    continue
+                if writer is None or (split_ns and stamp_ns - previous_ns > split_ns):
+                    if writer is not None:
+                        written.append(writer.close('gap in the recording'))
+                    writer = EpisodeWriter(out_dir, metadata, fsync_interval_s=None,
+                                           image_format=options.raw_image_format,
+                                           jpeg_quality=options.jpeg_quality)
+                writer.add(stamp_ns, _frame_image(message, image_kind), labels)
+                previous_ns = stamp_ns
+            if writer is not None:
+                written.append(writer.close('end of bag'))
+        except BaseException:
+            if writer is not None:
+                writer.abort()
+            for folder in written:
+                _remove_folder(folder)
+            raise
+    for reason, count in skipped.items():
+        if count:
+            _logger.warning('bag %s: skipped %d frame(s): %s', path, count, reason)
+    if not written:
+        raise DataError(f'bag {path} gave no frames on {topics.image}: every frame was '
+                        'skipped (see the warnings above)')
+    return [folder for folder in written if folder is not None]
+
+
+def _remove_folder(folder: Optional[Path]) -> None:
+    if folder is not None:
+        shutil.rmtree(folder, ignore_errors=True)
