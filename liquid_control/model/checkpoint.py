@@ -1,0 +1,233 @@
+"""Self-describing policy checkpoints (``.lcm``) that load without running code from the file.
+
+Layout (all integers little-endian)::
+
+    magic        8 bytes   b'\\x89LCM\\r\\n\\x1a\\n'
+    version      uint32    FORMAT_VERSION
+    header size  uint64    length of the JSON header in bytes
+    header       JSON, UTF-8: config, wiring, output names/units, preprocessing,
+                 normalisation (a readable copy), metadata and the tensor index
+    tensor data  raw little-endian arrays at the offsets listed in the header
+    checksum     32 bytes  SHA-256 of every byte before it
+
+The header alone rebuilds the architecture (``PolicyConfig`` plus the realised wiring),
+then the tensors fill it. The magic's non-ASCII first byte and CR-LF pair catch files
+mangled by text-mode transfers, as in PNG. No pickle is involved anywhere.
+"""
+
+import hashlib
+import json
+import os
+import struct
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Tuple, Union
+
+import numpy as np
+import torch
+
+from liquid_control import __version__
+from liquid_control.errors import CheckpointError, ConfigError
+from liquid_control.model.policy import Policy, PolicyConfig, build_policy
+from liquid_control.model.wirings import Wiring
+
+MAGIC = b'\x89LCM\r\n\x1a\n'
+FORMAT_VERSION = 1
+_PREFIX = struct.Struct('<8sIQ')  # magic, version, header size
+_CHECKSUM_SIZE = 32
+_DTYPES = {
+    'float32': (torch.float32, '<f4'),
+    'float64': (torch.float64, '<f8'),
+    'float16': (torch.float16, '<f2'),
+    'int64': (torch.int64, '<i8'),
+    'int32': (torch.int32, '<i4'),
+    'bool': (torch.bool, '|b1'),
+}
+_DTYPE_NAMES = {torch_dtype: name for name, (torch_dtype, _) in _DTYPES.items()}
+
+PathLike = Union[str, os.PathLike]
+
+
+def save_checkpoint(path: PathLike, policy: Policy, metadata: Dict[str, Any]) -> Path:
+    """Write ``policy`` and JSON-compatible ``metadata`` to one ``.lcm`` file; return its path.
+
+    The file is written to a temporary name and renamed, so a crash never leaves a
+    half-written checkpoint under ``path``.
+    """
+    path = Path(path)
+    tensors = []
+    chunks = []
+    offset = 0
+    for name, tensor in policy.state_dict().items():
+        if tensor.dtype not in _DTYPE_NAMES:
+            raise CheckpointError(f'cannot save tensor {name} of dtype {tensor.dtype} to {path}')
+        dtype_name = _DTYPE_NAMES[tensor.dtype]
+        array = tensor.detach().cpu().contiguous().numpy().astype(_DTYPES[dtype_name][1])
+        data = array.tobytes()
+        tensors.append({'name': name, 'dtype': dtype_name, 'shape': list(array.shape),
+                        'offset': offset, 'size': len(data)})
+        chunks.append(data)
+        offset += len(data)
+
+    header = {
+        'format': 'liquid_control policy checkpoint',
+        'format_version': FORMAT_VERSION,
+        'library_version': __version__,
+        'config': policy.config.to_dict(),
+        'wiring': None if policy.wiring is None else policy.wiring.to_dict(),
+        'output_names': list(policy.output_names),
+        'output_units': list(policy.output_units),
+        'preprocessing': dict(policy.config.preprocessing),
+        'normalization': {name: getattr(policy, name).tolist() for name in (
+            'feature_mean', 'feature_std', 'imu_mean', 'imu_std', 'output_mean',
+            'output_std')},
+        'parameter_counts': policy.parameter_counts(),
+        'metadata': metadata,
+        'tensors': tensors,
+        'data_size': offset,
+    }
+    try:
+        header_bytes = json.dumps(header, allow_nan=False, sort_keys=True).encode('utf-8')
+    except (TypeError, ValueError) as error:
+        raise ConfigError(f'checkpoint metadata for {path} is not JSON-serialisable '
+                          f'(NaN and infinity are not allowed either): {error}') from error
+
+    digest = hashlib.sha256()
+    parts = [_PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)), header_bytes, *chunks]
+    for part in parts:
+        digest.update(part)
+    parts.append(digest.digest())
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
+    try:
+        with os.fdopen(handle, 'wb') as file:
+            for part in parts:
+                file.write(part)
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+    return path
+
+
+def read_header(path: PathLike) -> Tuple[Dict[str, Any], bytes]:
+    """Read and verify a checkpoint; return (header dict, tensor data bytes).
+
+    Raises CheckpointError naming the file when it is missing, not a checkpoint,
+    truncated, corrupted (checksum mismatch) or of an unsupported format version.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise CheckpointError(f'checkpoint {path} not found (or not a file)')
+    try:
+        content = path.read_bytes()
+    except OSError as error:
+        raise CheckpointError(f'cannot read checkpoint {path}: {error}') from error
+
+    if not content.startswith(MAGIC[:min(len(content), len(MAGIC))]) or not content:
+        raise CheckpointError(f'{path} is not a liquid_control checkpoint (.lcm): '
+                              f'{_guess_kind(content)}')
+    if len(content) < _PREFIX.size:
+        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes, '
+                              'shorter than the file header')
+    _, version, header_size = _PREFIX.unpack_from(content)
+    if version != FORMAT_VERSION:
+        raise CheckpointError(f'checkpoint {path} has format version {version}, but this '
+                              f'liquid_control ({__version__}) reads version '
+                              f'{FORMAT_VERSION}; use a matching liquid_control version')
+    header_end = _PREFIX.size + header_size
+    if len(content) < header_end + _CHECKSUM_SIZE:
+        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes, but '
+                              f'its header alone needs {header_end + _CHECKSUM_SIZE}')
+
+    body, checksum = content[:-_CHECKSUM_SIZE], content[-_CHECKSUM_SIZE:]
+    header = _parse_header(content[_PREFIX.size:header_end])
+    expected_size = None if header is None else header_end + header.get('data_size', 0) + \
+        _CHECKSUM_SIZE
+    if expected_size is not None and len(content) < expected_size:
+        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes of '
+                              f'{expected_size}; copy or download it again')
+    if hashlib.sha256(body).digest() != checksum:
+        raise CheckpointError(f'checkpoint {path} is corrupted: its SHA-256 checksum does '
+                              'not match the content; copy or download it again')
+    if header is None or expected_size != len(content):
+        raise CheckpointError(f'checkpoint {path} has an invalid header (its checksum matches, '
+                              'so the file was written wrongly); save it again')
+    return header, content[header_end:-_CHECKSUM_SIZE]
+
+
+def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
+    """Rebuild the policy stored in ``path``; return (policy in eval mode, metadata dict).
+
+    Raises CheckpointError naming the file for every kind of bad file, including a
+    header whose architecture does not match the stored tensors.
+    """
+    path = Path(path)
+    header, data = read_header(path)
+    try:
+        config = PolicyConfig.from_dict(header['config'])
+        wiring = None if header.get('wiring') is None else Wiring.from_dict(header['wiring'])
+        policy = build_policy(config, wiring)
+    except (ConfigError, KeyError, TypeError, ValueError) as error:
+        raise CheckpointError(f'checkpoint {path} describes an architecture this version '
+                              f'cannot build: {error}') from error
+
+    expected = policy.state_dict()
+    stored = {}
+    problems = []
+    for entry in header.get('tensors', []):
+        name = entry['name']
+        if name not in expected:
+            problems.append(f'unexpected tensor {name}')
+            continue
+        if entry['dtype'] not in _DTYPES:
+            problems.append(f'tensor {name} has unknown dtype {entry["dtype"]}')
+            continue
+        torch_dtype, numpy_dtype = _DTYPES[entry['dtype']]
+        shape = tuple(entry['shape'])
+        if shape != tuple(expected[name].shape):
+            problems.append(f'tensor {name} has shape {list(shape)}, the architecture needs '
+                            f'{list(expected[name].shape)}')
+            continue
+        start, size = entry['offset'], entry['size']
+        if start < 0 or start + size > len(data):
+            problems.append(f'tensor {name} lies outside the data section')
+            continue
+        array = np.frombuffer(data, dtype=numpy_dtype, count=int(np.prod(shape, dtype=np.int64)),
+                              offset=start).reshape(shape)
+        stored[name] = torch.from_numpy(array.copy()).to(torch_dtype)
+    missing = sorted(set(expected) - set(stored) - {p.split(' ')[1] for p in problems
+                                                    if p.startswith('tensor ')})
+    problems.extend(f'missing tensor {name}' for name in missing)
+    if problems:
+        raise CheckpointError(f'checkpoint {path} does not match its own architecture: '
+                              + '; '.join(problems[:5])
+                              + (f' (and {len(problems) - 5} more)' if len(problems) > 5
+                                 else ''))
+    policy.load_state_dict(stored, strict=True)
+    policy.eval()
+    return policy, dict(header.get('metadata') or {})
+
+
+def _parse_header(raw: bytes):
+    try:
+        header = json.loads(raw.decode('utf-8'))
+    except (UnicodeDecodeError, ValueError):
+        return None
+    return header if isinstance(header, dict) else None
+
+
+def _guess_kind(content: bytes) -> str:
+    if not content:
+        return 'the file is empty'
+    if content.startswith(b'PK\x03\x04'):
+        return ('it is a zip archive, probably a torch.save() file, which is not loaded '
+                'because unpickling can run code; save the policy with save_checkpoint() instead')
+    if content[:1] == b'\x80':
+        return 'it looks like a Python pickle, which is never loaded because it can run code'
+    if content.startswith(b'\x08') or content[:4] == b'ONNX':
+        return 'it may be an ONNX model; load it with onnxruntime instead'
+    return f'it starts with {content[:8]!r} instead of {MAGIC!r}'

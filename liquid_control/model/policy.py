@@ -1,0 +1,369 @@
+"""The driving policy: conv encoder, optional IMU input, a recurrent core and output scaling.
+
+``PolicyConfig`` describes the architecture as plain values and is stored in every
+checkpoint; ``build_policy(config)`` builds the same network from it.
+
+Data flow for one step (B samples)::
+
+    frame (B, 3, H, W) in [0, 1] -> Encoder -> features (B, F), standardised
+    imu (B, 6) -> standardised (missing readings become 0, the training mean)
+    [features, imu] (B, S) + elapsed dt (B,) seconds / dt_reference_s -> core
+    core outputs (B, O), normalised -> * output_std + output_mean -> commands in units
+
+IMU order: angular velocity x, y, z (rad/s), then linear acceleration x, y, z (m/s^2).
+"""
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any, Dict, Optional, Tuple
+
+import torch
+from torch import nn
+
+from liquid_control.errors import ConfigError
+from liquid_control.model import wirings
+from liquid_control.model.baselines import FeedForward, GatedRecurrent
+from liquid_control.model.cfc import WiredCfC
+from liquid_control.model.encoder import (DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES,
+                                          DEFAULT_STRIDES, Encoder)
+from liquid_control.model.ltc import LTC
+
+FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
+IMU_SIZE = 6
+IMU_FIELDS = ('angular_velocity_x', 'angular_velocity_y', 'angular_velocity_z',
+              'linear_acceleration_x', 'linear_acceleration_y', 'linear_acceleration_z')
+
+
+def default_encoder() -> Dict[str, Any]:
+    """Return the encoder settings of the NCP conv head (5 convolutions, 8 x 4 features)."""
+    return {'channels': list(DEFAULT_CHANNELS), 'kernel_sizes': list(DEFAULT_KERNEL_SIZES),
+            'strides': list(DEFAULT_STRIDES), 'features_per_channel': 4, 'dropout': 0.0}
+
+
+def default_preprocessing() -> Dict[str, Any]:
+    """Return the default preprocessing: the whole frame resized to 66 x 200 (height x width).
+
+    The keys are those of ``liquid_control.data.preprocess.Preprocessing.to_dict()``.
+    """
+    return {'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
+            'height': 66, 'width': 200}
+
+
+@dataclass
+class PolicyConfig:
+    """Architecture of a policy, as JSON-compatible values.
+
+    - ``family``: one of ``FAMILIES``. ``ncp_ltc`` and ``ncp_cfc`` use ``wiring``;
+      ``fc_ltc`` is an LTC with a fully connected wiring; ``lstm``/``gru`` have ``units``
+      hidden units; ``cnn`` has a ``units``-wide hidden layer and no state.
+    - ``units``: neurons of the recurrent core (for NCPs, including the motor neurons).
+    - ``wiring``: settings for ``wirings.build_wiring`` (kind and its arguments).
+    - ``ode_unfolds``: semi-implicit Euler sub-steps per LTC step.
+    - ``dt_reference_s``: seconds that make one time unit of the cell; an elapsed dt is
+      divided by it, so at the nominal control rate each step is 1 time unit.
+    - ``preprocessing``: crop and resize settings; ``height``/``width`` size the encoder.
+    """
+
+    family: str = 'ncp_ltc'
+    units: int = 19
+    wiring: Dict[str, Any] = field(default_factory=lambda: {'kind': 'auto_ncp',
+                                                            'sparsity': 0.5})
+    ode_unfolds: int = 6
+    dt_reference_s: float = 0.05
+    encoder: Dict[str, Any] = field(default_factory=default_encoder)
+    imu_enabled: bool = False
+    output_names: Tuple[str, ...] = ('angular_z', 'linear_x')
+    output_units: Tuple[str, ...] = ('rad/s', 'm/s')
+    preprocessing: Dict[str, Any] = field(default_factory=default_preprocessing)
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        self.output_names = tuple(self.output_names)
+        self.output_units = tuple(self.output_units)
+        if self.family not in FAMILIES:
+            raise ConfigError(f'unknown policy family {self.family!r}; use one of {FAMILIES}')
+        if not isinstance(self.units, int) or self.units < 1:
+            raise ConfigError(f'policy units={self.units!r} is invalid: use an integer >= 1')
+        if not isinstance(self.ode_unfolds, int) or not 1 <= self.ode_unfolds <= 100:
+            raise ConfigError(f'ode_unfolds={self.ode_unfolds!r} is invalid: use 1..100')
+        if not self.dt_reference_s > 0:
+            raise ConfigError(f'dt_reference_s={self.dt_reference_s} is invalid: use a '
+                              'positive number of seconds')
+        if not self.output_names:
+            raise ConfigError('output_names is empty: name at least one output')
+        if len(set(self.output_names)) != len(self.output_names):
+            raise ConfigError(f'output_names {list(self.output_names)} contain duplicates')
+        if len(self.output_units) != len(self.output_names):
+            raise ConfigError(f'output_units {list(self.output_units)} must have one unit per '
+                              f'output name {list(self.output_names)}')
+        unknown = set(self.encoder) - set(default_encoder())
+        if unknown:
+            raise ConfigError(f'unknown encoder settings {sorted(unknown)}; known: '
+                              f'{sorted(default_encoder())}')
+        for key in ('height', 'width'):
+            value = self.preprocessing.get(key)
+            if not isinstance(value, int) or value < 8:
+                raise ConfigError(f'preprocessing {key}={value!r} is invalid: use an integer '
+                                  '>= 8')
+
+    @property
+    def input_height(self) -> int:
+        """Height in pixels of the frames the encoder takes."""
+        return int(self.preprocessing['height'])
+
+    @property
+    def input_width(self) -> int:
+        """Width in pixels of the frames the encoder takes."""
+        return int(self.preprocessing['width'])
+
+    @property
+    def output_size(self) -> int:
+        """Number of outputs (commands)."""
+        return len(self.output_names)
+
+    def to_dict(self) -> Dict[str, Any]:
+        """Return a JSON-compatible dict; ``from_dict`` rebuilds an equal config."""
+        values = asdict(self)
+        values['output_names'] = list(self.output_names)
+        values['output_units'] = list(self.output_units)
+        return values
+
+    @classmethod
+    def from_dict(cls, values: Dict[str, Any]) -> 'PolicyConfig':
+        """Build a config from ``to_dict()`` output; raise ConfigError on unknown keys."""
+        known = {item.name for item in fields(cls)}
+        unknown = set(values) - known
+        if unknown:
+            raise ConfigError(f'unknown policy settings {sorted(unknown)}; known: '
+                              f'{sorted(known)}')
+        values = dict(values)
+        if 'encoder' in values:
+            values['encoder'] = {**default_encoder(), **values['encoder']}
+        if 'preprocessing' in values:
+            values['preprocessing'] = {**default_preprocessing(), **values['preprocessing']}
+        return cls(**values)
+
+
+def _as_elapsed(dt, batch: int, steps: Optional[int], reference: float,
+                like: torch.Tensor) -> torch.Tensor:
+    """Turn dt in seconds (scalar, (B,), (B, 1), (B, T) or (B, T, 1)) into time units."""
+    dt = torch.as_tensor(dt, dtype=like.dtype, device=like.device)
+    shape = (batch,) if steps is None else (batch, steps)
+    if dt.dim() > len(shape) and dt.shape[-1] == 1:
+        dt = dt.squeeze(-1)
+    try:
+        dt = dt.expand(shape) if dt.dim() <= len(shape) else dt.reshape(shape)
+    except RuntimeError as error:
+        raise ValueError(f'dt of shape {tuple(dt.shape)} does not fit the batch shape '
+                         f'{shape}') from error
+    return dt * (1.0 / reference)
+
+
+class Policy(nn.Module):
+    """Encoder + recurrent core + output scaling; see the module docstring for the data flow.
+
+    All buffers (normalisation statistics) are saved in checkpoints. Outputs are in the
+    physical units of ``output_units`` unless a method is asked for normalised values.
+    """
+
+    def __init__(self, config: PolicyConfig, wiring: Optional[wirings.Wiring] = None):
+        super().__init__()
+        self.config = config
+        generator = torch.Generator().manual_seed(config.seed)
+        # Seed the global generator too, for layers that initialise from it (conv, linear).
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(config.seed)
+            self.encoder = Encoder(config.input_height, config.input_width, **{
+                key: value for key, value in config.encoder.items()})
+            sensory_size = self.encoder.feature_count + (IMU_SIZE if config.imu_enabled else 0)
+            self.wiring, self.core = _build_core(config, sensory_size, wiring, generator)
+
+        features = self.encoder.feature_count
+        outputs = config.output_size
+        self.register_buffer('feature_mean', torch.zeros(features))
+        self.register_buffer('feature_std', torch.ones(features))
+        self.register_buffer('imu_mean', torch.zeros(IMU_SIZE))
+        self.register_buffer('imu_std', torch.ones(IMU_SIZE))
+        self.register_buffer('output_mean', torch.zeros(outputs))
+        self.register_buffer('output_std', torch.ones(outputs))
+
+    # Interface -------------------------------------------------------------------------
+
+    @property
+    def output_names(self) -> Tuple[str, ...]:
+        """Names of the outputs, e.g. ('angular_z', 'linear_x')."""
+        return self.config.output_names
+
+    @property
+    def output_units(self) -> Tuple[str, ...]:
+        """Physical unit of each output, e.g. ('rad/s', 'm/s')."""
+        return self.config.output_units
+
+    @property
+    def state_size(self) -> int:
+        """Length S of the state vector of one sample."""
+        return self.core.state_size
+
+    def initial_state(self, batch_size: int) -> torch.Tensor:
+        """Return the state before the first step, shape (batch_size, S)."""
+        return self.core.initial_state(batch_size)
+
+    def neuron_states(self, state: torch.Tensor) -> torch.Tensor:
+        """Return neuron activity (B, N): LTC/CfC potentials, LSTM/GRU hidden units."""
+        return self.core.neuron_states(state)
+
+    def set_normalization(self, feature_mean=None, feature_std=None, imu_mean=None,
+                          imu_std=None, output_mean=None, output_std=None) -> None:
+        """Set the standardisation statistics; arguments left as None keep their values.
+
+        Features (F,) are standardised before the core (the encoder already ends in a layer
+        norm, so the identity default is usable); IMU readings (6,) likewise; outputs (O,)
+        are the training targets' mean and std, used to turn the core's normalised outputs
+        into physical units. Standard deviations must be positive.
+        """
+        for name, value in (('feature_mean', feature_mean), ('feature_std', feature_std),
+                            ('imu_mean', imu_mean), ('imu_std', imu_std),
+                            ('output_mean', output_mean), ('output_std', output_std)):
+            if value is None:
+                continue
+            buffer = getattr(self, name)
+            tensor = torch.as_tensor(value, dtype=buffer.dtype).reshape(-1)
+            if tensor.shape != buffer.shape:
+                raise ConfigError(f'{name} has {tensor.numel()} values, expected '
+                                  f'{buffer.numel()}')
+            if not torch.isfinite(tensor).all():
+                raise ConfigError(f'{name} contains NaN or infinite values: {tensor.tolist()}')
+            if name.endswith('_std') and not (tensor > 0).all():
+                raise ConfigError(f'{name} must be positive, got {tensor.tolist()}')
+            buffer.copy_(tensor.to(buffer.device))
+
+    def normalize_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Turn physical outputs (..., O) into the core's normalised targets."""
+        return (outputs - self.output_mean) / self.output_std
+
+    def denormalize_outputs(self, outputs: torch.Tensor) -> torch.Tensor:
+        """Turn the core's normalised outputs (..., O) into physical units."""
+        return outputs * self.output_std + self.output_mean
+
+    # Computation -----------------------------------------------------------------------
+
+    def _sensory_inputs(self, features: torch.Tensor, imu: Optional[torch.Tensor]):
+        # features (..., F), imu (..., 6) or None -> (..., S)
+        features = (features - self.feature_mean) / self.feature_std
+        if not self.config.imu_enabled:
+            return features
+        if imu is None:
+            imu_inputs = features.new_zeros(features.shape[:-1] + (IMU_SIZE,))
+        else:
+            if imu.shape[-1] != IMU_SIZE or imu.shape[:-1] != features.shape[:-1]:
+                raise ValueError(f'imu must have shape {tuple(features.shape[:-1])} + (6,), '
+                                 f'got {tuple(imu.shape)}')
+            imu_inputs = (imu.to(features.dtype) - self.imu_mean) / self.imu_std
+            # A missing reading (NaN) becomes 0, the training mean.
+            imu_inputs = torch.nan_to_num(imu_inputs, nan=0.0, posinf=0.0, neginf=0.0)
+        return torch.cat([features, imu_inputs], dim=-1)
+
+    def forward(self, frames: torch.Tensor, imu: Optional[torch.Tensor], dt,
+                state: Optional[torch.Tensor] = None, denormalize: bool = True):
+        """Run a sequence.
+
+        frames (B, T, 3, H, W) in [0, 1], imu (B, T, 6) or None, dt (B, T) seconds since
+        the previous step, state (B, S) or None for the initial state. Returns
+        (outputs (B, T, O), final state (B, S)); outputs are in physical units unless
+        ``denormalize`` is False.
+        """
+        if frames.dim() != 5:
+            raise ValueError(f'frames must have shape (B, T, 3, H, W), got {tuple(frames.shape)}')
+        batch, steps = frames.shape[:2]
+        features = self.encoder(frames.reshape((batch * steps,) + frames.shape[2:]))
+        inputs = self._sensory_inputs(features.reshape(batch, steps, -1), imu)  # (B, T, S)
+        elapsed = _as_elapsed(dt, batch, steps, self.config.dt_reference_s, inputs)
+        outputs, state = self.core(inputs, elapsed, state)  # (B, T, O), (B, S)
+        return (self.denormalize_outputs(outputs) if denormalize else outputs), state
+
+    def step(self, frame: torch.Tensor, imu: Optional[torch.Tensor], dt,
+             state: Optional[torch.Tensor] = None, denormalize: bool = True):
+        """Run one control step.
+
+        frame (B, 3, H, W) in [0, 1], imu (B, 6) or None, dt (B,) seconds since the
+        previous step (a float applies to every sample), state (B, S) or None. Returns
+        (outputs (B, O) in physical units unless ``denormalize`` is False, state (B, S)).
+        """
+        if frame.dim() != 4:
+            raise ValueError(f'frame must have shape (B, 3, H, W), got {tuple(frame.shape)}')
+        batch = frame.shape[0]
+        inputs = self._sensory_inputs(self.encoder(frame), imu)  # (B, S)
+        elapsed = _as_elapsed(dt, batch, None, self.config.dt_reference_s, inputs)
+        outputs, state = self.core.step(inputs, elapsed, state)  # (B, O), (B, S)
+        return (self.denormalize_outputs(outputs) if denormalize else outputs), state
+
+    def parameter_counts(self) -> Dict[str, int]:
+        """Return trainable parameters per block: 'encoder', 'recurrent', 'head', 'total'."""
+        encoder = sum(p.numel() for p in self.encoder.parameters() if p.requires_grad)
+        counts = {'encoder': encoder, **self.core.parameter_counts()}
+        # The cores count only weights that exist in their wiring (a CfC's masked-out
+        # entries are stored but never used), so the total is the sum of the blocks.
+        counts['total'] = counts['encoder'] + counts['recurrent'] + counts['head']
+        return counts
+
+    def describe(self) -> str:
+        """Return a multi-line summary of the architecture for logs and ``inspect``."""
+        config = self.config
+        counts = self.parameter_counts()
+        output_text = ', '.join(f'{name} [{unit}]' for name, unit in
+                                zip(config.output_names, config.output_units))
+        lines = [
+            f'family: {config.family}',
+            f'input: {config.input_height} x {config.input_width} RGB frames'
+            + (' + IMU (6)' if config.imu_enabled else ''),
+            f'encoder: conv head {self.encoder.head.map_shape} last map, '
+            f'{self.encoder.feature_count} features',
+            f'outputs: {output_text}',
+            f'state size: {self.state_size}',
+        ]
+        if self.wiring is not None:
+            lines.append(f'wiring: {self.wiring.describe()}')
+        if config.family in ('ncp_ltc', 'fc_ltc'):
+            lines.append(f'ode unfolds: {config.ode_unfolds}, time unit: '
+                         f'{config.dt_reference_s} s')
+        lines.append('parameters: ' + ', '.join(f'{key} {value:,}'
+                                                for key, value in counts.items()))
+        return '\n'.join(lines)
+
+
+def _build_core(config: PolicyConfig, sensory_size: int,
+                wiring: Optional[wirings.Wiring], generator: torch.Generator):
+    """Return (wiring or None, core module) for the configured family."""
+    outputs = config.output_size
+    family = config.family
+    if family in ('ncp_ltc', 'ncp_cfc', 'fc_ltc'):
+        if wiring is None:
+            spec = dict(config.wiring)
+            if family == 'fc_ltc':
+                spec = {'kind': 'fully_connected'}
+            wiring = wirings.build_wiring(spec, sensory_size, config.units, outputs,
+                                          seed=config.seed)
+        _check_wiring(wiring, sensory_size, config)
+        if family == 'ncp_cfc':
+            return wiring, WiredCfC(wiring, generator=generator)
+        return wiring, LTC(wiring, config.ode_unfolds, generator)
+    if wiring is not None:
+        raise ConfigError(f'policy family {family} takes no wiring')
+    if family in ('lstm', 'gru'):
+        return None, GatedRecurrent(family, sensory_size, config.units, outputs)
+    return None, FeedForward(sensory_size, config.units, outputs)
+
+
+def _check_wiring(wiring: wirings.Wiring, sensory_size: int, config: PolicyConfig) -> None:
+    if wiring.input_size != sensory_size:
+        raise ConfigError(f'wiring has {wiring.input_size} inputs but the policy feeds '
+                          f'{sensory_size} (encoder features + IMU)')
+    if wiring.units != config.units:
+        raise ConfigError(f'wiring has {wiring.units} neurons but units={config.units}')
+    if wiring.output_size != config.output_size:
+        raise ConfigError(f'wiring has {wiring.output_size} motor neurons but the policy '
+                          f'has {config.output_size} outputs')
+
+
+def build_policy(config: PolicyConfig, wiring: Optional[wirings.Wiring] = None) -> Policy:
+    """Build a policy from its config; pass ``wiring`` to reuse a stored wiring exactly."""
+    return Policy(config, wiring)
