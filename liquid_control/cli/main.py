@@ -17,6 +17,7 @@ from liquid_control.errors import LiquidControlError
 COMMANDS = [
     ('train', 'train', 'train a policy on episodes, bags or tubs'),
     ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
+    ('replay', 'replay', 'play a bag into a live policy node and record its commands'),
 ]
 
 
