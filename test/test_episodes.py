@@ -193,8 +193,9 @@ def test_rows_csv_has_documented_columns(tmp_path):
 
 
 def test_windows_never_cross_gap(tmp_path):
-    stamps = [i * PERIOD_NS for i in range(10)] + [2_000_000_000 + i * PERIOD_NS
-                                                  for i in range(6)]
+    first = [i * PERIOD_NS for i in range(10)]
+    second = [2_000_000_000 + i * PERIOD_NS for i in range(6)]
+    stamps = first + second
     episode = Episode(_write_episode(tmp_path, stamps))
     windows = episode.windows(length=4)
     assert len(windows) == 7 + 3

@@ -15,7 +15,10 @@ from liquid_control.errors import LiquidControlError
 
 # (subcommand, module under liquid_control.cli, one-line help)
 COMMANDS = [
+    ('import', 'import_data', 'import a rosbag2, ROS 1 bag or donkeycar tub as episodes'),
+    ('dataset', 'dataset', 'inspect a dataset of episodes (dataset info DIR)'),
     ('train', 'train', 'train a policy on episodes, bags or tubs'),
+    ('compare', 'compare', 'train several model families on the same data and tabulate them'),
     ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
     ('replay', 'replay', 'play a bag into a live policy node and record its commands'),
 ]

@@ -19,8 +19,8 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
-from liquid_control.data.episodes import EncodedImage, EpisodeWriter, FrameLabels, image_extension
-from liquid_control.data.images import decode_raw
+from liquid_control.data.episodes import (EncodedImage, EpisodeWriter, image_extension,
+                                          raw_image_for_storage)
 from liquid_control.data.sync import (LabelOptions, command_from_message, command_mapping,
                                       imu_from_message, label_frame)
 from liquid_control.errors import DataError
@@ -212,8 +212,8 @@ def _frame_image(message, kind: str):
     if kind == 'compressed':
         data = bytes(message.data)
         return EncodedImage(data, image_extension(data))
-    return decode_raw(message.encoding, int(message.height), int(message.width),
-                      int(message.step), message.data, bool(message.is_bigendian))
+    return raw_image_for_storage(message.encoding, int(message.height), int(message.width),
+                                 int(message.step), message.data, bool(message.is_bigendian))
 
 
 def import_bag(path: Path, out_dir: Path, options: LabelOptions,
@@ -262,8 +262,8 @@ def import_bag(path: Path, out_dir: Path, options: LabelOptions,
                 if previous_ns is not None and stamp_ns <= previous_ns:
                     skipped['non-increasing stamp'] += 1
                     continue
-                labels = label_frame(stamp_ns, imu_ns, imu_values, command_ns, command_values,
-                                      options)
+                labels = label_frame(stamp_ns, imu_ns, imu_values, command_ns,
+                                     command_values, options)
                 if not labels.valid and options.invalid_frames == 'skip':
                     skipped['invalid'] += 1
                     continue

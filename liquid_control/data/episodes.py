@@ -33,6 +33,7 @@ from typing import Dict, List, Optional, Sequence, Union
 import cv2
 import numpy as np
 
+from liquid_control.data.images import decode_raw
 from liquid_control.errors import DataError
 
 FORMAT_VERSION = 1
@@ -125,6 +126,20 @@ def encode_image(rgb: np.ndarray, image_format: str = 'png', jpeg_quality: int =
     if not ok:
         raise DataError(f'{image_format} encoding failed for an image of shape {image.shape}')
     return EncodedImage(encoded.tobytes(), extension)
+
+
+def raw_image_for_storage(encoding: str, height: int, width: int, step: int, data,
+                          is_bigendian: bool = False) -> np.ndarray:
+    """Decode a raw ``sensor_msgs/Image`` buffer into the array ``EpisodeWriter`` stores.
+
+    8-bit grey images stay ``(H, W)``, so their PNG files are a third of the size and
+    faster to write; every other encoding becomes ``(H, W, 3)`` RGB. Readers get RGB
+    either way because ``Episode.load_frame`` decodes in colour.
+    """
+    if encoding.lower() in ('mono8', '8uc1'):
+        rgb_or_grey = decode_raw(encoding, height, width, step, data, is_bigendian)
+        return np.ascontiguousarray(rgb_or_grey[:, :, 0])
+    return decode_raw(encoding, height, width, step, data, is_bigendian)
 
 
 def _format_float(value: float) -> str:
