@@ -15,8 +15,8 @@ OPTION_FIELDS = {
     'family': 'family', 'epochs': 'epochs', 'max_minutes': 'max_minutes',
     'batch_size': 'batch_size', 'sequence_length': 'sequence_length',
     'lr_encoder': 'lr_encoder', 'lr_recurrent': 'lr_recurrent', 'seed': 'seed',
-    'split': 'split', 'validation_fraction': 'validation_fraction', 'patience': 'patience',
-    'threads': 'threads',
+    'split': 'split', 'validation_fraction': 'validation_fraction',
+    'test_fraction': 'test_fraction', 'patience': 'patience', 'threads': 'threads',
 }
 
 
@@ -49,6 +49,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'end of every episode, or whole episodes')
     parser.add_argument('--validation-fraction', type=float,
                         help='share of frames kept for validation (0..0.9)')
+    parser.add_argument('--test-fraction', type=float,
+                        help='last share of the recording never used in training, kept for '
+                             'a final score (default 0)')
     parser.add_argument('--patience', type=int,
                         help='stop after this many epochs without a better validation loss')
     parser.add_argument('--seed', type=int, help='seed of weights, shuffling and augmentation')
@@ -71,7 +74,7 @@ def collect_overrides(args: argparse.Namespace) -> dict:
 
     overrides = {}
     for option, key in OPTION_FIELDS.items():
-        value = getattr(args, option, None)
+        value = getattr(args, option, None)  # compare lacks some of these options
         if value is not None:
             overrides[key] = value
     if getattr(args, 'units', None) is not None:

@@ -34,6 +34,7 @@ class TrainConfig:
     warmup_frames: int = 4
     split: str = 'time'
     validation_fraction: float = 0.2
+    test_fraction: float = 0.0
     validation_sequence_length: int = 64
 
     batch_size: int = 16
@@ -75,6 +76,10 @@ class TrainConfig:
         if not 0.0 < self.validation_fraction < 0.9:
             raise ConfigError(f'validation_fraction={self.validation_fraction} is invalid: '
                               'use a value between 0 and 0.9')
+        if not 0.0 <= self.test_fraction < 0.9 - self.validation_fraction:
+            raise ConfigError(f'test_fraction={self.test_fraction} is invalid: use 0 <= '
+                              'test_fraction and keep test_fraction + validation_fraction '
+                              'below 0.9')
         for name in ('lr_encoder', 'lr_recurrent'):
             if not getattr(self, name) > 0:
                 raise ConfigError(f'{name}={getattr(self, name)} is invalid: use a value > 0')

@@ -6,7 +6,7 @@ between them, the commands as targets and a mask of frames with a valid label.
 """
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -81,94 +81,134 @@ def episode_name(episode) -> str:
     return str(folder) if folder is not None else repr(episode)
 
 
+TRAIN, VALIDATION, TEST = 0, 1, 2
+
+
 @dataclass
 class Split:
-    """Training windows and validation segments over a list of cached episodes."""
+    """Training windows, validation segments and held-out test segments.
+
+    Test segments are never used while training; they are there for a final, unbiased
+    measurement (``liquid-control compare`` and the benchmarks score them).
+    """
 
     train_windows: List[Tuple[int, np.ndarray]]
     validation_segments: List[Segment]
+    test_segments: List[Segment] = field(default_factory=list)
 
-    def describe(self, episodes: Sequence[CachedEpisode]) -> List[Dict[str, object]]:
-        """Return the validation ranges as JSON-able dicts for the checkpoint's metadata."""
+    @staticmethod
+    def describe_segments(episodes: Sequence[CachedEpisode],
+                          segments: Sequence[Segment]) -> List[Dict[str, object]]:
+        """Return segments as JSON-able dicts (episode folder, start, stop) for metadata."""
         return [{'episode': episodes[segment.episode_index].name,
-                 'start': segment.start, 'stop': segment.stop}
-                for segment in self.validation_segments]
+                 'start': segment.start, 'stop': segment.stop} for segment in segments]
+
+
+def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str,
+                 validation_fraction: float, test_fraction: float = 0.0,
+                 seed: int = 0) -> List[np.ndarray]:
+    """Return one role array per episode: TRAIN, VALIDATION or TEST for every frame.
+
+    - ``time``: in recording order, the last ``test_fraction`` of all frames is TEST and
+      the ``validation_fraction`` before it VALIDATION, so both are later parts of the drive.
+    - ``episode_end``: the same, inside every episode.
+    - ``episode``: whole episodes, chosen with ``seed``; needs one more episode than parts.
+    """
+    roles = [np.full(length, TRAIN, np.int8) for length in lengths]
+    total = sum(lengths)
+
+    def mark_tail(order: Sequence[int], counts: Sequence[Tuple[int, int]]) -> None:
+        # Walk backwards through the frames of ``order``, giving each role its count.
+        position = [(index, lengths[index]) for index in order]
+        for role, count in counts:
+            while count > 0 and position:
+                index, stop = position[-1]
+                taken = min(count, stop)
+                roles[index][stop - taken:stop] = role
+                count -= taken
+                if taken == stop:
+                    position.pop()
+                else:
+                    position[-1] = (index, stop - taken)
+
+    tail = [(TEST, int(round(total * test_fraction))),
+            (VALIDATION, int(round(total * validation_fraction)))]
+    if mode == 'time':
+        mark_tail(sorted(range(len(lengths)), key=lambda i: start_times[i]), tail)
+    elif mode == 'episode_end':
+        for index, length in enumerate(lengths):
+            mark_tail([index], [(TEST, int(round(length * test_fraction))),
+                                (VALIDATION, int(round(length * validation_fraction)))])
+    elif mode == 'episode':
+        parts = 2 if test_fraction > 0 else 1
+        if len(lengths) < parts + 1:
+            raise DataError(f'split=episode needs at least {parts + 1} episodes here; use '
+                            'split=time for a single recording')
+        order = [int(i) for i in np.random.default_rng(seed).permutation(len(lengths))]
+        for role, fraction in ((TEST, test_fraction), (VALIDATION, validation_fraction)):
+            held_out = 0
+            while order and held_out < fraction * total and len(order) > 1:
+                index = order.pop()
+                roles[index][:] = role
+                held_out += lengths[index]
+    else:
+        raise DataError(f'split mode {mode!r} is unknown; use time, episode_end or episode')
+    return roles
+
+
+def _runs(cached: CachedEpisode, index: int, selected: np.ndarray,
+          max_gap_s: float) -> List[Segment]:
+    """Return the runs of selected frames of one episode, broken at time gaps."""
+    breaks = set(int(i) for i in segment_starts(cached.timestamps, max_gap_s))
+    segments, start = [], None
+    for frame in range(len(selected) + 1):
+        inside = frame < len(selected) and bool(selected[frame])
+        if start is not None and (not inside or frame in breaks):
+            if frame - start >= 2:
+                segments.append(Segment(index, start, frame))
+            start = None
+        if inside and start is None:
+            start = frame
+    return segments
 
 
 def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_fraction: float,
-                   sequence_length: int, stride: int, max_gap_s: float,
-                   seed: int = 0) -> Split:
-    """Split episodes into training windows and validation segments.
+                   sequence_length: int, stride: int, max_gap_s: float, seed: int = 0,
+                   test_fraction: float = 0.0) -> Split:
+    """Split episodes into training windows, validation segments and test segments.
 
-    - ``time``: the last ``validation_fraction`` of all frames, in recording order, is kept
-      for validation, so validation is a later part of the drive.
-    - ``episode_end``: the last ``validation_fraction`` of every episode is kept.
-    - ``episode``: whole episodes (chosen with ``seed``) are kept; needs two or more.
-
-    Where training and validation frames meet inside one episode, one window length of
-    frames before the validation part is dropped, so no training window ends next to a
-    validation frame.
+    See ``assign_roles`` for the modes. A training window never contains a validation or
+    test frame, and ends at least ``sequence_length`` frames before one, so training
+    never sees the direct neighbours of the frames it is scored on.
     """
-    lengths = [len(cached) for cached in episodes]
-    validation_ranges: Dict[int, Tuple[int, int]] = {}
-    train_ranges: Dict[int, Tuple[int, int]] = {}
-
-    def cut_episode(index: int, cut: int) -> None:
-        if cut < lengths[index]:
-            validation_ranges[index] = (cut, lengths[index])
-        gap = sequence_length if cut < lengths[index] else 0
-        if cut - gap > 0:
-            train_ranges[index] = (0, cut - gap)
-
-    if mode == 'time':
-        order = sorted(range(len(episodes)), key=lambda i: float(episodes[i].timestamps[0]))
-        remaining = int(round(sum(lengths) * validation_fraction))
-        for index in reversed(order):
-            taken = min(remaining, lengths[index])
-            cut_episode(index, lengths[index] - taken)
-            remaining -= taken
-    elif mode == 'episode_end':
-        for index in range(len(episodes)):
-            cut_episode(index, int(round(lengths[index] * (1.0 - validation_fraction))))
-    elif mode == 'episode':
-        if len(episodes) < 2:
-            raise DataError('split=episode needs at least two episodes; use split=time for '
-                            'a single recording')
-        order = np.random.default_rng(seed).permutation(len(episodes))
-        held_out = 0
-        for index in (int(i) for i in order):
-            if (held_out < validation_fraction * sum(lengths)
-                    and len(validation_ranges) < len(order) - 1):
-                validation_ranges[index] = (0, lengths[index])
-                held_out += lengths[index]
-            else:
-                train_ranges[index] = (0, lengths[index])
-    else:
-        raise DataError(f'split mode {mode!r} is unknown; use time, episode_end or episode')
-
+    roles = assign_roles([len(cached) for cached in episodes],
+                         [float(cached.timestamps[0]) for cached in episodes], mode,
+                         validation_fraction, test_fraction, seed)
     train_windows = []
-    for index, (start, stop) in sorted(train_ranges.items()):
-        cached = episodes[index]
+    validation_segments, test_segments = [], []
+    for index, cached in enumerate(episodes):
+        role = roles[index]
+        # A frame is usable for training when no held-out frame follows within one window.
+        held_out = (role != TRAIN).astype(np.int64)
+        ahead = np.concatenate([np.cumsum(held_out[::-1])[::-1], [0]])
+        upcoming = ahead[:len(role)] - ahead[np.minimum(np.arange(len(role))
+                                                        + sequence_length + 1, len(role))]
+        trainable = (role == TRAIN) & (upcoming == 0)
         for window in cached.episode.windows(sequence_length, stride, max_gap_s):
             window = np.asarray(window, np.int64)
-            if window[0] >= start and window[-1] < stop and cached.valid[window].any():
+            if trainable[window].all() and cached.valid[window].any():
                 train_windows.append((index, window))
+        validation_segments += _runs(cached, index, role == VALIDATION, max_gap_s)
+        test_segments += _runs(cached, index, role == TEST, max_gap_s)
 
-    segments = []
-    for index, (start, stop) in sorted(validation_ranges.items()):
-        starts = segment_starts(episodes[index].timestamps, max_gap_s)
-        bounds = sorted({start, stop, *[int(s) for s in starts if start < s < stop]})
-        for first, last in zip(bounds[:-1], bounds[1:]):
-            if last - first >= 2:
-                segments.append(Segment(index, first, last))
     if not train_windows:
         raise DataError(
             f'no training windows of {sequence_length} frames fit the data '
             f'({sum(len(e) for e in episodes)} frames); record more, or lower '
-            'sequence_length or validation_fraction')
-    if not segments:
+            'sequence_length, validation_fraction or test_fraction')
+    if not validation_segments:
         raise DataError('the validation part is empty; raise validation_fraction')
-    return Split(train_windows, segments)
+    return Split(train_windows, validation_segments, test_segments)
 
 
 def iterate_batches(episodes: Sequence[CachedEpisode], windows: Sequence[Tuple[int, np.ndarray]],
@@ -215,3 +255,65 @@ def segment_arrays(cached: CachedEpisode, segment: Segment) -> Dict[str, np.ndar
     """Return one validation segment as a batch of one sequence (no augmentation)."""
     window = np.arange(segment.start, segment.stop)
     return collate([cached], [(0, window)], None, None)
+
+
+class EpisodeSlice:
+    """Read-only view of frames ``[start, stop)`` of an episode, with the Episode interface.
+
+    It lets the evaluation code score exactly the validation or test part of a recording,
+    without copying it. ``folder`` names the source episode and the range.
+    """
+
+    def __init__(self, episode, start: int, stop: int):
+        if not 0 <= start < stop <= len(episode):
+            raise DataError(f'frame range [{start}, {stop}) is outside episode '
+                            f'{episode_name(episode)} of {len(episode)} frames')
+        self.episode = episode
+        self.start = int(start)
+        self.stop = int(stop)
+        self.folder = f'{episode_name(episode)}[{start}:{stop}]'
+        self.metadata = getattr(episode, 'metadata', {})
+        self.timestamps = np.asarray(episode.timestamps)[start:stop]
+
+    def __len__(self) -> int:
+        return self.stop - self.start
+
+    def __repr__(self) -> str:
+        return f'EpisodeSlice({self.folder!r})'
+
+    @property
+    def valid(self) -> np.ndarray:
+        """(N,) bool: the frame has a usable command."""
+        return np.asarray(self.episode.valid)[self.start:self.stop]
+
+    @property
+    def has_imu(self) -> bool:
+        """Whether any frame of the slice has an IMU reading."""
+        return bool(getattr(self.episode, 'has_imu', False)) and bool(
+            np.isfinite(self.imu).any())
+
+    @property
+    def imu(self) -> np.ndarray:
+        """IMU readings (N, 6) float32, NaN where missing."""
+        return np.asarray(self.episode.imu)[self.start:self.stop]
+
+    def command(self, name: str) -> np.ndarray:
+        """Return one command field of the slice, (N,) float32, NaN where missing."""
+        return np.asarray(self.episode.command(name))[self.start:self.stop]
+
+    def load_frame(self, index: int) -> np.ndarray:
+        """Decode frame ``index`` of the slice into an ``(H, W, 3)`` uint8 RGB array."""
+        if not 0 <= index < len(self):
+            raise IndexError(f'frame {index} is outside {self.folder}')
+        return self.episode.load_frame(self.start + index)
+
+
+def segment_slices(episodes: Sequence[CachedEpisode],
+                   segments: Sequence[Segment]) -> Tuple[List[EpisodeSlice], List[np.ndarray]]:
+    """Return one ``EpisodeSlice`` per segment and its cached uint8 ``(N, 3, H, W)`` frames."""
+    slices, frames = [], []
+    for segment in segments:
+        cached = episodes[segment.episode_index]
+        slices.append(EpisodeSlice(cached.episode, segment.start, segment.stop))
+        frames.append(cached.frames[segment.start:segment.stop])
+    return slices, frames

@@ -146,13 +146,59 @@ def to_tensors(batch: Dict[str, np.ndarray]) -> Dict[str, Optional[torch.Tensor]
             for key, value in batch.items()}
 
 
+@dataclass
+class PreparedData:
+    """Cached frames and the split of a run, shareable between runs with equal data settings.
+
+    Runs may share it when they agree on preprocessing, outputs, IMU use, sequence length,
+    stride, gap and split settings (``liquid-control compare`` varies only the model).
+    """
+
+    preprocessing: Preprocessing
+    use_imu: bool
+    units: Tuple[str, ...]
+    episodes: List[CachedEpisode]
+    split: Split
+
+
+def prepare_data(config: TrainConfig, episodes: Sequence,
+                 context: Optional[distributed.Context] = None) -> PreparedData:
+    """Decode and cache every frame once, then split into training, validation and test."""
+    context = context or distributed.Context()
+    if not episodes:
+        raise DataError('no episodes to train on; pass episode folders, a tub or a bag')
+    preprocessing = Preprocessing.from_dict(config.preprocessing)
+    use_imu = decide_imu(config, episodes)
+    started = time.perf_counter()
+    cached = [cache_episode(episode, preprocessing, config.outputs, use_imu, config.max_gap_s)
+              for episode in episodes]
+    if context.is_main:
+        LOGGER.info('cached %d frames of %d episode(s) at %dx%d (%.0f MB) in %.1f s',
+                    sum(len(item) for item in cached), len(cached), preprocessing.width,
+                    preprocessing.height, sum(item.frames.nbytes for item in cached) / 1e6,
+                    time.perf_counter() - started)
+    split = split_episodes(cached, config.split, config.validation_fraction,
+                           config.sequence_length, config.stride, config.max_gap_s,
+                           seed=config.seed, test_fraction=config.test_fraction)
+    if context.is_main:
+        LOGGER.info('split by %s: %d training windows of %d frames, %d validation '
+                    'segment(s) with %d frames, %d held-out test frames', config.split,
+                    len(split.train_windows), config.sequence_length,
+                    len(split.validation_segments),
+                    sum(len(s) for s in split.validation_segments),
+                    sum(len(s) for s in split.test_segments))
+    return PreparedData(preprocessing, use_imu, output_units(episodes, config.outputs),
+                        cached, split)
+
+
 class Trainer:
     """Trains one policy on cached episodes and writes its checkpoints and logs."""
 
     def __init__(self, config: TrainConfig, episodes: Sequence, out: Path, *,
                  sources: Sequence[str] = (), resume: bool = False, progress: bool = True,
-                 context: Optional[distributed.Context] = None):
-        if not episodes:
+                 context: Optional[distributed.Context] = None,
+                 data: Optional[PreparedData] = None):
+        if not episodes and data is None:
             raise DataError('no episodes to train on; pass episode folders, a tub or a bag')
         self.config = config
         self.paths = OutputPaths.from_out(out)
@@ -160,30 +206,12 @@ class Trainer:
         self.resume = resume
         self.progress = progress
         self.context = context or distributed.Context()
-        self.preprocessing = Preprocessing.from_dict(config.preprocessing)
-        self.use_imu = decide_imu(config, episodes)
-        self.units = output_units(episodes, config.outputs)
-
-        started = time.perf_counter()
-        self.episodes: List[CachedEpisode] = [
-            cache_episode(episode, self.preprocessing, config.outputs, self.use_imu,
-                          config.max_gap_s)
-            for episode in episodes]
-        frame_count = sum(len(cached) for cached in self.episodes)
-        megabytes = sum(cached.frames.nbytes for cached in self.episodes) / 1e6
-        if self.context.is_main:
-            LOGGER.info('cached %d frames of %d episode(s) at %dx%d (%.0f MB) in %.1f s',
-                        frame_count, len(self.episodes), self.preprocessing.width,
-                        self.preprocessing.height, megabytes, time.perf_counter() - started)
-        self.split: Split = split_episodes(
-            self.episodes, config.split, config.validation_fraction, config.sequence_length,
-            config.stride, config.max_gap_s, seed=config.seed)
-        if self.context.is_main:
-            LOGGER.info('split by %s: %d training windows of %d frames, %d validation '
-                        'segment(s) with %d frames', config.split,
-                        len(self.split.train_windows), config.sequence_length,
-                        len(self.split.validation_segments),
-                        sum(len(s) for s in self.split.validation_segments))
+        self.data = data or prepare_data(config, episodes, self.context)
+        self.preprocessing = self.data.preprocessing
+        self.use_imu = self.data.use_imu
+        self.units = self.data.units
+        self.episodes: List[CachedEpisode] = self.data.episodes
+        self.split: Split = self.data.split
 
         torch.manual_seed(config.seed)
         self.policy = build_policy(build_policy_config(
@@ -393,7 +421,9 @@ class Trainer:
             'episodes': [cached.name for cached in self.episodes],
             'frames': int(sum(len(cached) for cached in self.episodes)),
             'split': self.config.split,
-            'validation': self.split.describe(self.episodes),
+            'validation': Split.describe_segments(self.episodes,
+                                                  self.split.validation_segments),
+            'test': Split.describe_segments(self.episodes, self.split.test_segments),
             'training_windows': len(self.split.train_windows),
             'training_output_mean': self.output_mean(),
             'training_output_std': self.output_std(),

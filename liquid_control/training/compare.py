@@ -1,0 +1,237 @@
+"""Train or load several model families on the same data and tabulate how they compare.
+
+Every family shares the cached frames, the split, the encoder settings and the training
+loop. Each model is scored by the evaluation pipeline on the held-out test part when
+the config keeps one (``test_fraction > 0``), else on the validation part, which early
+stopping has seen and which therefore flatters every model a little.
+"""
+
+import json
+import logging
+import math
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Dict, List, Optional, Sequence
+
+import numpy as np
+
+from liquid_control.errors import ConfigError
+from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
+from liquid_control.model.checkpoint import load_checkpoint
+from liquid_control.training.config import FAMILIES, TrainConfig
+from liquid_control.training.dataset import segment_slices
+from liquid_control.training.trainer import PreparedData, Trainer, prepare_data
+
+LOGGER = logging.getLogger(__name__)
+
+DEFAULT_MODELS = ('ncp_ltc', 'ncp_cfc', 'lstm:64', 'cnn')
+ROBUSTNESS = ('noise:0.1', 'noise:0.2', 'noise:0.3', 'brightness:+0.2', 'brightness:-0.2',
+              'blur:1.5')
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """One entry of a comparison: a family and optionally its unit count, e.g. ``lstm:64``."""
+
+    family: str
+    units: Optional[int] = None
+
+    @property
+    def name(self) -> str:
+        """Return the spec as written on the command line, e.g. ``lstm-64``."""
+        return self.family if self.units is None else f'{self.family}-{self.units}'
+
+    @classmethod
+    def parse(cls, text: str) -> 'ModelSpec':
+        """Parse ``FAMILY`` or ``FAMILY:UNITS``."""
+        family, _, units = text.partition(':')
+        if family not in FAMILIES:
+            raise ConfigError(f'model {text!r} is invalid: use FAMILY or FAMILY:UNITS with '
+                              f'FAMILY one of {FAMILIES}, e.g. lstm:64')
+        if not units:
+            return cls(family)
+        try:
+            count = int(units)
+        except ValueError:
+            count = 0
+        if count < 1:
+            raise ConfigError(f'model {text!r} has an invalid unit count {units!r}: use a '
+                              'positive integer, e.g. lstm:64')
+        return cls(family, count)
+
+    def config(self, base: TrainConfig, seed: int) -> TrainConfig:
+        """Return ``base`` with this family, unit count and ``seed``."""
+        overrides = {'family': self.family, 'seed': seed}
+        if self.units is not None:
+            overrides['model.units'] = self.units
+        return base.with_overrides(overrides)
+
+
+def scored_part(data: PreparedData):
+    """Return (name, segments) of the part that the comparison scores."""
+    if data.split.test_segments:
+        return 'test', data.split.test_segments
+    return 'validation', data.split.validation_segments
+
+
+def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, path: Path,
+                   reuse: bool, sources: Sequence[str], progress: bool):
+    if reuse and path.is_file():
+        LOGGER.info('%s: loading %s (--reuse)', spec.name, path)
+        policy, metadata = load_checkpoint(path)
+        if metadata.get('train_config', {}).get('family') != spec.family:
+            raise ConfigError(f'{path} holds a {metadata.get("train_config", {}).get("family")}'
+                              f' model, not {spec.family}; delete it or drop --reuse')
+        return policy, metadata, float(metadata.get('train_seconds', math.nan)), None
+    trainer = Trainer(config, [], path, sources=sources, progress=progress, data=data)
+    result = trainer.run()
+    policy, metadata = load_checkpoint(result.paths.best)
+    return policy, metadata, result.train_seconds, result
+
+
+def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: float,
+         metrics: dict, output: str) -> Dict[str, object]:
+    counts = policy.parameter_counts()
+    clean = metrics.get(output, {})
+    row = {
+        'model': spec.name, 'family': spec.family, 'seed': seed,
+        'encoder_parameters': counts.get('encoder'),
+        'recurrent_parameters': counts.get('recurrent'),
+        'head_parameters': counts.get('head'),
+        'total_parameters': counts.get('total'),
+        'train_minutes': train_seconds / 60.0,
+        'epochs': metadata.get('epoch'), 'best_epoch': metadata.get('best_epoch'),
+        'mae': clean.get('mae'), 'rmse': clean.get('rmse'), 'pearson': clean.get('pearson'),
+        'r2': clean.get('r2'), 'baseline_mae': clean.get('baseline_mae'),
+        'realtime_factor': metrics.get('realtime_factor'),
+    }
+    baseline = clean.get('baseline_mae')
+    row['mae_ratio'] = (clean['mae'] / baseline
+                        if baseline and clean.get('mae') is not None else math.nan)
+    for name, summary in (metrics.get('robustness') or {}).items():
+        values = summary.get(output, {})
+        row[f'{name} pearson'] = values.get('pearson')
+        row[f'{name} mae'] = values.get('mae')
+    return row
+
+
+def compare(base: TrainConfig, episodes: Sequence, out_dir: Path,
+            models: Sequence[ModelSpec] = tuple(ModelSpec.parse(m) for m in DEFAULT_MODELS),
+            seeds: Sequence[int] = (0,), perturbations: Sequence[str] = ROBUSTNESS,
+            reuse: bool = False, plots: bool = False, sources: Sequence[str] = (),
+            progress: bool = True) -> List[Dict[str, object]]:
+    """Train (or, with ``reuse``, load) every model and seed; score each on the same frames.
+
+    Writes ``MODEL-sSEED.lcm`` checkpoints, one evaluation folder per run, and
+    ``compare.json`` plus ``compare.md`` (one row per run, then the mean over seeds) into
+    ``out_dir``. Returns the rows.
+    """
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    data = prepare_data(base, episodes)
+    part, segments = scored_part(data)
+    slices, frames = segment_slices(data.episodes, segments)
+    output = base.outputs[0]
+    LOGGER.info('scoring every model on the %s part: %d frames in %d segment(s)', part,
+                sum(len(s) for s in slices), len(slices))
+
+    rows = []
+    for spec in models:
+        for seed in seeds:
+            run_name = f'{spec.name}-s{seed}'
+            config = spec.config(base, seed)
+            policy, metadata, train_seconds, _ = _train_or_load(
+                spec, config, data, out_dir / f'{run_name}.lcm', reuse, sources, progress)
+            options = EvaluationOptions(perturbations=tuple(perturbations), plots=plots,
+                                        seed=seed, info={'scored_part': part})
+            started = time.perf_counter()
+            metrics = run_evaluation(policy, slices, out_dir / run_name, metadata, options)
+            LOGGER.info('%s evaluated in %.0f s', run_name, time.perf_counter() - started)
+            row = _row(spec, seed, policy, metadata, train_seconds, metrics, output)
+            row['scored_part'] = part
+            row['scored_frames'] = int(sum(len(s) for s in slices))
+            rows.append(row)
+            write_tables(out_dir, rows, output, perturbations)
+    return rows
+
+
+def mean_rows(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Average the numeric columns of rows with the same model over their seeds."""
+    merged = []
+    for model in dict.fromkeys(row['model'] for row in rows):
+        group = [row for row in rows if row['model'] == model]
+        mean = {'model': model, 'family': group[0]['family'], 'seed': 'mean',
+                'seeds': len(group)}
+        for key, value in group[0].items():
+            if key in mean or not isinstance(value, (int, float)):
+                continue
+            values = [row.get(key) for row in group if isinstance(row.get(key), (int, float))]
+            values = [float(v) for v in values if v is not None and math.isfinite(float(v))]
+            mean[key] = float(np.mean(values)) if values else math.nan
+            if key in ('mae', 'pearson') and len(values) > 1:
+                mean[f'{key}_std'] = float(np.std(values))
+        merged.append(mean)
+    return merged
+
+
+def _cell(value, digits: int = 3) -> str:
+    if value is None:
+        return '-'
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return '-'
+        return f'{value:.{digits}f}'
+    if isinstance(value, int):
+        return f'{value:,}'
+    return str(value)
+
+
+def markdown_table(rows: Sequence[Dict[str, object]], output: str,
+                   perturbations: Sequence[str]) -> str:
+    """Return a Markdown table: parameters, accuracy and robustness, one row per entry."""
+    noise = [name for name in perturbations if name.startswith('noise')]
+    header = ['model', 'seed', 'encoder params', 'recurrent params', f'{output} MAE',
+              'MAE / constant', 'RMSE', 'Pearson r'] + [f'r @ {n}' for n in noise] + [
+              'train min', 'epochs (best)']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for row in rows:
+        mae = _cell(row.get('mae'))
+        if 'mae_std' in row:
+            mae += f' ± {row["mae_std"]:.3f}'
+        pearson = _cell(row.get('pearson'))
+        if 'pearson_std' in row:
+            pearson += f' ± {row["pearson_std"]:.3f}'
+        epochs = '-'
+        if isinstance(row.get('epochs'), int):
+            epochs = f'{row["epochs"]} ({row.get("best_epoch")})'
+        cells = [row['model'], str(row.get('seed')), _cell(row.get('encoder_parameters')),
+                 _cell(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
+                 _cell(row.get('rmse')), pearson]
+        cells += [_cell(row.get(f'{name} pearson')) for name in noise]
+        cells += [_cell(row.get('train_minutes'), 1), epochs]
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
+def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
+                 perturbations: Sequence[str]) -> None:
+    """Write ``compare.json`` (every run and the means) and ``compare.md``."""
+    means = mean_rows(rows)
+
+    def ready(value):
+        if isinstance(value, float) and not math.isfinite(value):
+            return None
+        return value
+
+    payload = {'runs': [{k: ready(v) for k, v in row.items()} for row in rows],
+               'means': [{k: ready(v) for k, v in row.items()} for row in means]}
+    (out_dir / 'compare.json').write_text(json.dumps(payload, indent=2) + '\n')
+    part = rows[0].get('scored_part', 'validation') if rows else 'validation'
+    frames = rows[0].get('scored_frames', 0) if rows else 0
+    text = (f'# Model comparison\n\nScored on the {part} part ({frames} frames); '
+            f'constant predictor MAE {_cell(rows[0].get("baseline_mae")) if rows else "-"}.'
+            '\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
+    if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
+        text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
+    (out_dir / 'compare.md').write_text(text)

@@ -1,0 +1,265 @@
+"""Unit tests of the training pieces: config, augmentation, split, batches and loss."""
+
+import math
+import numpy as np
+import pytest
+import torch
+
+from liquid_control.data.augment import (Augmentation, add_gaussian_noise,
+                                         adjust_brightness_contrast, shift)
+from liquid_control.errors import ConfigError, DataError
+from liquid_control.training.config import TrainConfig, load_train_config, parse_overrides
+from liquid_control.training.dataset import (TEST, TRAIN, VALIDATION, CachedEpisode,
+                                             EpisodeSlice, assign_roles, collate,
+                                             split_episodes)
+from liquid_control.training.loss import sequence_loss, sharp_turn_weights
+
+
+class FakeEpisode:
+    """Just enough of ``Episode`` for the split: timestamps, validity and windows."""
+
+    def __init__(self, timestamps, valid=None):
+        self.timestamps = np.asarray(timestamps, np.float64)
+        self.valid = np.ones(len(self.timestamps), bool) if valid is None else valid
+        self.folder = 'fake'
+
+    def __len__(self):
+        return len(self.timestamps)
+
+    def windows(self, length, stride, max_gap_s):
+        starts = np.concatenate([[0], np.nonzero(np.diff(self.timestamps) > max_gap_s)[0] + 1,
+                                 [len(self)]])
+        windows = []
+        for first, last in zip(starts[:-1], starts[1:]):
+            for start in range(first, last - length + 1, stride):
+                windows.append(np.arange(start, start + length))
+        return windows
+
+
+def cached(timestamps, name='fake', targets=None):
+    episode = FakeEpisode(timestamps)
+    count = len(episode)
+    if targets is None:
+        targets = np.zeros((count, 1), np.float32)
+    return CachedEpisode(
+        name=name, frames=np.zeros((count, 3, 8, 8), np.uint8), timestamps=episode.timestamps,
+        dt=np.full(count, 0.05, np.float32), targets=targets, imu=None,
+        valid=np.ones(count, bool), episode=episode)
+
+
+# -- config ------------------------------------------------------------------------------
+
+def test_config_overrides_dotted_keys():
+    overrides = parse_overrides(['family=lstm', 'model.units=64', 'augment.shift_pixels=2',
+                                 'max_minutes=null'])
+    config = TrainConfig().with_overrides(overrides)
+    assert config.family == 'lstm'
+    assert config.model == {'units': 64}
+    assert config.augmentation().shift_pixels == 2
+    assert config.max_minutes is None
+
+
+def test_config_round_trips_through_dict():
+    config = TrainConfig(outputs=('angular_z',), output_weights=(2.0,), seed=3)
+    assert TrainConfig.from_dict(config.to_dict()) == config
+
+
+@pytest.mark.parametrize('values, word', [
+    ({'family': 'transformer'}, 'family'),
+    ({'warmup_frames': 16, 'sequence_length': 16}, 'warmup_frames'),
+    ({'validation_fraction': 0.0}, 'validation_fraction'),
+    ({'test_fraction': 0.8}, 'test_fraction'),
+    ({'output_weights': [1.0]}, 'output_weights'),
+    ({'epoch': 3}, 'unknown'),
+    ({'augment': {'noise_variance_max': 2.0}}, 'noise_variance_max'),
+    ({'augment': {'blur': 1.0}}, 'unknown augmentation'),
+])
+def test_config_rejects_invalid_value(values, word):
+    with pytest.raises(ConfigError, match=word):
+        TrainConfig.from_dict(values)
+
+
+def test_config_file_errors_name_the_file(tmp_path):
+    broken = tmp_path / 'broken.yaml'
+    broken.write_text('family: [unclosed\n')
+    with pytest.raises(ConfigError, match='broken.yaml'):
+        load_train_config(broken)
+    listed = tmp_path / 'list.yaml'
+    listed.write_text('- a\n- b\n')
+    with pytest.raises(ConfigError, match='mapping'):
+        load_train_config(listed)
+    with pytest.raises(ConfigError, match='missing.yaml'):
+        load_train_config(tmp_path / 'missing.yaml')
+
+
+def test_override_without_equals_sign_is_rejected():
+    with pytest.raises(ConfigError, match='KEY=VALUE'):
+        parse_overrides(['lr_encoder'])
+
+
+def test_packaged_config_loads():
+    from liquid_control.paths import config_file
+    config = load_train_config(config_file('train.yaml'))
+    assert config.family == 'ncp_ltc'
+
+
+# -- augmentation ------------------------------------------------------------------------
+
+def test_augmentation_keeps_shape_and_range():
+    frames = np.random.default_rng(0).random((5, 3, 12, 16), dtype=np.float32)
+    augmentation = Augmentation(probability=1.0, shadow_probability=1.0, noise_probability=1.0)
+    output = augmentation.apply(frames, np.random.default_rng(1))
+    assert output.shape == frames.shape
+    assert output.dtype == np.float32
+    assert output.min() >= 0.0
+    assert output.max() <= 1.0
+    assert not np.allclose(output, frames)
+
+
+def test_augmentation_is_seeded():
+    frames = np.random.default_rng(0).random((4, 3, 12, 16), dtype=np.float32)
+    augmentation = Augmentation(probability=1.0)
+    first = augmentation.apply(frames, np.random.default_rng(7))
+    second = augmentation.apply(frames, np.random.default_rng(7))
+    np.testing.assert_array_equal(first, second)
+
+
+def test_augmentation_off_returns_copy():
+    frames = np.random.default_rng(0).random((2, 3, 4, 4), dtype=np.float32)
+    output = Augmentation(probability=0.0).apply(frames, np.random.default_rng(0))
+    np.testing.assert_array_equal(output, frames)
+    assert output is not frames
+
+
+def test_shift_moves_pixels():
+    frames = np.zeros((1, 3, 5, 5), np.float32)
+    frames[..., 2, 2] = 1.0
+    moved = shift(frames, 1, -2)
+    assert moved[0, 0, 3, 0] == 1.0
+    assert moved.sum() == 3.0
+
+
+def test_gaussian_noise_has_requested_variance():
+    frames = np.full((1, 3, 100, 100), 0.5, np.float32)
+    noisy = add_gaussian_noise(frames, np.random.default_rng(0), 0.01)
+    assert abs(float(np.var(noisy - frames)) - 0.01) < 0.001
+
+
+def test_brightness_shift_adds_delta():
+    frames = np.full((1, 3, 2, 2), 0.5, np.float32)
+    output = adjust_brightness_contrast(frames, delta=0.1, factor=1.0)
+    np.testing.assert_allclose(output, 0.6, atol=1e-6)
+
+
+# -- split -------------------------------------------------------------------------------
+
+def test_time_split_takes_last_frames_across_episodes():
+    roles = assign_roles([400, 600], [10.0, 0.0], 'time', validation_fraction=0.2,
+                         test_fraction=0.1)
+    # The episode starting at 0 s comes first in time, so the tail is the other one.
+    assert (roles[1] == TRAIN).all()
+    assert (roles[0][-100:] == TEST).all()
+    assert (roles[0][-300:-100] == VALIDATION).all()
+    assert (roles[0][:100] == TRAIN).all()
+
+
+def test_episode_split_holds_out_whole_episodes():
+    roles = assign_roles([100, 100, 100], [0, 1, 2], 'episode', 0.2, seed=0)
+    kinds = sorted(int(np.unique(role)[0]) for role in roles)
+    assert kinds == [TRAIN, TRAIN, VALIDATION]
+    with pytest.raises(DataError, match='at least 2 episodes'):
+        assign_roles([100], [0], 'episode', 0.2)
+
+
+def test_training_windows_stay_one_window_before_validation():
+    episode = cached(np.arange(200) * 0.05)
+    split = split_episodes([episode], 'time', 0.25, sequence_length=10, stride=1,
+                           max_gap_s=0.5)
+    first_validation = split.validation_segments[0].start
+    assert first_validation == 150
+    last_trained = max(int(window[-1]) for _, window in split.train_windows)
+    assert last_trained < first_validation - 10
+
+
+def test_validation_segments_break_at_gaps():
+    stamps = np.arange(100) * 0.05
+    stamps[60:] += 5.0
+    split = split_episodes([cached(stamps)], 'time', 0.5, sequence_length=5, stride=5,
+                           max_gap_s=0.5)
+    bounds = [(s.start, s.stop) for s in split.validation_segments]
+    assert bounds == [(50, 60), (60, 100)]
+    for _, window in split.train_windows:
+        assert not (window[0] < 60 <= window[-1])
+
+
+def test_split_without_room_for_windows_raises():
+    with pytest.raises(DataError, match='no training windows'):
+        split_episodes([cached(np.arange(20) * 0.05)], 'time', 0.5, sequence_length=16,
+                       stride=1, max_gap_s=0.5)
+
+
+# -- batches -----------------------------------------------------------------------------
+
+def test_collate_carries_true_time_deltas():
+    stamps = np.array([0.0, 0.05, 0.10, 0.18, 0.21, 0.26])
+    episode = cached(stamps, targets=np.arange(6, dtype=np.float32)[:, None])
+    from liquid_control.evaluation.replay import frame_intervals
+    episode.dt = frame_intervals(stamps, 0.5)
+    batch = collate([episode], [(0, np.arange(1, 6))], None, None)
+    np.testing.assert_allclose(batch['dt'][0], [0.05, 0.05, 0.08, 0.03, 0.05], atol=1e-6)
+    np.testing.assert_array_equal(batch['targets'][0, :, 0], [1, 2, 3, 4, 5])
+    assert batch['frames'].shape == (1, 5, 3, 8, 8)
+    assert batch['imu'] is None
+
+
+def test_episode_slice_exposes_a_range():
+    class Source:
+        timestamps = np.arange(10) * 0.1
+        valid = np.ones(10, bool)
+        has_imu = False
+        imu = np.full((10, 6), np.nan, np.float32)
+        metadata = {}
+        folder = 'ep'
+
+        def __len__(self):
+            return 10
+
+        def command(self, name):
+            return np.arange(10, dtype=np.float32)
+
+        def load_frame(self, index):
+            return np.full((2, 2, 3), index, np.uint8)
+
+    view = EpisodeSlice(Source(), 4, 7)
+    assert len(view) == 3
+    np.testing.assert_array_equal(view.command('angular_z'), [4, 5, 6])
+    assert view.load_frame(0)[0, 0, 0] == 4
+    assert not view.has_imu
+    with pytest.raises(DataError, match='outside'):
+        EpisodeSlice(Source(), 5, 11)
+
+
+# -- loss --------------------------------------------------------------------------------
+
+def test_loss_ignores_masked_and_warmup_frames():
+    predictions = torch.zeros(1, 4, 1)
+    targets = torch.tensor([[[5.0], [1.0], [1.0], [7.0]]])
+    mask = torch.tensor([[True, True, True, False]])
+    loss = sequence_loss(predictions, targets, mask, torch.ones(1), kind='mse',
+                         warmup_frames=1)
+    assert math.isclose(float(loss), 1.0)
+
+
+def test_loss_scales_by_output_std():
+    predictions = torch.zeros(1, 2, 1)
+    targets = torch.full((1, 2, 1), 2.0)
+    mask = torch.ones(1, 2, dtype=torch.bool)
+    loss = sequence_loss(predictions, targets, mask, torch.tensor([2.0]), kind='mse')
+    assert math.isclose(float(loss), 1.0)
+
+
+def test_sharp_turn_weights_grow_with_steering():
+    weights = sharp_turn_weights(torch.tensor([0.0, 0.5, 1.0]), scale=0.5, weight=2.0)
+    np.testing.assert_allclose(weights.numpy(), [1.0, 3.0, 5.0])
+    unweighted = sharp_turn_weights(torch.tensor([0.0, 1.0]), scale=0.5, weight=0.0)
+    np.testing.assert_allclose(unweighted.numpy(), [1.0, 1.0])
