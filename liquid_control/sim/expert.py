@@ -107,3 +107,49 @@ def _smooth_circular(values: np.ndarray, half_width: int) -> np.ndarray:
     kernel = np.ones(2 * half_width + 1) / (2 * half_width + 1)
     padded = np.concatenate([values[-half_width:], values, values[:half_width]])
     return np.convolve(padded, kernel, mode='valid')
+
+
+class SteeringNoise:
+    """Ornstein-Uhlenbeck steering noise, specified as a lateral acceleration (m/s^2).
+
+    Driving with this noise while recording the noise-free command shows a learner how
+    the expert recovers from deviations it would otherwise never see. A lateral
+    acceleration keeps the disturbance equally strong at every speed: the curvature added
+    is ``noise / speed^2``, with the speed floored at ``MIN_NOISE_SPEED``.
+    """
+
+    MIN_NOISE_SPEED = 10.0  # m/s
+
+    def __init__(self, std: float, time_constant: float, seed: int = 0) -> None:
+        if std < 0.0:
+            raise ValueError(f'noise std must be >= 0, got {std}')
+        if time_constant <= 0.0:
+            raise ValueError(f'noise time constant must be positive, got {time_constant}')
+        self.std = std
+        self.time_constant = time_constant
+        self._rng = np.random.default_rng(seed)
+        self._value = 0.0
+        self._last_time = None
+
+    def reset(self) -> None:
+        """Restart the process at 0."""
+        self._value = 0.0
+        self._last_time = None
+
+    def sample(self, time_s: float) -> float:
+        """Advance the process to ``time_s`` (seconds) and return it in m/s^2.
+
+        Steps longer than one second, and steps back in time, are clamped.
+        """
+        if self.std == 0.0:
+            return 0.0
+        dt = 0.0 if self._last_time is None else min(max(time_s - self._last_time, 0.0), 1.0)
+        self._last_time = time_s
+        decay = math.exp(-dt / self.time_constant)
+        self._value = (decay * self._value
+                       + self.std * math.sqrt(1.0 - decay ** 2) * self._rng.normal())
+        return self._value
+
+    def curvature(self, time_s: float, speed: float) -> float:
+        """Advance to ``time_s`` and return the noise as a curvature in 1/m at ``speed``."""
+        return self.sample(time_s) / max(abs(speed), self.MIN_NOISE_SPEED) ** 2

@@ -1,8 +1,8 @@
 """Camera perturbations applied by the simulator, for tests out of distribution.
 
-They act on the rendered uint8 RGB frame, before it is published, so every consumer (the
-policy node, the recorder) sees the same perturbed camera. Strengths are fractions of full
-scale: 0.1 means 10 % of 255 intensity levels.
+They act on the rendered uint8 RGB frame before it is published, so every subscriber (the
+policy node, the recorder) receives the same perturbed frames. Strengths are fractions of
+full scale: 0.1 means 10 % of 255 intensity levels.
 """
 
 from dataclasses import dataclass
