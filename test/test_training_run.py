@@ -1,0 +1,165 @@
+"""Training runs on a small real subset of the donkeycar tub: loss, files, resume, CLI."""
+
+import csv
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from training_data import TINY_SETTINGS, write_subset
+
+from liquid_control.cli.main import main
+from liquid_control.data.episodes import find_episodes
+from liquid_control.errors import CheckpointError
+from liquid_control.model.checkpoint import load_checkpoint
+from liquid_control.training.config import FAMILIES, TrainConfig
+from liquid_control.training.trainer import train
+
+
+@pytest.fixture(scope='module')
+def subset(tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
+    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('subset'))
+
+
+def tiny_config(**overrides) -> TrainConfig:
+    return TrainConfig.from_dict({**TINY_SETTINGS, **overrides})
+
+
+def test_training_reduces_loss_and_writes_checkpoints(subset, tmp_path):
+    torch.set_num_threads(1)
+    config = tiny_config(epochs=6, lr_encoder=3e-3, lr_recurrent=1e-2,
+                         augment={'probability': 0.0})
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+
+    losses = [row['train/loss'] for row in result.history]
+    assert len(losses) == 6
+    assert min(losses[1:]) < losses[0]
+    assert result.paths.best.is_file()
+    assert result.paths.last.is_file()
+    assert (result.paths.logs / 'resume.pt').is_file()
+    assert list(result.paths.logs.glob('events.out.tfevents.*'))
+    with open(result.paths.logs / 'log.csv', newline='') as stream:
+        rows = list(csv.DictReader(stream))
+    assert [int(row['epoch']) for row in rows] == [1, 2, 3, 4, 5, 6]
+    assert 'val/angular_z/mae' in rows[0]
+
+    policy, metadata = load_checkpoint(result.paths.best)
+    assert metadata['best_epoch'] == result.best_epoch
+    assert set(metadata['training_output_mean']) == {'angular_z', 'linear_x'}
+    assert metadata['train_config']['family'] == 'ncp_ltc'
+    assert metadata['validation']
+    # The normalisation measured on training data travels with the weights.
+    assert not torch.allclose(policy.output_std, torch.ones_like(policy.output_std))
+    assert not torch.allclose(policy.feature_std, torch.ones_like(policy.feature_std))
+
+
+def test_checkpoint_loads_in_evaluation_and_runner(subset, tmp_path):
+    from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
+    from liquid_control.inference import load_runner
+
+    torch.set_num_threads(1)
+    result = train(tiny_config(), find_episodes(subset), tmp_path / 'model.lcm',
+                   progress=False)
+    policy, metadata = load_checkpoint(result.paths.best)
+    metrics = run_evaluation(policy, find_episodes(subset), tmp_path / 'eval', metadata,
+                             EvaluationOptions(perturbations=(), plots=False))
+    assert math.isfinite(metrics['angular_z']['mae'])
+    assert math.isfinite(metrics['angular_z']['baseline_mae'])
+
+    runner = load_runner(result.paths.best)
+    frame = find_episodes(subset)[0].load_frame(0)
+    output = runner.step(frame, None, 0.05)
+    assert output.shape == (2,)
+    assert np.all(np.isfinite(output))
+
+
+def test_resume_continues_after_last_epoch(subset, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / 'model.lcm'
+    train(tiny_config(epochs=1), find_episodes(subset), out, progress=False)
+    result = train(tiny_config(epochs=2), find_episodes(subset), out, progress=False,
+                   resume=True)
+    assert result.epochs_run == 2
+    _, metadata = load_checkpoint(result.paths.last)
+    assert metadata['epoch'] == 2
+    with open(result.paths.logs / 'log.csv', newline='') as stream:
+        assert [int(row['epoch']) for row in csv.DictReader(stream)] == [1, 2]
+
+
+def test_resume_without_previous_run_raises(subset, tmp_path):
+    with pytest.raises(CheckpointError, match='cannot resume'):
+        train(tiny_config(), find_episodes(subset), tmp_path / 'model.lcm', progress=False,
+              resume=True)
+
+
+def test_resume_with_other_family_raises(subset, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / 'model.lcm'
+    train(tiny_config(), find_episodes(subset), out, progress=False)
+    with pytest.raises(CheckpointError, match='lstm'):
+        train(tiny_config(family='lstm', epochs=2), find_episodes(subset), out,
+              progress=False, resume=True)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_every_family_trains_one_batch(subset, tmp_path, family):
+    torch.set_num_threads(1)
+    config = tiny_config(family=family, max_batches_per_epoch=1, model={'units': 12})
+    result = train(config, find_episodes(subset), tmp_path / f'{family}.lcm', progress=False)
+    policy, metadata = load_checkpoint(result.paths.best)
+    assert policy.config.family == family
+    assert math.isfinite(result.history[0]['val/loss'])
+
+
+def test_time_limit_stops_training(subset, tmp_path):
+    torch.set_num_threads(1)
+    result = train(tiny_config(epochs=50, max_minutes=0.001), find_episodes(subset),
+                   tmp_path / 'model.lcm', progress=False)
+    assert result.epochs_run == 1
+    assert 'time limit' in result.stop_reason
+
+
+def test_train_command_writes_model(subset, tmp_path, capsys):
+    settings = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+                '--set', 'stride=2', '--set', 'warmup_frames=2']
+    code = main(['train', str(subset), '--out', str(tmp_path / 'cli.lcm'), '--epochs', '1',
+                 '--sequence-length', '8', '--batch-size', '8', '--threads', '1',
+                 '--validation-fraction', '0.25', '--no-progress', *settings])
+    assert code == 0
+    assert (tmp_path / 'cli.lcm').is_file()
+    assert 'best checkpoint' in capsys.readouterr().out
+
+
+def test_train_command_reports_missing_data(tmp_path, capsys):
+    code = main(['train', str(tmp_path / 'nowhere'), '--out', str(tmp_path / 'm.lcm')])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert 'liquid-control train: error' in error
+    assert 'nowhere' in error
+
+
+def test_train_command_reports_invalid_override(subset, tmp_path, capsys):
+    code = main(['train', str(subset), '--out', str(tmp_path / 'm.lcm'),
+                 '--set', 'sequence_length=0'])
+    assert code == 2
+    assert 'sequence_length' in capsys.readouterr().err
+
+
+def test_compare_command_writes_table(subset, tmp_path, capsys):
+    settings = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+                '--set', 'sequence_length=8', '--set', 'stride=2', '--set', 'warmup_frames=2',
+                '--set', 'batch_size=8', '--set', 'max_batches_per_epoch=2']
+    code = main(['compare', str(subset), '--out', str(tmp_path / 'cmp'), '--models',
+                 'ncp_ltc', 'lstm:8', '--epochs', '1', '--test-fraction', '0.25',
+                 '--validation-fraction', '0.25', '--threads', '1',
+                 '--perturbations', 'noise:0.1', '--no-progress', *settings])
+    assert code == 0
+    table = (tmp_path / 'cmp' / 'compare.md').read_text()
+    assert '| ncp_ltc |' in table
+    assert '| lstm-8 |' in table
+    assert 'test part' in table
+    assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
