@@ -26,7 +26,7 @@ from liquid_control.evaluation.perturbations import Perturbation
 LOGGER = logging.getLogger(__name__)
 
 DEFAULT_MAX_GAP_S = 0.5
-DEFAULT_CHUNK_LENGTH = 256
+DEFAULT_CHUNK_LENGTH = 32
 FALLBACK_FRAME_INTERVAL_S = 0.05
 
 
@@ -152,7 +152,7 @@ def _targets(episode, output_names: Sequence[str]) -> np.ndarray:
     for name in output_names:
         try:
             columns.append(np.asarray(episode.command(name), dtype=np.float32))
-        except (KeyError, ValueError) as error:
+        except (DataError, KeyError, ValueError) as error:
             raise DataError(f'episode {_episode_name(episode)} has no command {name!r} for '
                             f'the policy output of that name: {error}') from error
     return np.stack(columns, axis=1)

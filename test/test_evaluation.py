@@ -1,0 +1,279 @@
+"""liquid-control evaluate on a known bag of real frames, checked against an independent replay.
+
+The bag holds 80 real donkeycar frames at 20 Hz with a 0.8 s pause after frame 39 (short
+enough to stay in one imported episode, long enough for the replay to reset the state), and
+a Twist command 1 ms after each of frames 0..59. Frames 60..79 have no command.
+"""
+
+import json
+import subprocess
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from rosbags.rosbag2 import StoragePlugin, Writer
+from rosbags.typesys import Stores, get_typestore
+from scipy import stats
+
+from liquid_control.data.preprocess import Preprocessing
+from liquid_control.data.sources import load_episodes
+from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
+from liquid_control.evaluation.replay import evaluate_episodes, load_frames, trace_neurons
+from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+from liquid_control.model.policy import PolicyConfig, build_policy
+
+from conftest import SHARED_DATA, VENV_BIN
+
+FRAMES = 80
+PAUSE_AFTER = 39
+PAUSE_S = 0.8
+COMMANDED = 60
+START_NS = 1_700_000_000_000_000_000
+PERIOD_NS = 50_000_000
+OUTPUT_MEAN = {'angular_z': 0.05, 'linear_x': 0.4}
+
+
+def _frame_stamps_ns() -> np.ndarray:
+    stamps = START_NS + np.arange(FRAMES, dtype=np.int64) * PERIOD_NS
+    stamps[PAUSE_AFTER + 1:] += int(PAUSE_S * 1e9) - PERIOD_NS
+    return stamps
+
+
+@pytest.fixture(scope='module')
+def known_bag(tmp_path_factory):
+    """Write the bag; return (path, JPEG bytes a frame, (angular_z, linear_x) a frame)."""
+    tub = SHARED_DATA / 'donkey_indoor_train_tub'
+    if not tub.is_dir():
+        pytest.skip(f'sample data folder not found at {tub}; it is kept outside the '
+                    'repository and needed by this test')
+    records = []
+    with open(tub / 'catalog_1.catalog') as stream:
+        for line in stream:
+            records.append(json.loads(line))
+            if len(records) == FRAMES:
+                break
+    jpegs = [(tub / 'images' / record['cam/image_array']).read_bytes() for record in records]
+    commands = np.array([(-record['user/angle'], record['user/throttle'])
+                         for record in records], dtype=np.float64)
+
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    path = tmp_path_factory.mktemp('bag') / 'known_bag'
+    with Writer(path, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        image_connection = writer.add_connection(
+            '/camera/image_raw/compressed', 'sensor_msgs/msg/CompressedImage', typestore=store)
+        command_connection = writer.add_connection(
+            '/cmd_vel', 'geometry_msgs/msg/Twist', typestore=store)
+        for index, stamp in enumerate(_frame_stamps_ns()):
+            stamp = int(stamp)
+            header = types['std_msgs/msg/Header'](
+                stamp=types['builtin_interfaces/msg/Time'](sec=stamp // 10**9,
+                                                           nanosec=stamp % 10**9),
+                frame_id='camera')
+            image = types['sensor_msgs/msg/CompressedImage'](
+                header=header, format='jpeg', data=np.frombuffer(jpegs[index], np.uint8))
+            writer.write(image_connection, stamp,
+                         store.serialize_cdr(image, 'sensor_msgs/msg/CompressedImage'))
+            if index < COMMANDED:
+                vector = types['geometry_msgs/msg/Vector3']
+                twist = types['geometry_msgs/msg/Twist'](
+                    linear=vector(x=float(commands[index, 1]), y=0.0, z=0.0),
+                    angular=vector(x=0.0, y=0.0, z=float(commands[index, 0])))
+                writer.write(command_connection, stamp + 1_000_000,
+                             store.serialize_cdr(twist, 'geometry_msgs/msg/Twist'))
+    return path, jpegs, commands
+
+
+@pytest.fixture(scope='module')
+def checkpoint(tmp_path_factory):
+    """Save a small untrained NCP-LTC policy with output normalisation and a training mean."""
+    config = PolicyConfig(family='ncp_ltc', units=12, seed=3,
+                          preprocessing={'crop_top': 0.2, 'crop_bottom': 0.0, 'crop_left': 0.0,
+                                         'crop_right': 0.0, 'height': 33, 'width': 100})
+    policy = build_policy(config)
+    policy.set_normalization(output_mean=[0.1, 0.3], output_std=[0.5, 0.2])
+    path = tmp_path_factory.mktemp('model') / 'small.lcm'
+    save_checkpoint(path, policy, {'training_output_mean': OUTPUT_MEAN})
+    return path
+
+
+@pytest.fixture(scope='module')
+def episodes(known_bag, tmp_path_factory):
+    return load_episodes(known_bag[0], cache_dir=tmp_path_factory.mktemp('cache'))
+
+
+@torch.no_grad()
+def _independent_replay(policy, jpegs) -> np.ndarray:
+    """Step the policy one frame at a time from the raw JPEGs, resetting at the pause."""
+    preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    stamps = _frame_stamps_ns() * 1e-9
+    outputs = []
+    state = None
+    for index, data in enumerate(jpegs):
+        bgr = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
+        frame = preprocessing.apply(cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB))
+        if index == 0 or index == PAUSE_AFTER + 1:
+            state = None
+            dt = PERIOD_NS * 1e-9
+        else:
+            dt = stamps[index] - stamps[index - 1]
+        output, state = policy.step(torch.from_numpy(frame)[None], None,
+                                    torch.tensor([dt], dtype=torch.float32), state)
+        outputs.append(output[0].numpy())
+    return np.stack(outputs)
+
+
+def test_bag_imports_as_one_episode_with_known_labels(episodes):
+    assert len(episodes) == 1
+    assert len(episodes[0]) == FRAMES
+
+
+def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, episodes,
+                                                     tmp_path):
+    bag, jpegs, commands = known_bag
+    out = tmp_path / 'evaluation'
+    completed = subprocess.run(
+        [str(VENV_BIN / 'liquid-control'), 'evaluate', str(bag), '--model', str(checkpoint),
+         '--out', str(out), '--perturbations', 'noise:0.1', 'blur:1.5',
+         '--cache-dir', str(tmp_path / 'cache'), '--ssim-frames', '8',
+         '--saliency-frames', '2', '--trace-seconds', '1'],
+        capture_output=True, text=True, timeout=180)
+    assert completed.returncode == 0, completed.stderr
+    metrics = json.loads((out / 'metrics.json').read_text())
+
+    policy, _ = load_checkpoint(checkpoint)
+    predictions = _independent_replay(policy, jpegs)
+    targets = np.stack([episodes[0].command('angular_z'), episodes[0].command('linear_x')],
+                       axis=1).astype(np.float64)
+    # The labels are the commands written for frames 0..59; frames well past the last
+    # command have none (the importer matches a command within 0.1 s of a frame).
+    np.testing.assert_allclose(targets[:COMMANDED], commands[:COMMANDED], atol=1e-6)
+    assert np.all(np.isnan(targets[COMMANDED + 3:]))
+
+    assert metrics['frames'] == FRAMES
+    assert metrics['segments'] == 2
+    assert metrics['duration_s'] == pytest.approx(FRAMES * PERIOD_NS * 1e-9, rel=1e-6)
+    assert metrics['unscored_frames'] == int(np.isnan(targets[:, 0]).sum())
+    assert metrics['realtime_factor'] > 0
+    for column, name in enumerate(('angular_z', 'linear_x')):
+        scored = ~np.isnan(targets[:, column])
+        prediction = predictions[scored, column]
+        target = targets[scored, column]
+        values = metrics[name]
+        assert values['scored_frames'] == int(scored.sum())
+        assert values['mae'] == pytest.approx(np.mean(np.abs(prediction - target)), rel=1e-4)
+        assert values['rmse'] == pytest.approx(
+            np.sqrt(np.mean((prediction - target) ** 2)), rel=1e-4)
+        assert values['pearson'] == pytest.approx(stats.pearsonr(prediction, target)[0],
+                                                  abs=1e-4)
+        residual = np.sum((target - prediction) ** 2)
+        total = np.sum((target - target.mean()) ** 2)
+        assert values['r2'] == pytest.approx(1 - residual / total, rel=1e-4, abs=1e-6)
+        assert values['baseline_mae'] == pytest.approx(
+            np.mean(np.abs(OUTPUT_MEAN[name] - target)), rel=1e-5)
+
+    predictions_csv = (out / 'predictions.csv').read_text().splitlines()
+    assert len(predictions_csv) == FRAMES + 1
+    assert set(metrics['robustness']) == {'noise:0.1', 'blur:1.5'}
+    for name, values in metrics['robustness'].items():
+        assert values['frames'] == FRAMES
+        assert 0.0 < values['saliency_ssim'] <= 1.0
+        assert values['angular_z']['mae'] > 0
+    report = (out / 'report.html').read_text()
+    for picture in ('angular_z_time.png', 'angular_z_scatter.png', 'angular_z_errors.png',
+                    'neurons.png', 'wiring.png', 'saliency.png', 'robustness.png'):
+        assert (out / picture).stat().st_size > 5000, picture
+        assert picture in report
+    assert 'not scored' in completed.stdout
+
+
+def test_chunk_length_does_not_change_outputs(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    reference = evaluate_episodes(policy, episodes, chunk_length=1).predictions
+    for chunk_length in (7, 64):
+        result = evaluate_episodes(policy, episodes, chunk_length=chunk_length)
+        np.testing.assert_allclose(result.predictions, reference, atol=1e-5)
+
+
+def test_trace_neurons_matches_replay(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    result = evaluate_episodes(policy, episodes)
+    preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    frames = load_frames(episodes[0], preprocessing)[:PAUSE_AFTER + 1]
+    dt = np.full(len(frames), PERIOD_NS * 1e-9, dtype=np.float32)
+    states, outputs = trace_neurons(policy, frames, dt)
+    assert states.shape == (len(frames), 12)
+    np.testing.assert_allclose(outputs, result.predictions[:PAUSE_AFTER + 1], atol=1e-5)
+
+
+def test_pause_longer_than_max_gap_resets_state(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    reset = evaluate_episodes(policy, episodes, max_gap_s=0.5)
+    carried = evaluate_episodes(policy, episodes, max_gap_s=1.0)
+    assert reset.segments == 2
+    assert carried.segments == 1
+    assert list(np.unique(reset.segment_index[PAUSE_AFTER + 1:])) == [1]
+    after = PAUSE_AFTER + 1
+    np.testing.assert_allclose(reset.predictions[:after], carried.predictions[:after],
+                               atol=1e-6)
+    assert not np.allclose(reset.predictions[after], carried.predictions[after], atol=1e-6)
+
+
+def test_constant_output_model_scores_like_its_baseline(episodes):
+    config = PolicyConfig(family='cnn', units=8, preprocessing={
+        'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
+        'height': 24, 'width': 32})
+    policy = build_policy(config)
+    # A tiny output std makes every output the stored mean, so the metrics are known.
+    policy.set_normalization(output_mean=[0.05, 0.4], output_std=[1e-9, 1e-9])
+    result = evaluate_episodes(policy, episodes, baseline=OUTPUT_MEAN)
+    np.testing.assert_allclose(result.predictions, [[0.05, 0.4]] * FRAMES, atol=1e-6)
+    for name in ('angular_z', 'linear_x'):
+        values = result.metrics[name]
+        assert values['mae'] == pytest.approx(values['baseline_mae'], abs=1e-6)
+        assert values['unscored_frames'] == FRAMES - values['scored_frames']
+
+
+def test_run_evaluation_without_plots_writes_metrics_only(checkpoint, episodes, tmp_path):
+    policy, metadata = load_checkpoint(checkpoint)
+    options = EvaluationOptions(perturbations=(), plots=False)
+    metrics = run_evaluation(policy, episodes, tmp_path, metadata, options)
+    assert metrics['robustness'] == {}
+    assert (tmp_path / 'metrics.json').is_file()
+    assert not (tmp_path / 'report.html').exists()
+
+
+def _run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run([str(VENV_BIN / 'liquid-control'), 'evaluate', *arguments],
+                          capture_output=True, text=True, timeout=120)
+
+
+def test_evaluate_rejects_missing_model(known_bag, tmp_path):
+    completed = _run_cli(str(known_bag[0]), '--model', str(tmp_path / 'none.lcm'),
+                         '--out', str(tmp_path / 'out'))
+    assert completed.returncode == 2
+    assert 'none.lcm' in completed.stderr
+
+
+def test_evaluate_rejects_corrupt_model(known_bag, tmp_path):
+    corrupt = tmp_path / 'corrupt.lcm'
+    corrupt.write_bytes(b'not a checkpoint at all')
+    completed = _run_cli(str(known_bag[0]), '--model', str(corrupt),
+                         '--out', str(tmp_path / 'out'))
+    assert completed.returncode == 2
+    assert 'corrupt.lcm' in completed.stderr
+
+
+def test_evaluate_rejects_invalid_perturbation(known_bag, checkpoint, tmp_path):
+    completed = _run_cli(str(known_bag[0]), '--model', str(checkpoint),
+                         '--out', str(tmp_path / 'out'), '--perturbations', 'fog:1')
+    assert completed.returncode == 2
+    assert "invalid perturbation 'fog:1'" in completed.stderr
+
+
+def test_evaluate_rejects_missing_source(checkpoint, tmp_path):
+    completed = _run_cli(str(tmp_path / 'no_such_bag'), '--model', str(checkpoint),
+                         '--out', str(tmp_path / 'out'))
+    assert completed.returncode == 2
+    assert 'no_such_bag' in completed.stderr
