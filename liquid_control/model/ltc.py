@@ -25,6 +25,7 @@ potentials and scatter the weighted activations to their targets, so a sub-step 
 few tensor operations whatever the number of neurons.
 """
 
+import ctypes
 from typing import NamedTuple, Optional
 
 import numpy as np
@@ -32,6 +33,7 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
+from liquid_control.model import native
 from liquid_control.model.wirings import Wiring
 
 # Elapsed times below this many time units are treated as this value, which keeps C/h
@@ -47,19 +49,21 @@ def inverse_softplus(value: torch.Tensor) -> torch.Tensor:
 class SynapseMatrices(NamedTuple):
     """Per-forward constants derived from the parameters (positivity already applied).
 
-    ``gather`` (rows, E) puts sigma_e at (source_e, e) so ``x @ gather + offset`` gives
-    sigma (x_source - mu) for every synapse; ``scatter`` (E, 2N) sums w s E into the first
-    N columns and w s into the last N columns of each synapse's target.
+    A ``gather`` matrix (rows, E) has sigma_e at (source_e, e), so ``x @ gather + offset``
+    gives sigma (x_source - mu) for every synapse. The ``scatter`` matrices (E, N) have
+    w_e E_e (numerator) or w_e (denominator) at (e, target_e), so ``s @ scatter`` sums
+    each synapse's activation into its target neuron.
     """
 
-    sensory_gather: torch.Tensor   # (S, Es)
-    sensory_offset: torch.Tensor   # (1, Es)
-    sensory_scatter: torch.Tensor  # (Es, 2N)
-    gather: torch.Tensor           # (N, E)
-    offset: torch.Tensor           # (1, E)
-    scatter: torch.Tensor          # (E, 2N)
-    leak: torch.Tensor             # (1, 2N): [g V, g]
-    capacitance: torch.Tensor      # (1, N): C
+    sensory_gather: torch.Tensor             # (S, Es)
+    sensory_offset: torch.Tensor             # (1, Es)
+    sensory_scatter: torch.Tensor            # (Es, 2N): numerator then denominator columns
+    gather: torch.Tensor                     # (N, E)
+    offset: torch.Tensor                     # (1, E)
+    scatter_numerator: torch.Tensor          # (E, N)
+    scatter_denominator: torch.Tensor        # (E, N)
+    leak: torch.Tensor                       # (1, 2N): [g V, g]
+    capacitance: torch.Tensor                # (1, N): C
 
 
 class LTCCell(nn.Module):
@@ -90,9 +94,9 @@ class LTCCell(nn.Module):
         def uniform(size: int, low: float, high: float) -> torch.Tensor:
             return torch.rand(size, generator=generator) * (high - low) + low
 
-        # Initial ranges: time constants C/g from about 0.4 to a few hundred time units,
-        # steep sigmoids (sigma 3..8) centred at 0.3..0.8, reversal potentials at +-1 by
-        # the synapse's polarity.
+        # Initial ranges: time constants C/g from about 0.4 to 60 time units, steep
+        # sigmoids (sigma 3..8) centred at 0.3..0.8, reversal potentials at +-1 by the
+        # synapse's polarity.
         n_sensory, n_internal, units = len(sensory), len(internal), self.units
         self.sensory_weight = nn.Parameter(inverse_softplus(uniform(n_sensory, 0.01, 1.0)))
         self.sensory_sigma = nn.Parameter(uniform(n_sensory, 3.0, 8.0))
@@ -132,9 +136,10 @@ class LTCCell(nn.Module):
         return self.sensory_weight.numel()
 
     def matrices(self) -> SynapseMatrices:
-        """Build the per-forward matrices; cached while gradients are off and weights unchanged."""
+        """Build the per-forward matrices, cached while gradients are off and weights unchanged."""
         if torch.is_grad_enabled():
             return self._build_matrices()
+        # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
         if key != self._cache_key or self._cache is None:
             self._cache = self._build_matrices()
@@ -143,23 +148,56 @@ class LTCCell(nn.Module):
 
     def _build_matrices(self) -> SynapseMatrices:
         sensory_weight = F.softplus(self.sensory_weight)
-        weight = F.softplus(self.weight)
+        sensory_weighted = self.sensory_target * sensory_weight[:, None]
+        weighted = self.target * F.softplus(self.weight)[:, None]
         leak = F.softplus(self.leak_conductance)
-
-        def scatter(target: torch.Tensor, weight: torch.Tensor, erev: torch.Tensor):
-            weighted = target * weight[:, None]
-            return torch.cat([weighted * erev[:, None], weighted], dim=1)
-
         return SynapseMatrices(
             sensory_gather=self.sensory_source * self.sensory_sigma,
             sensory_offset=(-self.sensory_sigma * self.sensory_mu)[None, :],
-            sensory_scatter=scatter(self.sensory_target, sensory_weight, self.sensory_erev),
+            sensory_scatter=torch.cat(
+                [sensory_weighted * self.sensory_erev[:, None], sensory_weighted], dim=1),
             gather=self.source * self.sigma,
             offset=(-self.sigma * self.mu)[None, :],
-            scatter=scatter(self.target, weight, self.erev),
+            scatter_numerator=weighted * self.erev[:, None],
+            scatter_denominator=weighted,
             leak=torch.cat([leak * self.resting_potential, leak])[None, :],
             capacitance=F.softplus(self.capacitance)[None, :],
         )
+
+    def prepare(self, inputs: torch.Tensor, elapsed: torch.Tensor,
+                matrices: SynapseMatrices):
+        """Compute the terms that stay fixed during one step, for any leading shape L.
+
+        inputs (*L, S) and elapsed (*L) give (numerator, denominator, rate), each (*L, N):
+        the sensory and leak parts of the step's numerator and denominator, with C/h already
+        in the denominator, and the rate C/h that multiplies v in the numerator.
+        """
+        m = matrices
+        units = self.units
+        leading = inputs.shape[:-1]
+        flat = inputs.reshape(-1, self.input_size)
+        # Sensory synapses see the same input for the whole step: sum them once.
+        activation = torch.sigmoid(torch.addmm(m.sensory_offset, flat, m.sensory_gather))
+        constant = torch.addmm(m.leak, activation, m.sensory_scatter)  # (L, 2N)
+        constant = constant.reshape(leading + (2 * units,))
+        elapsed = elapsed.reshape(leading + (1,)).clamp_min(MIN_ELAPSED)
+        rate = m.capacitance * (self.ode_unfolds / elapsed)  # C / h, (*L, N)
+        return constant[..., :units], constant[..., units:] + rate, rate
+
+    def unfold(self, state: torch.Tensor, numerator: torch.Tensor, denominator: torch.Tensor,
+               rate: torch.Tensor, matrices: SynapseMatrices) -> torch.Tensor:
+        """Integrate T steps from ``state`` (B, N); the fixed terms are (T, B, N).
+
+        Returns the state after each step, (T, B, N). With gradients enabled this runs
+        through ``SemiImplicitUnfold``, whose hand-written backward pass needs about half the
+        tensor operations of autograd's.
+        """
+        m = matrices
+        arguments = (state, numerator, denominator, rate, m.gather, m.offset,
+                     m.scatter_numerator, m.scatter_denominator)
+        if torch.is_grad_enabled() and any(t.requires_grad for t in arguments):
+            return SemiImplicitUnfold.apply(*arguments, self.ode_unfolds)
+        return _unfold_steps(*arguments, self.ode_unfolds)[0]
 
     def forward(self, inputs: torch.Tensor, state: torch.Tensor, elapsed: torch.Tensor,
                 matrices: Optional[SynapseMatrices] = None) -> torch.Tensor:
@@ -168,40 +206,122 @@ class LTCCell(nn.Module):
         ``inputs`` (B, S) are held constant over the step.
         """
         m = self.matrices() if matrices is None else matrices
-        units = self.units
-
-        # Sensory synapses see the same input for the whole step: sum them once.
-        sensory_activation = torch.sigmoid(torch.addmm(m.sensory_offset, inputs, m.sensory_gather))
-        constant = torch.addmm(m.leak, sensory_activation, m.sensory_scatter)  # (B, 2N)
-
-        # C/h per sample, then fold it into the denominator half of the constant term.
-        elapsed = elapsed.reshape(-1, 1).clamp_min(MIN_ELAPSED)
-        capacitance_rate = m.capacitance * (self.ode_unfolds / elapsed)  # (B, N)
-        numerator_base, denominator_base = constant[:, :units], constant[:, units:]
-        constant = torch.cat([numerator_base, denominator_base + capacitance_rate], dim=1)
-
-        v = state
-        for _ in range(self.ode_unfolds):
-            activation = torch.sigmoid(torch.addmm(m.offset, v, m.gather))  # (B, E)
-            sums = torch.addmm(constant, activation, m.scatter)  # (B, 2N)
-            v = torch.addcmul(sums[:, :units], capacitance_rate, v) / sums[:, units:]
-        return v
+        numerator, denominator, rate = self.prepare(inputs, elapsed.reshape(-1), m)
+        return self.unfold(state, numerator[None], denominator[None], rate[None], m)[0]
 
     def derivative(self, inputs: torch.Tensor, state: torch.Tensor) -> torch.Tensor:
         """Return dv/dt (B, N) of the ODE itself, for reference solvers and tests."""
         m = self._build_matrices()
         units = self.units
         sensory = torch.sigmoid(inputs @ m.sensory_gather + m.sensory_offset) @ m.sensory_scatter
-        internal = torch.sigmoid(state @ m.gather + m.offset) @ m.scatter
-        sums = sensory + internal
-        leak = m.leak[:, units:]
-        resting_term = m.leak[:, :units]
-        current = resting_term - leak * state + sums[:, :units] - sums[:, units:] * state
-        return current / m.capacitance
+        activation = torch.sigmoid(state @ m.gather + m.offset)
+        numerator = sensory[:, :units] + activation @ m.scatter_numerator
+        conductance = sensory[:, units:] + activation @ m.scatter_denominator
+        leak_current = m.leak[:, :units] - m.leak[:, units:] * state
+        return (leak_current + numerator - conductance * state) / m.capacitance
 
     def parameter_count(self) -> int:
-        """Number of trainable parameters: 4 per synapse and 3 per neuron."""
+        """Count trainable parameters: 4 per synapse and 3 per neuron."""
         return sum(p.numel() for p in self.parameters() if p.requires_grad)
+
+
+def _unfold_steps(state, numerator, denominator, rate, gather, offset, scatter_numerator,
+                  scatter_denominator, unfolds: int, keep: bool = False):
+    """Run the fused semi-implicit Euler sub-steps; return (states (T, B, N), saved lists).
+
+    Each sub-step is v <- (n0 + s Wn + r v) / (d0 + s Wd) with s = sigmoid(v G + offset).
+    With ``keep`` the lists of sub-step inputs v, activations s and denominators are
+    returned for the backward pass.
+    """
+    v = state
+    outputs, inputs, activations, denominators = [], [], [], []
+    for n0, d0, r in zip(numerator.unbind(0), denominator.unbind(0), rate.unbind(0)):
+        for _ in range(unfolds):
+            s = torch.sigmoid(torch.addmm(offset, v, gather))
+            d = torch.addmm(d0, s, scatter_denominator)
+            if keep:
+                inputs.append(v)
+                activations.append(s)
+                denominators.append(d)
+            v = torch.addcmul(torch.addmm(n0, s, scatter_numerator), r, v) / d
+        outputs.append(v)
+    return torch.stack(outputs), (inputs, activations, denominators)
+
+
+class SemiImplicitUnfold(torch.autograd.Function):
+    """The unfold loop as one autograd node with a hand-derived backward pass.
+
+    Backward runs the sub-steps in reverse carrying g = dL/dv. For one sub-step with
+    output v' = n / d, where n = n0 + s Wn + r v and d = d0 + s Wd:
+
+        dL/dn = g / d,   dL/dd = -dL/dn * v',   dL/ds = dL/dn Wn^T + dL/dd Wd^T,
+        dL/dp = dL/ds * s (1 - s)  (p = v G + offset),
+        dL/dv = dL/dn * r + dL/dp G^T.
+
+    Only those sequential terms run per sub-step. The weight gradients are sums of
+    outer products over all sub-steps and are computed afterwards with one matrix
+    product each.
+    """
+
+    @staticmethod
+    def forward(ctx, state, numerator, denominator, rate, gather, offset, scatter_numerator,
+                scatter_denominator, unfolds):
+        outputs, (inputs, activations, denominators) = _unfold_steps(
+            state, numerator, denominator, rate, gather, offset, scatter_numerator,
+            scatter_denominator, unfolds, keep=True)
+        ctx.unfolds = unfolds
+        ctx.save_for_backward(torch.stack(inputs), torch.stack(activations),
+                              torch.stack(denominators), outputs, rate, gather,
+                              scatter_numerator, scatter_denominator)
+        return outputs
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, grad_outputs):
+        (inputs, activations, denominators, outputs, rate, gather, scatter_numerator,
+         scatter_denominator) = ctx.saved_tensors
+        unfolds = ctx.unfolds
+        steps, batch, units = outputs.shape
+
+        # Sub-step outputs: each sub-step's output is the next one's input.
+        sub_outputs = torch.cat([inputs[1:], outputs[-1:]]).reshape(inputs.shape)
+        reciprocal = denominators.reciprocal()
+        slope = activations * (1.0 - activations)  # sigmoid'(p)
+        gather_t = gather.t()
+        numerator_t = scatter_numerator.t()
+        denominator_t = scatter_denominator.t()
+
+        g = torch.zeros_like(outputs[0])
+        grad_n, grad_d, grad_p = [], [], []
+        for t in reversed(range(steps)):
+            g = g + grad_outputs[t]
+            r = rate[t]
+            for k in reversed(range(t * unfolds, (t + 1) * unfolds)):
+                gn = g * reciprocal[k]
+                gd = -gn * sub_outputs[k]
+                gs = torch.addmm(gn @ numerator_t, gd, denominator_t)
+                gp = gs * slope[k]
+                g = torch.addmm(gn * r, gp, gather_t)
+                grad_n.append(gn)
+                grad_d.append(gd)
+                grad_p.append(gp)
+
+        # The lists run backwards in time; flip them to sub-step order.
+        grad_n = torch.stack(grad_n[::-1])  # (K, B, N), K = T * unfolds
+        grad_d = torch.stack(grad_d[::-1])
+        grad_p = torch.stack(grad_p[::-1])  # (K, B, E)
+        flat_activations = activations.reshape(-1, activations.shape[-1])
+        flat_inputs = inputs.reshape(-1, units)
+        grad_gather = flat_inputs.t() @ grad_p.reshape(-1, grad_p.shape[-1])
+        grad_offset = grad_p.sum(dim=(0, 1))[None, :]
+        grad_scatter_numerator = flat_activations.t() @ grad_n.reshape(-1, units)
+        grad_scatter_denominator = flat_activations.t() @ grad_d.reshape(-1, units)
+        per_step = (steps, unfolds, batch, units)
+        grad_numerator = grad_n.reshape(per_step).sum(1)
+        grad_denominator = grad_d.reshape(per_step).sum(1)
+        grad_rate = (grad_n * inputs).reshape(per_step).sum(1)
+        return (g, grad_numerator, grad_denominator, grad_rate, grad_gather, grad_offset,
+                grad_scatter_numerator, grad_scatter_denominator, None)
 
 
 class LTC(nn.Module):
@@ -225,6 +345,12 @@ class LTC(nn.Module):
         self.state_size = wiring.units
         self.neuron_count = wiring.units
         self.output_size = wiring.output_size
+        # Without gradients on the CPU, run whole steps in the compiled kernel when it is
+        # available (see liquid_control.model.native); export code switches this off.
+        self.native_enabled = True
+        self._native_key = None
+        self._native_pack = None
+        self._native_tensors = None
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Return the resting state, zeros of shape (batch_size, N)."""
@@ -242,6 +368,9 @@ class LTC(nn.Module):
         """Advance one step: inputs (B, S), elapsed (B,) -> (outputs (B, O), state (B, N))."""
         if state is None:
             state = self.initial_state(inputs.shape[0])
+        if self._native_usable(inputs, elapsed, state):
+            outputs, state = self._run_native(inputs[:, None], elapsed.reshape(-1, 1), state)
+            return outputs[:, 0], state
         mapped = torch.addcmul(self.input_bias, inputs, self.input_weight)
         state = self.cell(mapped, state, elapsed)
         return self._map_output(state), state
@@ -251,14 +380,91 @@ class LTC(nn.Module):
         """Run a sequence: inputs (B, T, S), elapsed (B, T) -> (outputs (B, T, O), state)."""
         if state is None:
             state = self.initial_state(inputs.shape[0])
-        # Positivity transforms and gather/scatter matrices once per sequence, not per step.
+        if self._native_usable(inputs, elapsed, state):
+            return self._run_native(inputs, elapsed, state)
+        # Positivity transforms, matrices and the sensory terms of all T steps at once;
+        # only the unfolds run step by step.
         matrices = self.cell.matrices()
         mapped = torch.addcmul(self.input_bias, inputs, self.input_weight)
-        outputs = []
-        for t in range(inputs.shape[1]):
-            state = self.cell(mapped[:, t], state, elapsed[:, t], matrices)
-            outputs.append(self._map_output(state))
-        return torch.stack(outputs, dim=1), state
+        numerator, denominator, rate = self.cell.prepare(
+            mapped.transpose(0, 1), elapsed.transpose(0, 1), matrices)  # (T, B, N) each
+        states = self.cell.unfold(state, numerator, denominator, rate, matrices)
+        states = states.transpose(0, 1)  # (B, T, N)
+        outputs = states[..., :self.output_size] * self.output_weight + self.output_bias
+        return outputs, states[:, -1]
+
+    # Compiled inference path ------------------------------------------------------------
+
+    def _native_usable(self, *tensors: torch.Tensor) -> bool:
+        if not self.native_enabled or torch.is_grad_enabled():
+            return False
+        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+            return False
+        if any(t.dtype != torch.float32 or t.device.type != 'cpu' for t in tensors):
+            return False
+        return native.load_kernel() is not None
+
+    def _native_parameters(self):
+        """Return the kernel's parameter struct, rebuilt when the weights change."""
+        if self._native_tensors is None:
+            self._native_tensors = list(self.parameters())
+        # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
+        key = [(p.data_ptr(), p._version) for p in self._native_tensors]
+        if key == self._native_key:
+            return self._native_pack[0]
+        cell = self.cell
+        sensory = cell.wiring.sensory_synapses()
+        internal = cell.wiring.synapses()
+        sensory_weight = F.softplus(cell.sensory_weight)
+        weight = F.softplus(cell.weight)
+        leak = F.softplus(cell.leak_conductance)
+        arrays = {
+            'input_weight': self.input_weight, 'input_bias': self.input_bias,
+            'output_weight': self.output_weight, 'output_bias': self.output_bias,
+            'sensory_source': sensory[:, 0], 'sensory_target': sensory[:, 1],
+            'sensory_sigma': cell.sensory_sigma,
+            'sensory_offset': -cell.sensory_sigma * cell.sensory_mu,
+            'sensory_weight_erev': sensory_weight * cell.sensory_erev,
+            'sensory_weight': sensory_weight,
+            'source': internal[:, 0], 'target': internal[:, 1],
+            'sigma': cell.sigma, 'offset': -cell.sigma * cell.mu,
+            'weight_erev': weight * cell.erev, 'weight': weight,
+            'leak_numerator': leak * cell.resting_potential, 'leak_denominator': leak,
+            'capacitance': F.softplus(cell.capacitance),
+        }
+        keep = []
+        pointers = {}
+        for name, value in arrays.items():
+            if isinstance(value, np.ndarray):
+                tensor = torch.as_tensor(value.astype(np.int32))
+                pointer_type = ctypes.POINTER(ctypes.c_int)
+            else:
+                tensor = value.detach().to(torch.float32).contiguous().clone()
+                pointer_type = ctypes.POINTER(ctypes.c_float)
+            keep.append(tensor)
+            pointers[name] = ctypes.cast(tensor.data_ptr(), pointer_type)
+        parameters = native.Parameters(
+            inputs=cell.input_size, units=cell.units, outputs=self.output_size,
+            sensory_count=len(sensory), synapse_count=len(internal),
+            unfolds=cell.ode_unfolds, min_elapsed=MIN_ELAPSED, **pointers)
+        # The struct points into these tensors, so they live as long as it does.
+        self._native_pack = (parameters, keep)
+        self._native_key = key
+        return parameters
+
+    def _run_native(self, inputs: torch.Tensor, elapsed: torch.Tensor, state: torch.Tensor):
+        # inputs (B, T, S), elapsed (B, T), state (B, N) -> (outputs (B, T, O), state (B, N))
+        batch, steps = inputs.shape[:2]
+        parameters = self._native_parameters()
+        inputs = inputs.contiguous()
+        elapsed = elapsed.reshape(batch, steps).contiguous()
+        final = state.clone(memory_format=torch.contiguous_format)
+        outputs = inputs.new_empty(batch, steps, self.output_size)
+        work = inputs.new_empty(5 * self.cell.units + self.cell.input_size)
+        native.load_kernel().ltc_run(ctypes.byref(parameters), batch, steps,
+                                     inputs.data_ptr(), elapsed.data_ptr(), final.data_ptr(),
+                                     outputs.data_ptr(), None, work.data_ptr())
+        return outputs, final
 
     def parameter_counts(self) -> dict:
         """Count trainable parameters of the cell ('recurrent') and the affine maps ('head')."""
