@@ -9,7 +9,8 @@ import pytest
 from liquid_control.data.images import encode_jpeg
 from liquid_control.errors import ConfigError, DataError
 from liquid_control.nodes.control import (ElapsedTime, InputWatchdog, Mode, OutputLimiter,
-                                          RateMeter, SampleWindow, missed_periods)
+                                          RateMeter, SampleWindow, WarningThrottle,
+                                          missed_periods)
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
 from liquid_control.nodes.params import SPECS, PolicyNodeParams, check_value
@@ -162,6 +163,28 @@ def test_rate_meter_restarts_when_time_goes_back():
         meter.add(100 + index * 0.1)
     meter.add(1.0)
     assert meter.rate() == 0.0
+
+
+# WarningThrottle
+
+def test_throttle_suppresses_same_kind():
+    throttle = WarningThrottle(period=2.0)
+    assert throttle.check('frame has 10 bytes', 0.0) == 0
+    assert throttle.check('frame has 12 bytes', 0.5) is None
+    assert throttle.check('frame has 14 bytes', 1.0) is None
+    assert throttle.check('frame has 16 bytes', 2.5) == 2
+
+
+def test_throttle_logs_other_kind_at_once():
+    throttle = WarningThrottle(period=2.0)
+    assert throttle.check('frame has 10 bytes', 0.0) == 0
+    assert throttle.check('unsupported encoding yuv422', 0.1) == 0
+
+
+def test_throttle_negative_elapsed_logs():
+    throttle = WarningThrottle(period=2.0)
+    throttle.check('clock message 5', 10.0)
+    assert throttle.check('clock message 6', 1.0) == 0
 
 
 # Parameters

@@ -5,6 +5,7 @@ on wall time, on simulated time and in unit tests.
 """
 
 import enum
+import re
 from collections import deque
 from typing import Optional, Sequence, Tuple
 
@@ -242,3 +243,28 @@ class ControlCounters:
             ('commands_published', str(self.commands_published)),
             ('zero_commands', str(self.zero_commands)),
         ]
+
+
+class WarningThrottle:
+    """Rate-limit repeated warnings per kind, counting the suppressed repeats.
+
+    Messages that differ only in numbers (sizes, stamps, ages) are one kind, so a stream of
+    corrupt frames logs once per ``period`` while a different problem still logs at once.
+    """
+
+    _NUMBER = re.compile(r'[-+]?\d+(\.\d+)?(e[-+]?\d+)?')
+
+    def __init__(self, period: float) -> None:
+        self.period = period
+        self._last: dict = {}
+        self._suppressed: dict = {}
+
+    def check(self, message: str, now: float) -> Optional[int]:
+        """Return None to suppress ``message``, else how many of its kind were suppressed."""
+        key = self._NUMBER.sub('#', message)
+        last = self._last.get(key)
+        if last is not None and 0 <= now - last < self.period:
+            self._suppressed[key] = self._suppressed.get(key, 0) + 1
+            return None
+        self._last[key] = now
+        return self._suppressed.pop(key, 0)

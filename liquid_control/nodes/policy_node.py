@@ -36,7 +36,7 @@ from std_srvs.srv import SetBool, Trigger
 
 from liquid_control.errors import ConfigError, DataError, LiquidControlError
 from liquid_control.nodes.control import (ControlCounters, ElapsedTime, InputWatchdog, Mode,
-                                          OutputLimiter, missed_periods)
+                                          OutputLimiter, WarningThrottle, missed_periods)
 from liquid_control.nodes.dds import apply_large_frame_profile
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
@@ -75,6 +75,8 @@ class PolicyNode(Node):
         self._load_model()
 
         self.counters = ControlCounters()
+        self._throttle = WarningThrottle(WARN_THROTTLE_S)
+        self._throttle_lock = threading.Lock()
         self._lock = threading.Lock()  # policy state, limiter, frame in use, mode
         self._sensor_lock = threading.Lock()  # newest messages from the callbacks
         self._enabled = self.params.enabled_on_start
@@ -185,12 +187,20 @@ class PolicyNode(Node):
             values = imu_msg_to_array(msg)
         except DataError as error:
             self.counters.invalid_imu += 1
-            self.get_logger().warning(f'IMU message rejected: {error}',
-                                      throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn_throttled(f'IMU message rejected: {error}')
             return
         with self._sensor_lock:
             self._imu = values
             self._imu_received = received
+
+    def _warn_throttled(self, message: str) -> None:
+        with self._throttle_lock:
+            suppressed = self._throttle.check(message, time.monotonic())
+        if suppressed is None:
+            return
+        if suppressed:
+            message += f' ({suppressed} similar warnings suppressed)'
+        self.get_logger().warning(message)
 
     def _check_stamp(self, stamp, received: float, what: str) -> None:
         limit = self.params.max_stamp_offset
@@ -224,9 +234,8 @@ class PolicyNode(Node):
             self._reset_state('the clock jumped back')
         if now > deadline:
             self.counters.deadline_misses += 1
-            self.get_logger().warning(
-                f'control tick started {(now - expected) * 1e3:.1f} ms late, after the next '
-                'tick was due: skipped', throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn_throttled(f'control tick started {(now - expected) * 1e3:.1f} ms late, '
+                                 'after the next tick was due: skipped')
             return
         self._take_newest_frame()
 
@@ -246,9 +255,8 @@ class PolicyNode(Node):
         if self._now() > deadline:
             # The command belongs to a period that has ended: never publish it late.
             self.counters.deadline_misses += 1
-            self.get_logger().warning(
-                f'control step took {(time.perf_counter() - started) * 1e3:.1f} ms, past the '
-                f'next tick: command dropped', throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn_throttled(f'control step took {(time.perf_counter() - started) * 1e3:.1f} '
+                                 'ms, past the next tick: command dropped')
             return
         if not np.all(np.isfinite(outputs)):
             self.counters.invalid_outputs += 1
@@ -274,9 +282,8 @@ class PolicyNode(Node):
         skipped = missed_periods(expected - previous, period)
         if skipped:
             self.counters.deadline_misses += skipped
-            self.get_logger().warning(f'{skipped} control tick(s) skipped: the previous step '
-                                      'overran its period',
-                                      throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn_throttled(f'{skipped} control tick(s) skipped: the previous step '
+                                 'overran its period')
 
     def _take_newest_frame(self) -> None:
         with self._sensor_lock:
@@ -293,8 +300,7 @@ class PolicyNode(Node):
             frame = self.runner.preprocess(rgb)
         except (DataError, ValueError) as error:
             self.counters.invalid_frames += 1
-            self.get_logger().warning(f'camera frame rejected: {error}',
-                                      throttle_duration_sec=WARN_THROTTLE_S)
+            self._warn_throttled(f'camera frame rejected: {error}')
             return
         self._frame = frame
         self._frame_received = received
