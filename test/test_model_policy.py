@@ -167,3 +167,18 @@ def test_config_round_trip_and_validation():
         PolicyConfig(output_names=('a', 'b'), output_units=('m/s',))
     with pytest.raises(ConfigError, match='unknown policy settings'):
         PolicyConfig.from_dict({'family': 'gru', 'layers': 3})
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_gradients_reach_every_parameter(family):
+    policy = build_policy(_config(family=family, imu_enabled=True, seed=1))
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(3, 4, 3, 24, 32, generator=generator)
+    imu = torch.randn(3, 4, 6, generator=generator)
+    dt = 0.03 + 0.04 * torch.rand(3, 4, generator=generator)
+    outputs, state = policy(frames, imu, dt, denormalize=False)
+    (outputs.square().mean() + state.square().mean()).backward()
+    for name, parameter in policy.named_parameters():
+        assert parameter.grad is not None, name
+        assert torch.isfinite(parameter.grad).all(), name
+        assert parameter.grad.abs().sum() > 0, name
