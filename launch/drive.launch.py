@@ -1,0 +1,87 @@
+"""Launch policy_node: camera and IMU in, cmd_vel out at the control rate.
+
+    ros2 launch liquid_control drive.launch.py model:=/path/to/policy.lcm \
+        image_topic:=/camera/image_raw imu_topic:=/imu/data cmd_vel_topic:=/cmd_vel
+
+The module imports only the standard library at the top, so tests can read ``ARGUMENTS``
+and call ``node_settings`` without ``launch`` installed. The node applies the package's
+Fast DDS large-frame profile itself (see config/fastdds_large_frames.xml).
+"""
+
+import os
+from typing import Dict, List, Tuple
+
+PACKAGE = 'liquid_control'
+EXECUTABLE = 'policy_node'
+NODE_NAME = 'policy_node'
+DEFAULT_PARAMS = os.path.join('config', 'policy.yaml')
+
+# (name, default value, description)
+ARGUMENTS = (
+    ('model', '', 'Policy checkpoint (.lcm). Empty keeps model_path from params_file, '
+     'whose default is the model shipped with the package.'),
+    ('params_file', '', 'Parameter YAML for policy_node. Empty selects the package\'s '
+     'config/policy.yaml.'),
+    ('image_topic', 'camera/image_raw', 'Camera topic: sensor_msgs/Image, or '
+     'sensor_msgs/CompressedImage when compressed is true.'),
+    ('compressed', 'false', 'true subscribes to sensor_msgs/CompressedImage (JPEG or PNG) '
+     'on image_topic instead of sensor_msgs/Image.'),
+    ('imu_topic', 'imu/data', 'IMU topic (sensor_msgs/Imu); unused by models trained '
+     'without IMU input.'),
+    ('cmd_vel_topic', 'cmd_vel', 'Output velocity command topic (geometry_msgs/Twist, or '
+     'TwistStamped when the twist_stamped parameter is true).'),
+    ('use_sim_time', 'false', 'true follows /clock (simulators and bag playback).'),
+    ('log_level', 'info', 'Log level of policy_node: debug, info, warn, error or fatal.'),
+    ('namespace', '', 'Namespace of policy_node; relative topics resolve inside it.'),
+)
+
+
+def _as_bool(name: str, text: str) -> bool:
+    lowered = text.strip().lower()
+    if lowered not in ('true', 'false'):
+        raise ValueError(f"launch argument '{name}' must be true or false, got {text!r}")
+    return lowered == 'true'
+
+
+def node_settings(values: Dict[str, str], share_dir: str) -> Tuple[
+        List[object], List[Tuple[str, str]], List[str]]:
+    """Return (parameters, remappings, ros_arguments) of policy_node for argument values.
+
+    ``values`` maps every name in ``ARGUMENTS`` to its resolved text; ``share_dir`` is the
+    package's share folder, for the default parameter file.
+    """
+    compressed = _as_bool('compressed', values['compressed'])
+    overrides = {'compressed': compressed,
+                 'use_sim_time': _as_bool('use_sim_time', values['use_sim_time'])}
+    if values['model']:
+        overrides['model_path'] = values['model']
+    params_file = values['params_file'] or os.path.join(share_dir, DEFAULT_PARAMS)
+    camera_input = 'image_raw/compressed' if compressed else 'image_raw'
+    remappings = [(camera_input, values['image_topic']),
+                  ('imu/data', values['imu_topic']),
+                  ('cmd_vel', values['cmd_vel_topic'])]
+    return [params_file, overrides], remappings, ['--log-level', values['log_level']]
+
+
+def generate_launch_description():
+    """Declare the arguments and start policy_node with them."""
+    from ament_index_python.packages import get_package_share_directory
+    from launch import LaunchDescription
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+    from launch.substitutions import LaunchConfiguration
+    from launch_ros.actions import Node
+
+    share_dir = get_package_share_directory(PACKAGE)
+
+    def start_node(context):
+        values = {name: LaunchConfiguration(name).perform(context)
+                  for name, _, _ in ARGUMENTS}
+        parameters, remappings, ros_arguments = node_settings(values, share_dir)
+        return [Node(package=PACKAGE, executable=EXECUTABLE, name=NODE_NAME,
+                     namespace=values['namespace'], parameters=parameters,
+                     remappings=remappings, ros_arguments=ros_arguments, output='screen',
+                     emulate_tty=True)]
+
+    arguments = [DeclareLaunchArgument(name, default_value=default, description=description)
+                 for name, default, description in ARGUMENTS]
+    return LaunchDescription(arguments + [OpaqueFunction(function=start_node)])
