@@ -1,8 +1,8 @@
 """Data benchmarks: the recorder under a sustained camera + IMU load, and import speed.
 
-Recorder: recorder_node runs as a child process pinned to one CPU; this process publishes
-a 640x480 camera at 30 Hz, IMU at 200 Hz and a Twist per frame over real DDS on loopback
-(from the other CPU when there is one) for ``--seconds``, then stops the node with
+Recorder: recorder_node runs as a child process pinned to one CPU. This process, on the
+other CPU when there is one, publishes a 640x480 camera at 30 Hz, IMU at 200 Hz and a
+Twist per frame over real DDS on loopback for ``--seconds``. It then stops the node with
 SIGTERM and counts what reached the disk. Frames lost in DDS (never received) and frames
 dropped by the recorder (received but not written) are reported apart.
 

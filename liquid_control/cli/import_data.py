@@ -1,13 +1,10 @@
 """liquid-control import: convert a rosbag2, ROS 1 bag or donkeycar tub into episodes."""
 
 import argparse
-import logging
 import time
 
 from liquid_control.data.sync import (COMMAND_MATCHES, IMU_MODES, INVALID_FRAME_POLICIES,
                                       RAW_IMAGE_FORMATS, LabelOptions)
-
-_logger = logging.getLogger(__name__)
 
 
 def add_label_arguments(parser: argparse.ArgumentParser) -> None:
@@ -22,14 +19,16 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                        'last command stamped at or before it (default: %(default)s)')
     group.add_argument('--command-tolerance', type=float, metavar='SECONDS',
                        default=defaults.command_tolerance_s,
-                       help='max time between a frame and its command (default: %(default)s)')
+                       help='maximum time between a frame and its command (default: %(default)s)')
+
     group.add_argument('--imu-mode', choices=IMU_MODES, default=defaults.imu_mode,
                        help='interpolate between the IMU samples around the frame, or take '
                        'the nearest one (default: %(default)s)')
     group.add_argument('--imu-tolerance', type=float, metavar='SECONDS',
                        default=defaults.imu_tolerance_s,
-                       help='max time between a frame and an IMU sample used for it '
+                       help='maximum time between a frame and an IMU sample used for it '
                        '(default: %(default)s)')
+
     group.add_argument('--invalid-frames', choices=INVALID_FRAME_POLICIES,
                        default=defaults.invalid_frames,
                        help='keep frames without a command, flagged invalid, or skip them '
@@ -38,6 +37,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                        default=defaults.split_gap_s,
                        help='start a new episode after a gap between frames longer than '
                        'this; 0 never splits (default: %(default)s)')
+
     group.add_argument('--linear-scale', type=float,
                        help='linear_x = scale * source value (default: 1, also for tub '
                        'throttle)')
@@ -48,6 +48,7 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
                        help='Joy axis index for linear_x (default: %(default)s)')
     group.add_argument('--joy-angular-axis', type=int, default=defaults.joy_angular_axis,
                        help='Joy axis index for angular_z (default: %(default)s)')
+
     group.add_argument('--raw-image-format', choices=RAW_IMAGE_FORMATS,
                        default=defaults.raw_image_format,
                        help='file format for raw (uncompressed) images; compressed images are '

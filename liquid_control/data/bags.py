@@ -1,9 +1,9 @@
 """Reader and importer for rosbag2 (sqlite3, MCAP) and ROS 1 bags, through ``rosbags``.
 
 Import reads the bag twice: first the IMU and command topics into arrays, then the image
-topic, streaming each frame into an episode with its synchronised labels. Frames keep the
-header stamp (or the bag's receive time when the header stamp is zero); header-less
-commands (Twist, Joy without stamp) use the bag's receive time.
+topic, streaming each frame into an episode with its synchronised labels. Frames and IMU
+samples keep their header stamps, or the bag's receive time when a header stamp is zero.
+Header-less commands (Twist) use the bag's receive time.
 """
 
 import logging
@@ -41,7 +41,7 @@ _logger = logging.getLogger(__name__)
 
 
 def is_bag(path: Path) -> bool:
-    """Whether ``path`` looks like a bag: a rosbag2 folder or a .bag/.db3/.mcap file."""
+    """Return whether ``path`` looks like a bag: a rosbag2 folder or a .bag/.db3/.mcap file."""
     if path.is_dir():
         return (path / 'metadata.yaml').is_file()
     return path.suffix in ('.bag', '.db3', '.mcap')
@@ -208,7 +208,7 @@ def _sorted_arrays(stamps: list, values: list, width: int) -> Tuple[np.ndarray, 
 
 
 def _frame_image(message, kind: str):
-    """Return what the writer stores: compressed bytes as received, or an RGB array."""
+    """Return what the writer stores: compressed bytes as received, or an RGB or grey array."""
     if kind == 'compressed':
         data = bytes(message.data)
         return EncodedImage(data, image_extension(data))

@@ -589,7 +589,7 @@ class Episode:
         """Split the episode into runs of consecutive frames without a gap.
 
         A gap is a step longer than ``max_gap_s`` (default ``default_max_gap_s()``) or a
-        non-positive step; with ``require_valid`` an invalid frame also ends a run and is
+        non-positive step. With ``require_valid``, an invalid frame also ends a run and is
         left out.
         """
         count = len(self)
@@ -655,7 +655,7 @@ def find_episodes(path: Union[str, Path], include_partial: bool = False) -> List
     """Return the episodes of a dataset folder (sorted by name) or of one episode folder.
 
     Unfinished ``.partial`` folders are skipped with a warning unless ``include_partial``.
-    Raises ``DataError`` when the folder holds no episode.
+    Raises ``DataError`` when the folder contains no finished episode.
     """
     path = Path(path)
     if not path.is_dir():

@@ -1,6 +1,6 @@
 """The recorder's logic without ROS: per-frame synchronisation and a disk-writing session.
 
-``FrameSynchroniser`` holds each frame until its IMU reading and command can be decided,
+``FrameSynchroniser`` keeps each frame until its IMU reading and command can be decided,
 then labels it with ``sync.label_frame`` (the importers use the same function).
 ``RecordingSession`` writes labelled frames into episodes on its own thread, through a
 bounded queue: when the queue is full the frame is dropped and counted, never blocked on.
@@ -60,10 +60,11 @@ class FrameSynchroniser:
     """Attach IMU readings and teacher commands to frames as they arrive.
 
     Call ``add_imu``, ``add_command`` and ``add_frame`` from the message callbacks and
-    ``pop_ready`` regularly. A frame is released when the IMU stream has passed its stamp
-    (so interpolation has both neighbours) and, with ``command_match='nearest'``, the
-    command stream has too; otherwise after the matching tolerance plus a small margin of
-    waiting (monotonic time ``now_s``). Not thread-safe: call from one thread.
+    ``pop_ready`` regularly. A frame is released once the IMU stream has passed its stamp,
+    so interpolation has both neighbours, and with ``command_match='nearest'`` once the
+    command stream has passed it too. A frame that waited longer than the larger
+    tolerance plus ``READY_MARGIN_S`` (monotonic ``now_s``) is released with what has
+    arrived. Not thread-safe: call from one thread.
     """
 
     def __init__(self, options: LabelOptions, use_imu: bool = True):
@@ -194,7 +195,7 @@ class AutoRecordGate:
 
 
 def free_disk_mb(path: Path) -> float:
-    """Return the free space, in MiB, of the file system that holds ``path``."""
+    """Return the free space, in MiB, of the file system that contains ``path``."""
     probe = Path(path)
     while not probe.exists() and probe != probe.parent:
         probe = probe.parent
@@ -248,7 +249,7 @@ class RecordingSession:
         self._stop_reason = ''
         self._failed = False
         self._writer: Optional[EpisodeWriter] = None
-        self._episode_wanted = False
+        self._episode_requested = False
         self._episode_name = ''
         self._frames_written = 0
         self._episodes_finished: List[str] = []
@@ -355,7 +356,7 @@ class RecordingSession:
                     self._close_episode(item.reason)
                     # The episode folder is created with its first frame, so starting and
                     # stopping without frames leaves nothing on disk.
-                    self._episode_wanted = item.action == 'start'
+                    self._episode_requested = item.action == 'start'
                 else:
                     self._write_frame(*item)
                 self._check_disk()
@@ -394,7 +395,7 @@ class RecordingSession:
 
     def _write_frame(self, stamp_ns: int, image: Image, labels: FrameLabels) -> None:
         if self._writer is None:
-            if not self._episode_wanted:
+            if not self._episode_requested:
                 # The session stopped (low disk space or an error) with frames still queued.
                 self.drops['not_recording'] += 1
                 return
@@ -433,7 +434,7 @@ class RecordingSession:
                        f'{self.settings.min_free_disk_mb:g}; recording stopped')
 
     def _fail(self, message: str) -> None:
-        self._episode_wanted = False
+        self._episode_requested = False
         with self._lock:
             self._recording = False
             self._stop_reason = message

@@ -1,8 +1,8 @@
 """One entry point for every data source: episode folders, bags and donkeycar tubs.
 
-``load_episodes`` returns episodes whatever the source; bags and tubs are imported first
-into a cache folder keyed by the source's path, size, modification time and the label
-options, so a second call reads the cached episodes.
+``load_episodes`` returns episodes whatever the source. Bags and tubs are imported first
+into a cache folder keyed by the source's path, file sizes, modification times and the
+label options, so a second call reads the cached episodes.
 """
 
 import hashlib
@@ -58,7 +58,8 @@ def import_source(src: Union[str, Path], out_dir: Union[str, Path],
     src = Path(src)
     kind = source_kind(src)
     if kind == 'episodes':
-        raise DataError(f'{src} already holds episodes; read it directly instead of importing')
+        raise DataError(f'{src} already contains episodes; read it directly instead of '
+                        'importing')
     if kind == 'donkeycar_tub':
         if image_topic or imu_topic or command_topic:
             raise DataError(f'{src} is a donkeycar tub: topic options apply to bags only')
@@ -102,7 +103,7 @@ def load_episodes(src: Union[str, Path], cache_dir: Optional[Union[str, Path]] =
     kind = source_kind(path)
     if kind == 'episodes':
         if label_options or image_topic or imu_topic or command_topic:
-            raise DataError(f'{path} holds episodes that are already labelled; label and '
+            raise DataError(f'{path} contains episodes that are already labelled; label and '
                             'topic options apply only to bags and tubs')
         return find_episodes(path)
 

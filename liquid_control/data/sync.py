@@ -25,7 +25,7 @@ class LabelOptions:
     """How frames are labelled, shared by the recorder node and the importers.
 
     ``command_match='nearest'`` takes the command closest in time to the frame, before or
-    after it; teleoperation loggers often publish the command a few milliseconds after the
+    after it. Teleoperation loggers often publish the command a few milliseconds after the
     frame it belongs to, and 'latest' (only commands stamped at or before the frame) would
     then label every frame with the previous command. Scales of None take the source's
     default: 1 for ROS messages, and for donkeycar tubs ``angular_z = -angle`` (donkeycar
@@ -210,8 +210,9 @@ def match_imu(frame_ns: np.ndarray, imu_ns: np.ndarray, imu_values: np.ndarray, 
 
     ``imu_ns`` (M,) is sorted and ``imu_values`` (M, 6). With 'interpolate', a frame
     between two readings that are both within ``tolerance_s`` of it gets their linear
-    interpolation (status 'interpolated'); otherwise, and in 'nearest' mode, the nearest
-    reading within the tolerance (status 'nearest'); else NaN (status 'missing').
+    interpolation (status 'interpolated'). Other frames, and every frame in 'nearest'
+    mode, get the nearest reading within the tolerance (status 'nearest'), or NaN (status
+    'missing'). A reading at exactly the frame's stamp counts as 'nearest'.
     Returns ``imu`` (N, 6) float64 and ``status`` (N,) strings.
     """
     frame_ns = np.asarray(frame_ns, dtype=np.int64)

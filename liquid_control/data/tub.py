@@ -1,6 +1,6 @@
 """Reader and importer for donkeycar tub v2 folders.
 
-A tub v2 folder holds ``manifest.json`` (five JSON lines: input keys, their types, user
+A tub v2 folder contains ``manifest.json`` (five JSON lines: input keys, their types, user
 metadata, manifest metadata, and the catalog list with ``deleted_indexes``), catalog files
 with one JSON record a line, and ``images/``. Records listed in ``deleted_indexes`` are
 left out.
@@ -47,7 +47,7 @@ class TubRecord:
 
 
 def is_tub(path: Path) -> bool:
-    """Whether ``path`` is a donkeycar tub v2 folder."""
+    """Return whether ``path`` is a donkeycar tub v2 folder."""
     return path.is_dir() and (path / 'manifest.json').is_file()
 
 
@@ -94,7 +94,8 @@ def read_tub(tub: Path) -> List[TubRecord]:
     inputs = manifest['inputs']
     for key in (IMAGE_KEY, ANGLE_KEY, THROTTLE_KEY):
         if key not in inputs:
-            raise DataError(f'tub {tub} has no {key!r} input; it holds: {", ".join(inputs)}')
+            raise DataError(f'tub {tub} has no {key!r} input; its inputs are: '
+                            f'{", ".join(inputs)}')
     has_imu = all(key in inputs for key in IMU_KEYS)
 
     records = []
