@@ -21,6 +21,10 @@ COMMANDS = [
     ('compare', 'compare', 'train several model families on the same data and tabulate them'),
     ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
     ('replay', 'replay', 'play a bag into a live policy node and record its commands'),
+    ('demo', 'demo', 'drive the simulator with the bundled model and write a video'),
+    ('inspect', 'inspect_model', 'print a checkpoint\'s architecture, parameters and wiring'),
+    ('export', 'export', 'export a checkpoint\'s policy step to ONNX and torch.export'),
+    ('bench', 'bench', 'run a speed benchmark (bench core: LTC against ncps)'),
 ]
 
 

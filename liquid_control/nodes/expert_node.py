@@ -3,9 +3,10 @@
 Subscribes ``track`` (nav_msgs/Path, transient local) and ``odom`` (nav_msgs/Odometry) from
 ``sim_node`` and publishes a ``geometry_msgs/Twist`` on ``command_topic`` for every
 odometry message. With ``label_topic`` set, the noise-free expert command also goes to that
-topic. Steering noise (``lateral_noise_std``) then perturbs only the driven command, so a
-recorder listening on ``label_topic`` records how the expert recovers from the deviations
-the noise causes.
+topic, as a TwistStamped with the odometry's stamp, so a recorder pairs every frame with
+the command computed from it. Steering noise (``lateral_noise_std``) perturbs only the
+driven command, so the recorded labels show how the expert recovers from the deviations
+that the noise causes.
 """
 
 import math
@@ -17,7 +18,7 @@ from typing import Optional
 
 import numpy as np
 import rclpy
-from geometry_msgs.msg import Twist
+from geometry_msgs.msg import Twist, TwistStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
@@ -70,6 +71,9 @@ class ExpertNode(Node):
         self.declare_parameter('label_topic', '', ParameterDescriptor(
             description='Topic of the noise-free expert command for a recorder; empty '
                         'disables it.', read_only=True))
+        self.declare_parameter('label_stamped', True, ParameterDescriptor(
+            description='Publish the label as geometry_msgs/TwistStamped stamped with the '
+                        'odometry time; false publishes a Twist.', read_only=True))
         self.declare_parameter('lateral_noise_std', 0.0, _descriptor(
             'Standard deviation of the steering noise added to the driven command, as a '
             'lateral acceleration. The default expert stayed on the road with 10 and '
@@ -93,8 +97,11 @@ class ExpertNode(Node):
 
         self._command_pub = self.create_publisher(Twist, value('command_topic'), command_qos())
         self._label_pub = None
+        self._label_stamped = bool(value('label_stamped'))
         if value('label_topic'):
-            self._label_pub = self.create_publisher(Twist, value('label_topic'), command_qos())
+            label_type = TwistStamped if self._label_stamped else Twist
+            self._label_pub = self.create_publisher(label_type, value('label_topic'),
+                                                    command_qos())
         latched = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1,
                              reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
@@ -124,7 +131,11 @@ class ExpertNode(Node):
         speed = float(msg.twist.twist.linear.x)
         linear_x, angular_z = self.expert.command(pose.position.x, pose.position.y, yaw, speed)
         if self._label_pub is not None:
-            self._label_pub.publish(_twist(linear_x, angular_z))
+            label = _twist(linear_x, angular_z)
+            if self._label_stamped:
+                label = TwistStamped(header=msg.header, twist=label)
+                label.header.frame_id = msg.child_frame_id
+            self._label_pub.publish(label)
 
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
         angular_z += linear_x * self.noise.curvature(stamp, speed)

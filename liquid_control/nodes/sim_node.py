@@ -49,7 +49,7 @@ from liquid_control.sim.commands import CommandMapping
 from liquid_control.sim.perturbations import CameraPerturbation
 
 NODE_NAME = 'sim_node'
-EPISODE_END_ACTIONS = ('hold', 'reset')
+EPISODE_END_ACTIONS = ('hold', 'pause', 'reset')
 
 
 def _float_descriptor(description: str, low: float, high: float) -> ParameterDescriptor:
@@ -95,6 +95,7 @@ class SimNode(Node):
         self._command_received = -math.inf
         self._stale_logged = True  # nothing to report before the first command
         self._end_logged = False
+        self._paused = False
 
         qos = sensor_qos('best_effort')
         self._image_pub = self.create_publisher(Image, 'image_raw', qos)
@@ -148,15 +149,22 @@ class SimNode(Node):
         self.declare_parameter('stale_brake', 0.8, _float_descriptor(
             'Brake (0..1) applied while cmd_vel is stale; 0.9 and above locks the wheels.',
             0.0, 1.0))
+        self.declare_parameter('wait_for_command', False, ParameterDescriptor(
+            description='Hold the physics until the first cmd_vel arrives, so a driver that '
+                        'starts slowly does not cost score. /clock and the sensors are still '
+                        'published meanwhile, so nodes on simulated time can start.',
+            read_only=True))
         self.declare_parameter('twist_stamped', False, ParameterDescriptor(
             description='Subscribe to geometry_msgs/TwistStamped instead of Twist on cmd_vel.',
             read_only=True))
         self.declare_parameter('publish_clock', True, ParameterDescriptor(
             description='Publish simulated time on /clock.', read_only=True))
         self.declare_parameter('episode_end', 'hold', ParameterDescriptor(
-            description="After a finished lap or leaving the playfield: 'hold' brakes and "
-                        "keeps the final status, 'reset' starts the next track (seed + 1).",
-            additional_constraints='one of: hold, reset'))
+            description="After a finished lap or leaving the playfield: 'hold' keeps "
+                        "stepping with the brakes on, 'pause' stops stepping and publishing "
+                        "(the last status stays latched), 'reset' starts the next track "
+                        '(seed + 1).',
+            additional_constraints='one of: hold, pause, reset'))
         self.declare_parameter('max_episode_steps', 0, _int_descriptor(
             "Steps after which an episode counts as ended (see episode_end); 0 means no "
             'limit.', 0, 10**9))
@@ -179,6 +187,7 @@ class SimNode(Node):
         self.color_shift = [float(v) for v in value('color_shift')]
         self.command_timeout = float(value('command_timeout'))
         self.stale_brake = float(value('stale_brake'))
+        self.wait_for_command = bool(value('wait_for_command'))
         self.twist_stamped = bool(value('twist_stamped'))
         self.publish_clock = bool(value('publish_clock'))
         self.episode_end = str(value('episode_end'))
@@ -210,6 +219,12 @@ class SimNode(Node):
         return response
 
     def _on_step(self) -> None:
+        if self._paused:
+            return
+        if self.wait_for_command and self._command is None:
+            self._total_steps += 1
+            self._publish_sensors()
+            return
         age = time.monotonic() - self._command_received
         if self._command is not None and age <= self.command_timeout:
             self.sim.step_twist(*self._command)
@@ -241,11 +256,14 @@ class SimNode(Node):
             self._end_logged = True
         if self.episode_end == 'reset':
             self._start_episode(self.sim.seed + 1)
+        elif self.episode_end == 'pause':
+            self._paused = True
 
     def _start_episode(self, seed: int) -> None:
         self.sim.reset(seed)
         self._episode += 1
         self._end_logged = False
+        self._paused = False
         self._publish_episode_start()
 
     def _publish_episode_start(self) -> None:

@@ -1,0 +1,65 @@
+"""Launch the CarRacing simulator with the expert or the policy driving it.
+
+  ros2 launch liquid_control sim.launch.py                       # the policy drives
+  ros2 launch liquid_control sim.launch.py driver:=expert record:=true output_dir:=/tmp/data
+
+With ``record:=true`` the recorder stores the camera, the IMU and the expert's noise-free
+command (``expert/cmd_vel``) as episodes. Every node runs on the simulator's /clock.
+"""
+
+from launch import LaunchDescription
+from launch.actions import DeclareLaunchArgument
+from launch.conditions import IfCondition, LaunchConfigurationEquals
+from launch.substitutions import LaunchConfiguration, PathJoinSubstitution
+from launch_ros.actions import Node
+from launch_ros.substitutions import FindPackageShare
+
+PACKAGE = 'liquid_control'
+
+
+def generate_launch_description() -> LaunchDescription:
+    sim_params = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'sim.yaml'])
+    policy_params = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'policy.yaml'])
+    recorder_params = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
+                                            'recorder.yaml'])
+    arguments = [
+        DeclareLaunchArgument('driver', default_value='policy',
+                              choices=['policy', 'expert'],
+                              description='Who drives: the policy node or the expert.'),
+        DeclareLaunchArgument('model', default_value='',
+                              description='Policy checkpoint (.lcm); empty uses the bundled '
+                                          'model.'),
+        DeclareLaunchArgument('seed', default_value='0', description='Track seed.'),
+        DeclareLaunchArgument('noise_std', default_value='0.0',
+                              description='Camera noise, fraction of full scale.'),
+        DeclareLaunchArgument('rate_hz', default_value='50.0',
+                              description='Physics steps per second (50 = real time).'),
+        DeclareLaunchArgument('lateral_noise_std', default_value='0.0',
+                              description="Steering noise of the expert's driven command "
+                                          '(m/s^2).'),
+        DeclareLaunchArgument('record', default_value='false',
+                              description='Record episodes while the expert drives.'),
+        DeclareLaunchArgument('output_dir', default_value='~/liquid_control_data',
+                              description='Dataset folder of the recorder.'),
+    ]
+    sim = Node(
+        package=PACKAGE, executable='sim_node', name='sim_node', output='screen',
+        parameters=[sim_params, {'seed': LaunchConfiguration('seed'),
+                                 'noise_std': LaunchConfiguration('noise_std'),
+                                 'rate_hz': LaunchConfiguration('rate_hz')}])
+    expert = Node(
+        package=PACKAGE, executable='expert_node', name='expert_node', output='screen',
+        condition=LaunchConfigurationEquals('driver', 'expert'),
+        parameters=[sim_params, {'label_topic': 'expert/cmd_vel',
+                                 'lateral_noise_std': LaunchConfiguration('lateral_noise_std')}])
+    policy = Node(
+        package=PACKAGE, executable='policy_node', name='policy_node', output='screen',
+        condition=LaunchConfigurationEquals('driver', 'policy'),
+        parameters=[policy_params, sim_params, {'model_path': LaunchConfiguration('model')}])
+    recorder = Node(
+        package=PACKAGE, executable='recorder_node', name='recorder_node', output='screen',
+        condition=IfCondition(LaunchConfiguration('record')),
+        remappings=[('cmd_vel', 'expert/cmd_vel')],
+        parameters=[recorder_params, {'use_sim_time': True, 'autostart': True,
+                                      'output_dir': LaunchConfiguration('output_dir')}])
+    return LaunchDescription(arguments + [sim, expert, policy, recorder])

@@ -1,0 +1,341 @@
+"""liquid-control demo: the bundled policy drives the CarRacing simulator in closed loop.
+
+``sim_node`` and ``policy_node`` run as separate processes that talk over DDS, headless,
+on a DDS domain of their own and only on this host, so the demo never commands a robot on
+the network. This process watches the simulator's status and camera, stops both nodes
+after one lap or ``--seconds`` of simulated time, prints the score and writes a GIF of the
+camera with the policy's VisualBackProp saliency overlaid.
+"""
+
+import argparse
+import json
+import logging
+import os
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import List, Optional
+
+import numpy as np
+
+from liquid_control.errors import ConfigError, LiquidControlError
+
+_logger = logging.getLogger(__name__)
+
+DEFAULT_SEED = 1000             # tracks from 1000 on are never used for training
+MAX_LAP_SECONDS = 120.0         # simulated seconds before a lap run gives up
+GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
+GIF_SCALE = 3                   # the 84x96 network input is enlarged 3x in the GIF
+STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
+STOP_TIMEOUT_S = 10.0
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the demo's options."""
+    parser.add_argument('--seconds', type=float, default=None,
+                        help='simulated seconds to drive (default: one lap, at most '
+                             f'{MAX_LAP_SECONDS:g} s)')
+    parser.add_argument('--seed', type=int, default=DEFAULT_SEED,
+                        help=f'track seed (default {DEFAULT_SEED}, a track not used for '
+                             'training)')
+    parser.add_argument('--model', type=Path, default=None,
+                        help='policy checkpoint (.lcm) to drive with (default: the bundled '
+                             'models/carracing_ncp.lcm)')
+    parser.add_argument('--out', type=Path, default=Path('liquid_control_demo'),
+                        help='folder for demo.gif and the node logs (default: '
+                             './liquid_control_demo)')
+    parser.add_argument('--noise', type=float, default=0.0,
+                        help='camera noise: standard deviation as a fraction of full scale '
+                             '(default 0)')
+    parser.add_argument('--no-video', action='store_true',
+                        help='skip the GIF and its saliency maps')
+    parser.add_argument('--json', action='store_true',
+                        help='print the result as one JSON object (score, tiles_visited, '
+                             'duration_s, ...)')
+    parser.add_argument('--domain-id', type=int, default=None,
+                        help='ROS_DOMAIN_ID of the demo nodes (default: a random id in '
+                             '30..101)')
+    parser.add_argument('--timeout', type=float, default=None,
+                        help='wall-clock seconds before the run is stopped as too slow '
+                             '(default: 4 x the simulated time + 60)')
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the demo and print its result; return 0 on success."""
+    from liquid_control.paths import bundled_model
+
+    seconds = args.seconds if args.seconds is not None else MAX_LAP_SECONDS
+    if not seconds > 0:
+        raise ConfigError(f'--seconds {args.seconds} is invalid: give a positive number')
+    if not 0.0 <= args.noise <= 1.0:
+        raise ConfigError(f'--noise {args.noise} is invalid: use a fraction in [0, 1]')
+    model = Path(args.model) if args.model is not None else bundled_model()
+    if not model.is_file():
+        raise FileNotFoundError(f'model not found: {model}. Pass --model PATH or rebuild the '
+                                'bundled model with scripts/make_bundled_model.py')
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    domain_id = args.domain_id if args.domain_id is not None else random.randint(30, 101)
+    timeout = args.timeout if args.timeout is not None else 4.0 * seconds + 60.0
+
+    from liquid_control.inference import load_runner
+
+    runner = load_runner(model)  # fails here, before any process starts, on a bad file
+    env = _node_environment(domain_id)
+    monitor = SimMonitor(domain_id, frame_period=0.0 if args.no_video else GIF_FRAME_PERIOD_S)
+    nodes = [
+        NodeProcess('sim_node', _sim_command(args.seed, args.noise), env, out_dir),
+        NodeProcess('policy_node', _policy_command(model), env, out_dir),
+    ]
+    try:
+        status = _drive(monitor, nodes, seconds, lap=args.seconds is None, timeout=timeout)
+    finally:
+        for node in nodes:
+            node.stop()
+        monitor.close()
+
+    result = {
+        'score': round(float(status['score']), 1),
+        'tiles_visited': int(status['tiles_visited']),
+        'tiles_total': int(status['tiles_total']),
+        'duration_s': round(float(status['sim_time']), 2),
+        'lap_finished': bool(status['lap_finished']),
+        'out_of_bounds': bool(status['out_of_bounds']),
+        'seed': args.seed,
+        'camera_noise': args.noise,
+        'model': str(model),
+        'commands_received': monitor.command_count,
+        'video': None,
+    }
+    if not args.no_video:
+        result['video'] = str(write_saliency_gif(runner, monitor.frames, out_dir / 'demo.gif'))
+    _print_result(result, args.json)
+    return 0
+
+
+# Processes
+
+class NodeProcess:
+    """A node started with this Python, its output written to ``<out_dir>/<name>.log``."""
+
+    def __init__(self, name: str, command: List[str], env: dict, out_dir: Path) -> None:
+        self.name = name
+        self.log_path = out_dir / f'{name}.log'
+        self._log = self.log_path.open('w')
+        self.process = subprocess.Popen(command, env=env, stdout=self._log,
+                                        stderr=subprocess.STDOUT)
+        _logger.debug('started %s (pid %d): %s', name, self.process.pid, ' '.join(command))
+
+    def alive(self) -> bool:
+        """Whether the process still runs."""
+        return self.process.poll() is None
+
+    def wait_for_output(self, text: str, timeout: float) -> bool:
+        """Wait until ``text`` appears in the log; False on timeout or when the node exits."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline and self.alive():
+            self._log.flush()
+            if text in self.log_path.read_text(errors='replace'):
+                return True
+            time.sleep(0.1)
+        return text in self.log_path.read_text(errors='replace')
+
+    def output_tail(self, lines: int = 15) -> str:
+        """Return the last lines of the node's log."""
+        self._log.flush()
+        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
+
+    def stop(self) -> None:
+        """Send SIGINT, wait, then kill a node that does not stop."""
+        if self.alive():
+            self.process.send_signal(signal.SIGINT)
+            try:
+                self.process.wait(timeout=STOP_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                _logger.warning('%s did not stop within %g s after SIGINT; killing it',
+                                self.name, STOP_TIMEOUT_S)
+                self.process.kill()
+                self.process.wait()
+        self._log.close()
+
+
+def _node_environment(domain_id: int) -> dict:
+    env = dict(os.environ)
+    env['ROS_DOMAIN_ID'] = str(domain_id)
+    env['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+    env['PYTHONUNBUFFERED'] = '1'
+    env.setdefault('SDL_VIDEODRIVER', 'dummy')
+    return env
+
+
+def _sim_command(seed: int, noise: float) -> List[str]:
+    from liquid_control.paths import config_file
+
+    return [sys.executable, '-m', 'liquid_control.nodes.sim_node', '--ros-args',
+            '--params-file', str(config_file('sim.yaml')),
+            '-p', f'seed:={seed}', '-p', f'noise_std:={noise}',
+            '-p', 'wait_for_command:=true', '-p', 'episode_end:=hold']
+
+
+def _policy_command(model: Path) -> List[str]:
+    from liquid_control.paths import config_file
+
+    return [sys.executable, '-m', 'liquid_control.nodes.policy_node', '--ros-args',
+            '--params-file', str(config_file('policy.yaml')),
+            '--params-file', str(config_file('sim.yaml')),
+            '-p', f'model_path:={model.resolve()}']
+
+
+# Monitoring
+
+class SimMonitor:
+    """An rclpy node that keeps the simulator status, sampled frames and a command count."""
+
+    def __init__(self, domain_id: int, frame_period: float) -> None:
+        import rclpy
+        from geometry_msgs.msg import Twist
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
+                               qos_profile_sensor_data)
+        from rclpy.signals import SignalHandlerOptions
+        from sensor_msgs.msg import Image
+        from std_msgs.msg import String
+
+        from liquid_control.nodes.dds import apply_large_frame_profile
+
+        os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
+        apply_large_frame_profile()
+        self.frame_period = frame_period
+        self.frames: List[np.ndarray] = []
+        self.command_count = 0
+        self.status: Optional[dict] = None
+        self._next_frame_time = 0.0
+        self._lock = threading.Lock()
+        self.context = rclpy.Context()
+        # Without rclpy's handlers, Ctrl-C raises KeyboardInterrupt in the main thread, so
+        # the caller's cleanup stops the nodes.
+        rclpy.init(context=self.context, domain_id=domain_id,
+                   signal_handler_options=SignalHandlerOptions.NO)
+        self.node = rclpy.create_node('sim_monitor', context=self.context)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.node.create_subscription(String, 'status', self._on_status, latched)
+        self.node.create_subscription(Twist, 'cmd_vel', self._on_command, 10)
+        if frame_period > 0:
+            self.node.create_subscription(Image, 'image_raw', self._on_image,
+                                          qos_profile_sensor_data)
+        self.executor = SingleThreadedExecutor(context=self.context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self.executor.spin, name='demo-monitor',
+                                        daemon=True)
+        self._thread.start()
+
+    def _on_status(self, msg) -> None:
+        with self._lock:
+            self.status = json.loads(msg.data)
+
+    def _on_command(self, msg) -> None:
+        with self._lock:
+            self.command_count += 1
+
+    def _on_image(self, msg) -> None:
+        from liquid_control.nodes.messages import image_msg_to_rgb
+
+        with self._lock:
+            status = self.status
+        # Frames count only once the car moves; until then the simulator repeats one frame.
+        if status is None or status['steps'] == 0:
+            return
+        stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        if stamp < self._next_frame_time:
+            return
+        self._next_frame_time = stamp + self.frame_period
+        self.frames.append(image_msg_to_rgb(msg))
+
+    def latest_status(self) -> Optional[dict]:
+        """Return the newest status, or None before the first."""
+        with self._lock:
+            return self.status
+
+    def close(self) -> None:
+        """Stop spinning and leave the DDS domain."""
+        self.executor.shutdown(timeout_sec=2.0)
+        self.node.destroy_node()
+        self.context.try_shutdown()
+
+
+def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: bool,
+           timeout: float) -> dict:
+    """Wait until the lap ends or ``seconds`` of simulated time passed; return the status."""
+    started = time.monotonic()
+    moving_logged = False
+    while True:
+        for node in nodes:
+            if not node.alive():
+                raise LiquidControlError(
+                    f'{node.name} exited with code {node.process.returncode}; last lines of '
+                    f'{node.log_path}:\n{node.output_tail()}')
+        status = monitor.latest_status()
+        elapsed = time.monotonic() - started
+        if status is not None and status['steps'] > 0:
+            if not moving_logged:
+                _logger.info('driving: the policy is in control after %.1f s', elapsed)
+                moving_logged = True
+            if status['done'] or status['sim_time'] >= seconds:
+                return status
+        elif elapsed > STARTUP_TIMEOUT_S:
+            logs = '\n'.join(f'--- {n.name}:\n{n.output_tail()}' for n in nodes)
+            raise LiquidControlError(
+                f'the nodes did not start driving within {STARTUP_TIMEOUT_S:g} s:\n{logs}')
+        if elapsed > timeout:
+            what = 'the lap' if lap else f'{seconds:g} simulated seconds'
+            raise LiquidControlError(
+                f'{what} did not finish within {timeout:g} s of wall time (simulated time '
+                f'{status["sim_time"] if status else 0:.1f} s); the machine may be too busy, '
+                'or raise --timeout')
+        time.sleep(0.05)
+
+
+# Result
+
+def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
+    """Write the frames with VisualBackProp saliency overlaid as an animated GIF."""
+    import cv2
+    from PIL import Image
+
+    from liquid_control.evaluation.saliency import overlay, visual_backprop
+
+    if not frames:
+        raise LiquidControlError('no camera frames arrived, so there is no video to write')
+    inputs = np.stack([runner.preprocess(frame) for frame in frames])   # (N, 3, H, W)
+    maps = np.concatenate([visual_backprop(runner.policy, inputs[i:i + 64])
+                           for i in range(0, len(inputs), 64)])
+    images = []
+    for index, (frame, saliency) in enumerate(zip(inputs, maps)):
+        blended = (overlay(frame, saliency) * 255.0).astype(np.uint8)
+        height, width = blended.shape[:2]
+        large = cv2.resize(blended, (width * GIF_SCALE, height * GIF_SCALE),
+                           interpolation=cv2.INTER_NEAREST)
+        cv2.putText(large, f't {index * GIF_FRAME_PERIOD_S:5.1f} s', (4, 14),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        images.append(Image.fromarray(large))
+    images[0].save(path, save_all=True, append_images=images[1:], loop=0,
+                   duration=int(GIF_FRAME_PERIOD_S * 1000), optimize=False)
+    return path
+
+
+def _print_result(result: dict, as_json: bool) -> None:
+    if as_json:
+        print(json.dumps(result))
+        return
+    ending = ('lap finished' if result['lap_finished'] else
+              'car left the playfield' if result['out_of_bounds'] else 'time limit reached')
+    print(f"score {result['score']:.1f} on track {result['seed']} after "
+          f"{result['duration_s']:.1f} s of simulated time ({ending}), "
+          f"tiles {result['tiles_visited']}/{result['tiles_total']}")
+    if result['video']:
+        print(f"video with saliency overlay: {result['video']}")
