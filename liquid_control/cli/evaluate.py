@@ -50,8 +50,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='folder for episodes imported from bags and tubs, reused by '
                              'later runs (default: a temporary folder)')
-    parser.add_argument('--threads', type=int, default=None, metavar='N',
-                        help='torch CPU threads (default: torch\'s choice)')
+    parser.add_argument('--threads', type=int, default=1, metavar='N',
+                        help='torch CPU threads; one suits frame-by-frame replay best '
+                             '(default: 1)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the noise perturbations (default: 0)')
 
@@ -69,14 +70,12 @@ def _validate(args: argparse.Namespace) -> None:
                               f'integer >= {minimum}')
     if not args.trace_seconds > 0:
         raise ConfigError(f'--trace-seconds {args.trace_seconds} is invalid: use seconds > 0')
-    if args.threads is not None and args.threads < 1:
+    if args.threads < 1:
         raise ConfigError(f'--threads {args.threads} is invalid: use 1 or more')
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the model on the sources and write the report; return the exit code."""
-    import torch
-
     from liquid_control.data.sources import load_episodes
     from liquid_control.evaluation.perturbations import parse_perturbations
     from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
@@ -84,8 +83,6 @@ def run(args: argparse.Namespace) -> int:
 
     _validate(args)
     parse_perturbations(args.perturbations)  # reject bad names before the slow part
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
 
     policy, metadata = load_checkpoint(args.model)
     LOGGER.info('model %s: %s, outputs %s', args.model, policy.config.family,
@@ -106,13 +103,13 @@ def run(args: argparse.Namespace) -> int:
                        for key in ('encoder', 'recurrent', 'head', 'total')),
         'sources': ', '.join(str(source) for source in args.sources),
         'episodes': len(episodes),
-        'torch threads': torch.get_num_threads(),
+        'torch threads': args.threads,
     }
     options = EvaluationOptions(
         perturbations=args.perturbations, max_gap_s=args.max_gap,
         chunk_length=args.chunk_length, saliency_frames=args.saliency_frames,
         ssim_frames=args.ssim_frames, trace_seconds=args.trace_seconds, seed=args.seed,
-        plots=not args.no_plots, info=info)
+        torch_threads=args.threads, plots=not args.no_plots, info=info)
     metrics = run_evaluation(policy, episodes, args.out, metadata, options)
 
     for name in policy.output_names:

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
+import torch
 
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.evaluation import plots
@@ -42,6 +43,10 @@ class EvaluationOptions:
     ``ssim_frames`` the number of frames, evenly spread over the recording, whose saliency
     maps are compared between clean and perturbed input. ``trace_seconds`` is the length of
     the neuron activity window, taken from the start of the longest segment.
+    ``torch_threads`` is the number of torch CPU threads during the run (None keeps the
+    current setting). One thread is the default because replay runs batch 1 frame by
+    frame, which gains little from intra-op threads. On a busy 2-core machine (load
+    average about 10) two threads took about 8 times the CPU time of one.
     """
 
     perturbations: Sequence[str] = DEFAULT_PERTURBATIONS
@@ -52,6 +57,7 @@ class EvaluationOptions:
     trace_seconds: float = 30.0
     seed: int = 0
     workers: int = 2
+    torch_threads: Optional[int] = 1
     plots: bool = True
     info: Dict[str, object] = field(default_factory=dict)
 
@@ -270,11 +276,13 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
     if len(rows):
         sample = _frames_at(rows, result, episodes, frames, preprocessing)
         maps = visual_backprop(policy, sample)
-        titles = [f't = {result.timestamps[row] - result.timestamps[0]:.1f} s' for row in rows]
+        times = plots.replay_time(result)
+        titles = [f't = {times[row]:.1f} s' for row in rows]
         plots.plot_saliency(sample, maps, out_dir / 'saliency.png', titles)
-        figures.append(('saliency.png', 'VisualBackProp saliency on sample frames: the '
-                        'pixels that feed the deepest conv features, as the network sees '
-                        'the frame (after crop and resize).'))
+        figures.append(('saliency.png', 'VisualBackProp saliency on sample frames (t on '
+                        'the time axis of the plots above): the pixels that feed the '
+                        'deepest conv features, on the frame as the network sees it (after '
+                        'crop and resize).'))
         noise = next((name for name in robustness if name.startswith('noise')), None)
         if noise is not None:
             perturbation = parse_perturbations([noise])[0]
@@ -291,7 +299,8 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
         order, groups = _neuron_groups(wiring, states.shape[1])
         plots.plot_neuron_activity(
             times, states[:, order], out_dir / 'neurons.png', groups,
-            {name: outputs[:, index] for index, name in enumerate(result.output_names)})
+            {name: outputs[:, index] for index, name in enumerate(result.output_names)},
+            neuron_ids=order)
         figures.append(('neurons.png', f'Neuron states over the first {times[-1]:.0f} s of '
                         'the longest segment, stepped one frame at a time, with the outputs '
                         'below.'))
@@ -309,22 +318,36 @@ def run_evaluation(policy, episodes: Sequence, out_dir: Path,
     The returned dict is what ``metrics.json`` contains (with NaN where a metric is
     undefined; the file has null there). ``eval_seconds`` and ``realtime_factor`` cover
     decoding, preprocessing and the clean replay, not the robustness replays or plots.
+    ``eval_cpu_seconds`` is the process CPU time of the same work, which other load on
+    the machine affects less than the wall-clock time.
     """
     options = options or EvaluationOptions()
-    out_dir = Path(out_dir)
+    previous_threads = torch.get_num_threads()
+    if options.torch_threads is not None:
+        torch.set_num_threads(options.torch_threads)
+    try:
+        return _run_evaluation(policy, episodes, Path(out_dir), metadata or {}, options)
+    finally:
+        torch.set_num_threads(previous_threads)
+
+
+def _run_evaluation(policy, episodes: Sequence, out_dir: Path, metadata: Mapping,
+                    options: EvaluationOptions) -> Dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     perturbations = parse_perturbations(options.perturbations)
     output_names = tuple(policy.output_names)
-    baseline = training_baseline(metadata or {}, output_names)
+    baseline = training_baseline(metadata, output_names)
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
 
     started = time.perf_counter()
+    cpu_started = time.process_time()
     frames = [load_frames(episode, preprocessing, options.workers) for episode in episodes]
     load_seconds = time.perf_counter() - started
     result = evaluate_episodes(policy, episodes, baseline=baseline, frames=frames,
                                max_gap_s=options.max_gap_s,
                                chunk_length=options.chunk_length, seed=options.seed)
     result.eval_seconds += load_seconds
+    cpu_seconds = time.process_time() - cpu_started
     LOGGER.info('clean: %d frames, %.1f s recorded, evaluated in %.2f s (%.0fx real time); '
                 '%s', result.frames, result.duration_s, result.eval_seconds,
                 result.realtime_factor, _short_metrics(result))
@@ -336,6 +359,7 @@ def run_evaluation(policy, episodes: Sequence, out_dir: Path,
         frames = None
 
     metrics: Dict[str, object] = result.summary()
+    metrics['eval_cpu_seconds'] = cpu_seconds
     metrics['max_gap_s'] = options.max_gap_s
     robustness, robustness_results = evaluate_robustness(
         policy, episodes, perturbations, result, options, frames, baseline)

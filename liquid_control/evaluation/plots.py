@@ -90,8 +90,8 @@ def plot_time_series(result: EvaluationResult, name: str, path: Path,
             axis.axvline(times[start], color='#999999', linewidth=0.8, linestyle=':')
         axis.set_xlim(row * seconds_per_row, (row + 1) * seconds_per_row)
         axis.set_ylim(low - margin, high + margin)
-        axis.set_ylabel(_label(result, name))
         axis.grid(alpha=0.3)
+    axes[rows // 2, 0].set_ylabel(_label(result, name))
     axes[0, 0].legend(loc='upper right', ncol=3, fontsize=8)
     axes[-1, 0].set_xlabel('recorded time (s), gaps removed')
     title = f'{name}: policy vs human'
@@ -155,11 +155,13 @@ def plot_error_histogram(result: EvaluationResult, name: str, path: Path) -> Pat
 
 def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
                          groups: Optional[Sequence[tuple]] = None,
-                         outputs: Optional[Mapping[str, np.ndarray]] = None) -> Path:
+                         outputs: Optional[Mapping[str, np.ndarray]] = None,
+                         neuron_ids: Optional[Sequence[int]] = None) -> Path:
     """Plot neuron states (T, N) over time as a heat map, one row a neuron.
 
-    ``groups`` is an optional list of (name, first neuron, stop neuron) drawn as labelled
-    bands, e.g. the NCP layers. ``outputs`` adds the named output traces in a panel below.
+    ``groups`` is an optional list of (name, first row, stop row) drawn as labelled bands,
+    e.g. the NCP layers. ``outputs`` adds the named output traces in a panel below.
+    ``neuron_ids`` labels the rows (default 0..N-1), for rows reordered by layer.
     """
     times = np.asarray(times, dtype=np.float64)
     states = np.asarray(states, dtype=np.float32)
@@ -175,14 +177,20 @@ def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
     image = axis.imshow(states.T, aspect='auto', cmap='coolwarm', vmin=-limit, vmax=limit,
                         interpolation='nearest',
                         extent=(times[0], times[-1], states.shape[1] - 0.5, -0.5))
-    figure.colorbar(image, ax=axis, pad=0.01, label='neuron state')
+    figure.colorbar(image, ax=axis, pad=0.07 if groups else 0.01, label='neuron state')
     axis.set_ylabel('neuron')
+    count = states.shape[1]
+    if count <= 40:
+        labels = list(range(count)) if neuron_ids is None else list(neuron_ids)
+        axis.set_yticks(np.arange(count))
+        axis.set_yticklabels([str(label) for label in labels], fontsize=7)
     if groups:
         for label, first, stop in groups:
-            axis.axhline(first - 0.5, color='black', linewidth=0.6)
-            axis.text(times[0], (first + stop - 1) / 2, f' {label}', va='center',
-                      ha='left', fontsize=8, color='black',
-                      bbox={'facecolor': 'white', 'alpha': 0.6, 'linewidth': 0})
+            if first > 0:
+                axis.axhline(first - 0.5, color='black', linewidth=0.8)
+            # Layer names sit in the right margin, beside their band of rows.
+            axis.text(1.005, 1.0 - (first + stop) / 2 / count, label, va='center',
+                      ha='left', fontsize=8, transform=axis.transAxes)
     axis.set_title('neuron activity over time')
     if outputs:
         output_axis = axes[1, 0]
@@ -192,7 +200,8 @@ def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
         output_axis.set_ylabel('output')
         output_axis.grid(alpha=0.3)
         # Keep the lower panel as wide as the heat map next to its colour bar.
-        figure.colorbar(image, ax=output_axis, pad=0.01).ax.set_visible(False)
+        figure.colorbar(image, ax=output_axis, pad=0.07 if groups else 0.01
+                        ).ax.set_visible(False)
     axes[-1, 0].set_xlabel('time (s)')
     return _save(figure, path)
 
