@@ -129,5 +129,5 @@ class Encoder(nn.Module):
                              'with the checkpoint\'s preprocessing settings')
         x = (frames - PIXEL_CENTER) * (1.0 / PIXEL_SCALE)
         features = self.head(x)  # (B, F)
-        features = F.layer_norm(features, features.shape[-1:])
+        features = F.layer_norm(features, (self.feature_count,))
         return self.dropout(features)

@@ -137,7 +137,7 @@ class LTCCell(nn.Module):
 
     def matrices(self) -> SynapseMatrices:
         """Build the per-forward matrices, cached while gradients are off and weights unchanged."""
-        if torch.is_grad_enabled():
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self._build_matrices()
         # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
         key = tuple((p.data_ptr(), p._version) for p in self.parameters())
@@ -351,6 +351,12 @@ class LTC(nn.Module):
         self._native_key = None
         self._native_pack = None
         self._native_tensors = None
+
+    def __getstate__(self):
+        # The kernel's ctypes struct cannot be copied or pickled; copies rebuild it.
+        state = dict(self.__dict__)
+        state.update(_native_key=None, _native_pack=None, _native_tensors=None)
+        return state
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Return the resting state, zeros of shape (batch_size, N)."""

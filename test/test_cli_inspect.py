@@ -1,0 +1,79 @@
+"""liquid-control inspect and export: one run each as an installed console script, the
+error cases in-process through ``main()``."""
+
+import json
+import subprocess
+
+import pytest
+
+from conftest import VENV_BIN
+from liquid_control.cli.main import main
+from liquid_control.model.checkpoint import save_checkpoint
+from liquid_control.model.policy import PolicyConfig, build_policy
+
+SMALL = {'height': 24, 'width': 32}
+
+
+def _run(*arguments, timeout=180):
+    return subprocess.run([str(VENV_BIN / 'liquid-control'), *arguments],
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.fixture
+def checkpoint_path(tmp_path):
+    config = PolicyConfig(family='ncp_ltc', imu_enabled=True,
+                          preprocessing={**PolicyConfig().preprocessing, **SMALL})
+    return save_checkpoint(tmp_path / 'model.lcm', build_policy(config),
+                           {'epochs': 2, 'source': 'unit test'})
+
+
+def test_inspect_prints_architecture(checkpoint_path, tmp_path):
+    png = tmp_path / 'wiring.png'
+    result = _run('inspect', str(checkpoint_path), '--png', str(png))
+    assert result.returncode == 0, result.stderr
+    assert 'family: ncp_ltc' in result.stdout
+    assert 'parameters: encoder' in result.stdout
+    assert 'inputs -> inter:' in result.stdout
+    assert 'motor neuron 0 drives angular_z' in result.stdout
+    assert 'source: unit test' in result.stdout
+    assert png.read_bytes().startswith(b'\x89PNG')
+
+
+def test_inspect_json_counts(checkpoint_path, capsys):
+    assert main(['inspect', str(checkpoint_path), '--json']) == 0
+    summary = json.loads(capsys.readouterr().out)
+    counts = summary['parameter_counts']
+    assert counts['total'] == counts['encoder'] + counts['recurrent'] + counts['head']
+    by_layer = summary['wiring']['synapses_by_layer']
+    assert sum(row['excitatory'] + row['inhibitory'] for row in by_layer) == (
+        summary['wiring']['sensory_synapses'] + summary['wiring']['internal_synapses'])
+
+
+def test_inspect_rejects_bad_file(tmp_path, capsys):
+    path = tmp_path / 'broken.lcm'
+    path.write_bytes(b'not a model')
+    assert main(['inspect', str(path)]) == 2
+    error = capsys.readouterr().err
+    assert 'not a liquid_control checkpoint' in error
+    assert str(path) in error
+
+
+def test_inspect_png_needs_wiring(tmp_path, capsys):
+    config = PolicyConfig(family='gru', preprocessing={**PolicyConfig().preprocessing, **SMALL})
+    path = save_checkpoint(tmp_path / 'gru.lcm', build_policy(config), {})
+    assert main(['inspect', str(path), '--png', str(tmp_path / 'x.png')]) == 2
+    assert 'no wiring to draw' in capsys.readouterr().err
+
+
+def test_export_writes_checked_file(checkpoint_path, tmp_path):
+    onnx_path = tmp_path / 'policy.onnx'
+    result = _run('export', str(checkpoint_path), '--onnx', str(onnx_path))
+    assert result.returncode == 0, result.stderr
+    assert 'check onnx' in result.stdout
+    assert ': ok' in result.stdout
+    assert onnx_path.stat().st_size > 0
+
+
+def test_export_needs_a_format(checkpoint_path, capsys):
+    assert main(['export', str(checkpoint_path)]) == 2
+    assert '--onnx' in capsys.readouterr().err
