@@ -215,3 +215,25 @@ def test_unfold_count_is_configurable():
     with pytest.raises(ValueError, match='ode_unfolds'):
         LTCCell(auto_ncp(8, 12, 2), ode_unfolds=0)
     assert np.isclose(_cell(unfolds=3).ode_unfolds, 3)
+
+
+def test_matches_ncps_with_copied_parameters():
+    pytest.importorskip('ncps')
+    from ncps.torch import LTC as NcpsLTC
+    from ncps.wirings import AutoNCP
+
+    from liquid_control.model.benchmark import copy_ncps_parameters, wiring_from_ncps
+
+    torch.manual_seed(0)
+    ncps_wiring = AutoNCP(19, 2, seed=5)
+    reference = NcpsLTC(32, ncps_wiring, batch_first=True, return_sequences=True)
+    model = LTC(wiring_from_ncps(ncps_wiring), ode_unfolds=6)
+    copy_ncps_parameters(reference.rnn_cell, model)
+    inputs = torch.randn(3, 8, 32)
+    with torch.no_grad():
+        expected, expected_state = reference(inputs)
+        outputs, state = model(inputs, torch.ones(3, 8))
+        step, _ = model.step(inputs[:, 0], torch.ones(3))
+    assert torch.allclose(outputs, expected, atol=1e-5)
+    assert torch.allclose(state, expected_state, atol=1e-5)
+    assert torch.allclose(step, expected[:, 0], atol=1e-5)
