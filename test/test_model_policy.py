@@ -182,3 +182,14 @@ def test_gradients_reach_every_parameter(family):
         assert parameter.grad is not None, name
         assert torch.isfinite(parameter.grad).all(), name
         assert parameter.grad.abs().sum() > 0, name
+
+
+def test_step_features_matches_step():
+    policy = build_policy(_config(imu_enabled=True)).eval()
+    frame = torch.rand(2, 3, 24, 32)
+    imu = torch.randn(2, 6)
+    with torch.no_grad():
+        expected, expected_state = policy.step(frame, imu, 0.05)
+        outputs, state = policy.step_features(policy.encoder(frame), imu, 0.05)
+    assert torch.equal(outputs, expected)
+    assert torch.equal(state, expected_state)

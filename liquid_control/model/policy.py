@@ -290,8 +290,16 @@ class Policy(nn.Module):
         """
         if frame.dim() != 4:
             raise ValueError(f'frame must have shape (B, 3, H, W), got {tuple(frame.shape)}')
-        batch = frame.shape[0]
-        inputs = self._sensory_inputs(self.encoder(frame), imu)  # (B, S)
+        return self.step_features(self.encoder(frame), imu, dt, state, denormalize)
+
+    def step_features(self, features: torch.Tensor, imu: Optional[torch.Tensor], dt,
+                      state: Optional[torch.Tensor] = None, denormalize: bool = True):
+        """Run one control step from encoder features (B, F) instead of a frame.
+
+        Same as ``step`` after the encoder, for callers that cache features.
+        """
+        batch = features.shape[0]
+        inputs = self._sensory_inputs(features, imu)  # (B, S)
         elapsed = _as_elapsed(dt, batch, None, self.config.dt_reference_s, inputs)
         outputs, state = self.core.step(inputs, elapsed, state)  # (B, O), (B, S)
         return (self.denormalize_outputs(outputs) if denormalize else outputs), state
