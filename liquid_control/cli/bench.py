@@ -1,7 +1,7 @@
 """liquid-control bench TARGET: run a speed benchmark and print its results.
 
-Each target is a function that returns a JSON-compatible dict; ``--json`` prints that
-dict as one JSON object, otherwise its numbers are printed one per line. Benchmarks
+Each target is a function that returns a JSON-compatible dict. ``--json`` prints that
+dict as one JSON object, and otherwise its numbers are printed one per line. Benchmarks
 compare against a reference measured in the same run, so read ratios rather than times
 on a shared or busy machine.
 """

@@ -4,9 +4,9 @@ Every core takes ``forward(inputs (B, T, S), elapsed (B, T), state (B, state_siz
 and returns ``(outputs (B, T, O), state)``, with ``step`` for one time step, so the policy,
 training and evaluation code treat all families alike.
 
-The LSTM and GRU are discrete-time: they get the elapsed time as one extra input
-(elapsed / reference step - 1, which is 0 at the nominal rate), so they can at least see
-irregular timing that the continuous-time cells integrate over.
+The LSTM and GRU are discrete-time. They get the elapsed time as one extra input,
+elapsed / reference step - 1, which is 0 at the nominal rate. So they can at least see
+irregular timing, which the continuous-time cells integrate over.
 """
 
 from typing import Optional

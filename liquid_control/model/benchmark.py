@@ -43,10 +43,10 @@ def wiring_from_ncps(ncps_wiring) -> Wiring:
 def copy_ncps_parameters(cell, model: LTC) -> None:
     """Give ``model`` the parameters of an ``ncps.torch.LTCCell`` on the same wiring.
 
-    ncps keeps dense (N, N) matrices masked by the wiring. Its ``LTCCell`` uses w, g and C
-    as they are unless ``implicit_param_constraints`` is set (the default of its ``LTC``
-    wrapper), in which case it applies softplus as ours always does; in the first case
-    the values go through inverse_softplus.
+    ncps keeps dense (N, N) matrices masked by the wiring. Its ``LTCCell`` applies
+    softplus to w, g and C, as ours always does, only when ``implicit_param_constraints``
+    is set, which is the default of its ``LTC`` wrapper. Otherwise it uses them as they
+    are, so the values go through inverse_softplus before the copy.
     """
     params = cell._params
     ltc = model.cell

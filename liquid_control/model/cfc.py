@@ -9,11 +9,11 @@ where f, g and h are functions of the step's input and the previous state: here 
 masked linear layer each, with tanh on g and h. A long elapsed time moves the state
 towards h, a short one keeps it near the mix of g and h.
 
-The wiring's layers are evaluated in order within one step (inter, then command, then
-motor neurons), each layer reading the layer before it through the wiring's synapses
-(the first layer reads the sensory inputs) and its own previous state through the
-wiring's synapses within the layer plus each neuron's own state. Weights outside the
-wiring are masked to zero and get no gradient.
+The wiring's layers are evaluated in order within one step: inter, then command, then
+motor neurons. Each layer reads the layer before it through the wiring's synapses, and
+the first layer reads the sensory inputs. It also reads its own previous state through
+the wiring's synapses within the layer plus each neuron's self-connection. Weights
+outside the wiring are masked to zero and get no gradient.
 """
 
 from typing import List, Optional
@@ -55,7 +55,7 @@ class CfCLayer(nn.Module):
                  generator: Optional[torch.Generator] = None):
         super().__init__()
         self.size = recurrent_mask.shape[0]
-        # input_mask is (I, n) and recurrent_mask (n, n), both source x target; the three
+        # input_mask is (I, n) and recurrent_mask (n, n), both source x target. The three
         # heads f, g and h share one masked layer with 3n outputs.
         mask = np.concatenate([input_mask, recurrent_mask], axis=0).T  # (n, I + n)
         self.heads = MaskedLinear(np.concatenate([mask, mask, mask], axis=0), generator)

@@ -1,6 +1,6 @@
 """Self-describing policy checkpoints (``.lcm``) that load without running code from the file.
 
-Layout (all integers little-endian)::
+The layout is below; all integers are little-endian::
 
     magic        8 bytes   b'\\x89LCM\\r\\n\\x1a\\n'
     version      uint32    FORMAT_VERSION
@@ -178,8 +178,10 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
     expected = policy.state_dict()
     stored = {}
     problems = []
+    listed = set()
     for entry in header.get('tensors', []):
         name = entry['name']
+        listed.add(name)
         if name not in expected:
             problems.append(f'unexpected tensor {name}')
             continue
@@ -193,15 +195,13 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
                             f'{list(expected[name].shape)}')
             continue
         start, size = entry['offset'], entry['size']
-        if start < 0 or start + size > len(data):
-            problems.append(f'tensor {name} lies outside the data section')
+        count = int(np.prod(shape, dtype=np.int64))
+        if start < 0 or start + size > len(data) or size != count * np.dtype(numpy_dtype).itemsize:
+            problems.append(f'tensor {name} does not fit the data section')
             continue
-        array = np.frombuffer(data, dtype=numpy_dtype, count=int(np.prod(shape, dtype=np.int64)),
-                              offset=start).reshape(shape)
+        array = np.frombuffer(data, dtype=numpy_dtype, count=count, offset=start).reshape(shape)
         stored[name] = torch.from_numpy(array.copy()).to(torch_dtype)
-    missing = sorted(set(expected) - set(stored) - {p.split(' ')[1] for p in problems
-                                                    if p.startswith('tensor ')})
-    problems.extend(f'missing tensor {name}' for name in missing)
+    problems.extend(f'missing tensor {name}' for name in sorted(set(expected) - listed))
     if problems:
         raise CheckpointError(f'checkpoint {path} does not match its own architecture: '
                               + '; '.join(problems[:5])

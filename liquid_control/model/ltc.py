@@ -36,8 +36,8 @@ from torch.nn import functional as F
 from liquid_control.model import native
 from liquid_control.model.wirings import Wiring
 
-# Elapsed times below this many time units are treated as this value, which keeps C/h
-# finite; the state then barely moves, as it should for an instant.
+# Elapsed times below this many time units count as this value, so C/h stays finite.
+# The state then barely moves, as it should for an instant.
 MIN_ELAPSED = 1e-6
 
 
@@ -112,6 +112,7 @@ class LTCCell(nn.Module):
 
         self._cache_key = None
         self._cache: Optional[SynapseMatrices] = None
+        self._cache_tensors = None
 
     def _register_one_hot(self, name: str, indices: np.ndarray, size: int, rows: bool) -> None:
         # rows=True: (size, E) with a 1 at (index_e, e); rows=False: (E, size).
@@ -139,8 +140,10 @@ class LTCCell(nn.Module):
         """Build the per-forward matrices, cached while gradients are off and weights unchanged."""
         if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.compiler.is_compiling():
             return self._build_matrices()
+        if self._cache_tensors is None:
+            self._cache_tensors = list(self.parameters())
         # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
-        key = tuple((p.data_ptr(), p._version) for p in self.parameters())
+        key = [(p.data_ptr(), p._version) for p in self._cache_tensors]
         if key != self._cache_key or self._cache is None:
             self._cache = self._build_matrices()
             self._cache_key = key
@@ -249,7 +252,7 @@ def _unfold_steps(state, numerator, denominator, rate, gather, offset, scatter_n
 
 
 class SemiImplicitUnfold(torch.autograd.Function):
-    """The unfold loop as one autograd node with a hand-derived backward pass.
+    """Autograd node for the whole unfold loop, with a hand-derived backward pass.
 
     Backward runs the sub-steps in reverse carrying g = dL/dv. For one sub-step with
     output v' = n / d, where n = n0 + s Wn + r v and d = d0 + s Wd:
@@ -418,6 +421,7 @@ class LTC(nn.Module):
         key = [(p.data_ptr(), p._version) for p in self._native_tensors]
         if key == self._native_key:
             return self._native_pack[0]
+
         cell = self.cell
         sensory = cell.wiring.sensory_synapses()
         internal = cell.wiring.synapses()
@@ -438,6 +442,7 @@ class LTC(nn.Module):
             'leak_numerator': leak * cell.resting_potential, 'leak_denominator': leak,
             'capacitance': F.softplus(cell.capacitance),
         }
+
         keep = []
         pointers = {}
         for name, value in arrays.items():
@@ -449,6 +454,7 @@ class LTC(nn.Module):
                 pointer_type = ctypes.POINTER(ctypes.c_float)
             keep.append(tensor)
             pointers[name] = ctypes.cast(tensor.data_ptr(), pointer_type)
+
         parameters = native.Parameters(
             inputs=cell.input_size, units=cell.units, outputs=self.output_size,
             sensory_count=len(sensory), synapse_count=len(internal),

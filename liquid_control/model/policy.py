@@ -52,9 +52,9 @@ def default_preprocessing() -> Dict[str, Any]:
 class PolicyConfig:
     """Architecture of a policy, as JSON-compatible values.
 
-    - ``family``: one of ``FAMILIES``. ``ncp_ltc`` and ``ncp_cfc`` use ``wiring``;
-      ``fc_ltc`` is an LTC with a fully connected wiring; ``lstm``/``gru`` have ``units``
-      hidden units; ``cnn`` has a ``units``-wide hidden layer and no state.
+    - ``family``: one of ``FAMILIES``. ``ncp_ltc`` and ``ncp_cfc`` use ``wiring``, and
+      ``fc_ltc`` is an LTC with a fully connected wiring. ``lstm`` and ``gru`` have
+      ``units`` hidden units. ``cnn`` has a ``units``-wide hidden layer and no state.
     - ``units``: neurons of the recurrent core (for NCPs, including the motor neurons).
     - ``wiring``: settings for ``wirings.build_wiring`` (kind and its arguments).
     - ``ode_unfolds``: semi-implicit Euler sub-steps per LTC step.
@@ -215,10 +215,10 @@ class Policy(nn.Module):
                           imu_std=None, output_mean=None, output_std=None) -> None:
         """Set the standardisation statistics; arguments left as None keep their values.
 
-        Features (F,) are standardised before the core (the encoder already ends in a layer
-        norm, so the identity default is usable); IMU readings (6,) likewise; outputs (O,)
-        are the training targets' mean and std, used to turn the core's normalised outputs
-        into physical units. Standard deviations must be positive.
+        Features (F,) and IMU readings (6,) are standardised before the core. The encoder
+        already ends in a layer norm, so the identity default for features is usable.
+        Outputs (O,) are the training targets' mean and std, which turn the core's
+        normalised outputs into physical units. Standard deviations must be positive.
         """
         for name, value in (('feature_mean', feature_mean), ('feature_std', feature_std),
                             ('imu_mean', imu_mean), ('imu_std', imu_std),

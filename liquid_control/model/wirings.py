@@ -1,6 +1,6 @@
 """Wirings: which neurons of a recurrent cell connect, and with which polarity.
 
-A wiring is a plain numpy object. It holds two signed adjacency matrices:
+A wiring is a plain numpy object with two signed adjacency matrices:
 
 - ``sensory_adjacency`` of shape (input_size, units): synapse from input i to neuron j;
 - ``adjacency`` of shape (units, units): synapse from neuron i to neuron j.
@@ -190,10 +190,10 @@ def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons
         motor_fanin: int, seed: int = 0) -> Wiring:
     """Build a neural circuit policy wiring: sensory -> inter -> command -> motor.
 
-    Each input connects to ``sensory_fanout`` distinct inter neurons and each inter neuron
-    to ``inter_fanout`` distinct command neurons; ``recurrent_command_synapses`` distinct
-    (source, target) pairs connect command neurons among themselves (self-synapses
-    allowed); each motor neuron receives ``motor_fanin`` distinct command neurons.
+    Each input connects to ``sensory_fanout`` distinct inter neurons, and each inter
+    neuron to ``inter_fanout`` distinct command neurons. ``recurrent_command_synapses``
+    distinct (source, target) pairs, self-synapses allowed, connect command neurons among
+    themselves. Each motor neuron receives ``motor_fanin`` distinct command neurons.
     A neuron left without an incoming synapse (or a command neuron without an outgoing
     one) gets one extra synapse from (to) a random neuron of the adjacent layer, so every
     input can reach a motor neuron. Polarities are +1 or -1 with equal probability.
