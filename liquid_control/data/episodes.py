@@ -116,10 +116,13 @@ def encode_image(rgb: np.ndarray, image_format: str = 'png', jpeg_quality: int =
         image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR)
     if image_format == 'png':
         params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_compression)]
-        if png_compression == 0 and hasattr(cv2, 'IMWRITE_PNG_FILTER'):
-            # Without compression, row filters only cost time: 640x480 RGB then encodes
-            # about 20 times faster than at level 1 (OpenCV 5.1, one thread).
-            params += [cv2.IMWRITE_PNG_FILTER, cv2.IMWRITE_PNG_FILTER_NONE]
+        if hasattr(cv2, 'IMWRITE_PNG_FILTER'):
+            # Without compression, row filters only cost time. With compression, the single
+            # SUB filter encoded 640x480 RGB camera-like frames about twice as fast as
+            # libpng's adaptive choice, at a similar size (OpenCV 5.1, one thread).
+            row_filter = cv2.IMWRITE_PNG_FILTER_NONE if png_compression == 0 \
+                else cv2.IMWRITE_PNG_FILTER_SUB
+            params += [cv2.IMWRITE_PNG_FILTER, row_filter]
         ok, encoded = cv2.imencode('.png', image, params)
         extension = 'png'
     elif image_format in ('jpeg', 'jpg'):
@@ -206,6 +209,7 @@ class EpisodeWriter:
         self.name, self.partial_dir = self._create_partial_dir(name)
         self.final_dir = self.dataset_dir / self.name
         (self.partial_dir / FRAMES_DIR).mkdir()
+        self._partial_path = str(self.partial_dir)
 
         self.metadata = dict(metadata)
         self.metadata.update({
@@ -279,7 +283,7 @@ class EpisodeWriter:
 
         index = self._count
         frame_name = f'{FRAMES_DIR}/{index:06d}.{image.extension}'
-        with open(self.partial_dir / frame_name, 'wb') as stream:
+        with open(os.path.join(self._partial_path, frame_name), 'wb') as stream:
             stream.write(image.data)
 
         imu = labels.imu if labels.imu is not None else (math.nan,) * len(IMU_FIELDS)
