@@ -418,7 +418,8 @@ class LTC(nn.Module):
         if self._native_tensors is None:
             self._native_tensors = list(self.parameters())
         # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
-        key = [(p.data_ptr(), p._version) for p in self._native_tensors]
+        key = [self.cell.ode_unfolds] + [(p.data_ptr(), p._version)
+                                         for p in self._native_tensors]
         if key == self._native_key:
             return self._native_pack[0]
 
@@ -475,7 +476,7 @@ class LTC(nn.Module):
         work = inputs.new_empty(5 * self.cell.units + self.cell.input_size)
         native.load_kernel().ltc_run(ctypes.byref(parameters), batch, steps,
                                      inputs.data_ptr(), elapsed.data_ptr(), final.data_ptr(),
-                                     outputs.data_ptr(), None, work.data_ptr())
+                                     outputs.data_ptr(), work.data_ptr())
         return outputs, final
 
     def parameter_counts(self) -> dict:

@@ -43,10 +43,9 @@ typedef struct {
 
 /* Run `steps` LTC steps for each of `batch` samples.
    x (batch, steps, inputs), elapsed (batch, steps), state (batch, units) in and out,
-   outputs (batch, steps, outputs), states (batch, steps, units) or NULL.
-   work needs 5 * units floats plus `inputs` floats. */
+   outputs (batch, steps, outputs). work needs 5 * units + inputs floats. */
 void ltc_run(const ltc_parameters *p, int batch, int steps, const float *x,
-             const float *elapsed, float *state, float *outputs, float *states, float *work)
+             const float *elapsed, float *state, float *outputs, float *work)
 {
     const int n = p->units;
     float *numerator0 = work, *denominator0 = work + n, *rate = work + 2 * n;
@@ -89,8 +88,6 @@ void ltc_run(const ltc_parameters *p, int batch, int steps, const float *x,
             float *out = outputs + bt * p->outputs;
             for (int o = 0; o < p->outputs; ++o)
                 out[o] = v[o] * p->output_weight[o] + p->output_bias[o];
-            if (states != NULL)
-                for (int j = 0; j < n; ++j) states[bt * n + j] = v[j];
         }
     }
 }
@@ -163,8 +160,7 @@ def load_kernel() -> Optional[ctypes.CDLL]:
             library.ltc_run.restype = None
             library.ltc_run.argtypes = [
                 ctypes.POINTER(Parameters), ctypes.c_int, ctypes.c_int, ctypes.c_void_p,
-                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p,
-                ctypes.c_void_p]
+                ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p, ctypes.c_void_p]
             _kernel = library
         except (OSError, subprocess.SubprocessError) as error:
             LOGGER.info('LTC inference kernel unavailable, using PyTorch instead: %s', error)
