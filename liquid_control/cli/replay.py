@@ -45,6 +45,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--no-imu', action='store_true', help='do not play the IMU topic')
     parser.add_argument('--rate', type=float, default=1.0,
                         help='playback speed factor (2.0 plays twice as fast); default 1.0')
+    parser.add_argument('--duration', type=float,
+                        help='play only the first DURATION seconds of the bag')
     parser.add_argument('--cmd-vel-topic', default='/replay/cmd_vel',
                         help='topic the commands are read from; default /replay/cmd_vel')
     parser.add_argument('--use-running-node', action='store_true',
@@ -223,6 +225,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'model not found: {args.model}')
     if not (args.rate > 0 and math.isfinite(args.rate)):
         raise ConfigError(f'--rate must be a positive number, got {args.rate}')
+    if args.duration is not None and not args.duration > 0:
+        raise ConfigError(f'--duration must be a positive number of seconds, got '
+                          f'{args.duration}')
 
     reader = open_reader(args.bag)
     types = topic_types(reader)
@@ -270,7 +275,7 @@ def run(args: argparse.Namespace) -> int:
                              args.startup_timeout)
         _logger.info('playing %s: camera %s, IMU %s, rate x%g', args.bag, image_topic,
                      imu_topic or 'none', args.rate)
-        record = player.play(stop)
+        record = player.play(stop, args.duration)
         time.sleep(max(args.tail, 0.0))
         # Wait for one more diagnostics message so deadline_misses covers the whole run.
         _, before = recorder.snapshot()

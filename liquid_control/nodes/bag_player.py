@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
+import numpy as np
 from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
@@ -78,6 +79,29 @@ def pick_topic(types: Dict[str, str], wanted: Optional[str], accepted: Sequence[
     return candidates[0] if candidates else None
 
 
+def copy_to_rclpy(source, message_type):
+    """Return an rclpy message of ``message_type`` with the fields of a rosbags message.
+
+    Fields that only the source has (such as a ROS 1 header's seq) are dropped. Sequences
+    of nested messages are not supported; the sensor messages played here have none.
+    """
+    target = message_type()
+    for name in target.get_fields_and_field_types():
+        if not hasattr(source, name):
+            continue
+        value = getattr(source, name)
+        current = getattr(target, name)
+        if hasattr(current, 'get_fields_and_field_types'):
+            value = copy_to_rclpy(value, type(current))
+        elif isinstance(value, np.ndarray):
+            value = value.tobytes() if value.dtype == np.uint8 else value.tolist()
+        elif isinstance(value, list) and value and hasattr(value[0], '__msgtype__'):
+            raise DataError(f'field {name} of {type(source).__name__} is a sequence of '
+                            'messages, which bag playback does not support')
+        setattr(target, name, value)
+    return target
+
+
 @dataclass
 class PublishedFrame:
     """One camera frame as published: index, bag time, header stamp and wall time."""
@@ -128,13 +152,23 @@ class BagPlayer:
 
     def _messages(self) -> Iterator[Tuple[str, int, object]]:
         for connection, timestamp, raw in self.reader.messages(connections=self._connections):
-            if not self.reader.is2:
-                raw = self.reader.typestore.ros1_to_cdr(raw, connection.msgtype)
-            message = deserialize_message(bytes(raw), self._classes[connection.topic])
+            message_type = self._classes[connection.topic]
+            if self.reader.is2:
+                message = deserialize_message(bytes(raw), message_type)
+            else:
+                # ROS 1 messages differ in layout (a Header has seq), so they are decoded
+                # with the bag's own definitions and copied field by field.
+                message = copy_to_rclpy(self.reader.deserialize(raw, connection.msgtype),
+                                        message_type)
             yield connection.topic, timestamp, message
 
-    def play(self, stop: Optional[threading.Event] = None) -> PlaybackRecord:
-        """Publish every selected message at its recorded time; return what was published."""
+    def play(self, stop: Optional[threading.Event] = None,
+             duration: Optional[float] = None) -> PlaybackRecord:
+        """Publish the selected messages at their recorded times; return what was published.
+
+        ``duration`` limits playback to that many seconds of bag time from the first
+        message; ``stop`` ends it early.
+        """
         record = PlaybackRecord(started=time.time())
         start_wall = time.monotonic()
         first_time: Optional[int] = None
@@ -142,6 +176,8 @@ class BagPlayer:
         for topic, timestamp, message in self._messages():
             if first_time is None:
                 first_time = timestamp
+            if duration is not None and (timestamp - first_time) * 1e-9 > duration:
+                break
             due = start_wall + (timestamp - first_time) * 1e-9 / self.rate
             if self._wait_until(due, stop):
                 record.interrupted = True
