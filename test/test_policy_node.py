@@ -8,7 +8,6 @@ input watchdog, except where a test measures the watchdog itself.
 import signal
 import time
 
-import numpy as np
 import pytest
 
 from node_harness import NodeProcess, Peer, is_zero, make_checkpoint, node_command, sample_frame

@@ -1,8 +1,8 @@
 """liquid-control replay: play a bag into a live policy node and record its commands.
 
-The bag's camera and IMU topics are published with their recorded timing; a policy node,
-started here as a separate process unless ``--use-running-node`` is given, drives
-``cmd_vel``. Every command is written to ``OUT/commands.csv`` and a summary to
+The bag's camera and IMU topics are published with their recorded timing. A policy node
+drives ``cmd_vel``: one started here as a separate process, or with ``--use-running-node``
+one that is already running. Every command is written to ``OUT/commands.csv`` and a summary to
 ``OUT/summary.json``.
 
 Latency: the started node runs with ``twist_stamped: true`` and ``command_stamp: frame``,

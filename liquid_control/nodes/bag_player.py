@@ -3,8 +3,8 @@
 Reads rosbag2 (sqlite3 or MCAP) and ROS 1 bags with ``rosbags``, so no rosbag2 install is
 needed. Messages keep their recorded spacing (divided by ``rate``). By default each header
 stamp is replaced with the player's clock at publication, so consumers that check stamps
-against their own clock (the policy node does) accept old recordings; a table of every
-published frame maps its stamp to the wall time of publication, for latency measurements.
+against their own clock (the policy node does) accept old recordings. For latency
+measurements, the player records the wall time at which each frame stamp was published.
 """
 
 import importlib
@@ -114,7 +114,7 @@ class PublishedFrame:
 
 @dataclass
 class PlaybackRecord:
-    """What a playback published."""
+    """Frames and IMU message count of one playback, with its wall-clock start and end."""
 
     frames: List[PublishedFrame] = field(default_factory=list)
     imu_messages: int = 0
@@ -203,6 +203,6 @@ class BagPlayer:
                 return True
             if remaining <= 0:
                 return False
-            # Sleep in short slices so a stop request is seen quickly; the final slice is
-            # short so the publication is late by well under a millisecond.
+            # Short slices let a stop request end playback within 50 ms. The last slice
+            # sleeps exactly the remaining time.
             time.sleep(min(remaining, 0.05) if remaining > 0.002 else remaining)

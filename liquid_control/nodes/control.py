@@ -92,7 +92,7 @@ def missed_periods(elapsed: float, period: float) -> int:
 
 
 class Mode(enum.Enum):
-    """What the node publishes in a control step, and why."""
+    """Operating mode of a control step, which decides between a policy and a zero command."""
 
     RUNNING = 'running'
     RUNNING_WITHOUT_IMU = 'running without IMU (IMU stale)'
@@ -207,9 +207,9 @@ class RateMeter:
 class ControlCounters:
     """Counters and timing windows of the control loop, reported in diagnostics.
 
-    ``dropped_frames`` counts frames replaced by a newer one before any step used them;
-    ``deadline_misses`` counts control ticks that were skipped, or whose step finished
-    after the next tick was due and so was not published.
+    ``dropped_frames`` counts frames replaced by a newer one before any step used them.
+    ``deadline_misses`` counts control ticks that were skipped, and steps that finished
+    after the next tick was due, whose commands were therefore not published.
     """
 
     def __init__(self, window: int = 1000) -> None:

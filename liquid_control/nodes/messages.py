@@ -28,7 +28,7 @@ def image_msg_to_rgb(msg) -> np.ndarray:
     """Decode a ``sensor_msgs/Image`` into an ``(H, W, 3)`` uint8 RGB array.
 
     The data must contain exactly ``step * height`` bytes, as the message definition
-    requires; a shorter or longer buffer means the size fields do not match the data.
+    requires. A shorter or longer buffer means that the size fields do not match the data.
     """
     size = len(msg.data)
     expected = int(msg.step) * int(msg.height)

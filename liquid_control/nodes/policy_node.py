@@ -3,8 +3,9 @@
 Threading: the camera and IMU callbacks only store the newest message. The control timer,
 in its own callback group, decodes the newest frame, steps the policy over the elapsed time
 on the ROS clock and publishes the command. Services, parameters and diagnostics run in a
-third group. A MultiThreadedExecutor runs the groups in parallel, so inference never blocks
-message reception.
+third group. A MultiThreadedExecutor runs the groups in parallel, so a running step does
+not hold back the camera and IMU callbacks, although they share the GIL with the Python
+parts of the step.
 
 Fail-safe: the node publishes a zero command every tick while it is disabled, while the
 camera (or, with ``imu_stale_action: stop``, the IMU) is stale, after a non-finite policy
@@ -202,14 +203,14 @@ class PolicyNode(Node):
             message += f' ({suppressed} similar warnings suppressed)'
         self.get_logger().warning(message)
 
-    def _check_stamp(self, stamp, received: float, what: str) -> None:
+    def _check_stamp(self, stamp, received: float, source: str) -> None:
         limit = self.params.max_stamp_offset
         if limit <= 0:
             return
         offset = stamp_to_seconds(stamp) - received
         if abs(offset) > limit:
             raise DataError(
-                f'{what} header stamp {stamp_to_seconds(stamp):.3f} s is {offset:+.3f} s from '
+                f'{source} header stamp {stamp_to_seconds(stamp):.3f} s is {offset:+.3f} s from '
                 f'the node clock (max_stamp_offset {limit:g} s): check the sensor clock, or '
                 'set use_sim_time when playing a bag with a /clock publisher')
 
