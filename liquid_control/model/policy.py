@@ -317,14 +317,15 @@ class Policy(nn.Module):
         """Return a multi-line summary of the architecture for logs and ``inspect``."""
         config = self.config
         counts = self.parameter_counts()
+        map_height, map_width = self.encoder.head.map_shape
         output_text = ', '.join(f'{name} [{unit}]' for name, unit in
                                 zip(config.output_names, config.output_units))
         lines = [
             f'family: {config.family}',
             f'input: {config.input_height} x {config.input_width} RGB frames'
             + (' + IMU (6)' if config.imu_enabled else ''),
-            f'encoder: conv head {self.encoder.head.map_shape} last map, '
-            f'{self.encoder.feature_count} features',
+            f'encoder: {len(self.encoder.head.convolutions)} convolutions, last map '
+            f'{map_height} x {map_width}, {self.encoder.feature_count} features',
             f'outputs: {output_text}',
             f'state size: {self.state_size}',
         ]
