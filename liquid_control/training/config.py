@@ -12,6 +12,7 @@ from liquid_control.errors import ConfigError
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 SPLITS = ('time', 'episode_end', 'episode')
 LOSSES = ('mse', 'huber')
+SCHEDULES = ('constant', 'cosine')
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class TrainConfig:
     max_batches_per_epoch: Optional[int] = None
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
+    lr_schedule: str = 'cosine'
+    lr_min_fraction: float = 0.05
     weight_decay: float = 1e-4
     gradient_clip: float = 1.0
     loss: str = 'huber'
@@ -61,6 +64,11 @@ class TrainConfig:
             raise ConfigError(f'split {self.split!r} is unknown; use one of {SPLITS}')
         if self.loss not in LOSSES:
             raise ConfigError(f'loss {self.loss!r} is unknown; use one of {LOSSES}')
+        if self.lr_schedule not in SCHEDULES:
+            raise ConfigError(f'lr_schedule {self.lr_schedule!r} is unknown; use one of '
+                              f'{SCHEDULES}')
+        if not 0.0 <= self.lr_min_fraction <= 1.0:
+            raise ConfigError(f'lr_min_fraction={self.lr_min_fraction} is invalid: use 0..1')
         if self.use_imu not in ('auto', 'yes', 'no'):
             raise ConfigError(f'use_imu={self.use_imu!r} is invalid; use auto, yes or no')
         if not self.outputs:

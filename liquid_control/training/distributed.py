@@ -78,3 +78,12 @@ def mean_over_ranks(context: Context, value: float) -> float:
     tensor = torch.tensor([float(value)], dtype=torch.float64)
     dist.all_reduce(tensor, op=dist.ReduceOp.SUM)
     return float(tensor.item()) / context.world_size
+
+
+def broadcast_value(context: Context, value: float) -> float:
+    """Return rank 0's ``value`` on every rank."""
+    if not context.distributed:
+        return value
+    tensor = torch.tensor([float(value)], dtype=torch.float64)
+    dist.broadcast(tensor, src=0)
+    return float(tensor.item())

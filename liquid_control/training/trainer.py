@@ -132,6 +132,19 @@ def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]
     return groups
 
 
+def schedule_factor(config: TrainConfig, progress: float) -> float:
+    """Return the learning-rate multiplier at ``progress`` (0 at the start, 1 at the end).
+
+    ``cosine`` decays from 1 to ``lr_min_fraction`` along half a cosine; ``constant``
+    keeps 1.
+    """
+    if config.lr_schedule == 'constant':
+        return 1.0
+    progress = min(max(progress, 0.0), 1.0)
+    floor = config.lr_min_fraction
+    return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
+
+
 def shard_windows(windows: Sequence, context: distributed.Context) -> List:
     """Return this rank's share of the windows; every rank gets the same count."""
     if not context.distributed:
@@ -307,6 +320,20 @@ class Trainer:
                              output_weights=self.config.output_weights or None,
                              frame_weights=frame_weights)
 
+    def _progress(self, epoch: int, fraction: float, deadline: Optional[float]) -> float:
+        """Return how far the run is, 0..1, by epochs or by the time limit if that is nearer."""
+        progress = (epoch - 1 + fraction) / self.config.epochs
+        if deadline is not None and self.config.max_minutes:
+            remaining = deadline - time.perf_counter()
+            progress = max(progress, 1.0 - remaining / (self.config.max_minutes * 60.0))
+        return progress
+
+    def _set_learning_rates(self, factor: float) -> None:
+        for group in self.optimizer.param_groups:
+            base = self.config.lr_encoder if group.get('name') == 'encoder' else \
+                self.config.lr_recurrent
+            group['lr'] = base * factor
+
     def _train_epoch(self, epoch: int, deadline: Optional[float]) -> Tuple[float, bool]:
         """Run one epoch; return (mean training loss, whether the time limit was hit)."""
         config = self.config
@@ -331,6 +358,11 @@ class Trainer:
                           order[batch_number * config.batch_size:
                                 (batch_number + 1) * config.batch_size]]
                 batch = to_tensors(collate(self.episodes, chosen, rng, augmentation))
+                progress = self._progress(epoch, batch_number / batch_count, deadline)
+                # Every rank must use the same rate; rank 0's progress decides.
+                if self.context.distributed:
+                    progress = distributed.broadcast_value(self.context, progress)
+                self._set_learning_rates(schedule_factor(config, progress))
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._batch_loss(batch, config.warmup_frames)
                 if not torch.isfinite(loss):
