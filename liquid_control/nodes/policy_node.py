@@ -249,8 +249,8 @@ class PolicyNode(Node):
         try:
             outputs = self.runner.step_preprocessed(self._frame, imu, dt)
         except (ValueError, RuntimeError) as error:
-            self.get_logger().error(f'policy step failed: {error}; zero command',
-                                    throttle_duration_sec=WARN_THROTTLE_S)
+            self.get_logger().error(f'policy step failed: {error}; zero command and state '
+                                    'reset', throttle_duration_sec=WARN_THROTTLE_S)
             self._stop_with_reset('policy step failed')
             return
         if self._now() > deadline:
@@ -335,14 +335,16 @@ class PolicyNode(Node):
             angular = float(outputs[self._angular_index]) * self.params.angular_scale
         return np.array([linear, angular])
 
-    def _reset_state(self, reason: str) -> None:
+    def _reset_state(self, reason: str, log: bool = True) -> None:
         self.runner.reset()
         self.counters.state_resets += 1
-        self.get_logger().info(f'policy state reset: {reason}')
+        if log:
+            self.get_logger().info(f'policy state reset: {reason}')
 
     def _stop_with_reset(self, reason: str) -> None:
+        # The caller's throttled error already says that the state was reset.
         self._publish_zero()
-        self._reset_state(reason)
+        self._reset_state(reason, log=False)
 
     def _publish_zero(self) -> None:
         self._limiter.reset()
