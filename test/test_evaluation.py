@@ -1,6 +1,6 @@
 """liquid-control evaluate on a known bag of real frames, checked against an independent replay.
 
-The bag holds 80 real donkeycar frames at 20 Hz with a 0.8 s pause after frame 39 (short
+The bag contains 80 real donkeycar frames at 20 Hz with a 0.8 s pause after frame 39 (short
 enough to stay in one imported episode, long enough for the replay to reset the state), and
 a Twist command 1 ms after each of frames 0..59. Frames 60..79 have no command.
 """
@@ -125,7 +125,7 @@ def _independent_replay(policy, jpegs) -> np.ndarray:
     return np.stack(outputs)
 
 
-def test_bag_imports_as_one_episode_with_known_labels(episodes):
+def test_bag_imports_as_one_episode(episodes):
     assert len(episodes) == 1
     assert len(episodes[0]) == FRAMES
 
@@ -207,7 +207,7 @@ def test_trace_neurons_matches_replay(checkpoint, episodes):
     np.testing.assert_allclose(outputs, result.predictions[:PAUSE_AFTER + 1], atol=1e-5)
 
 
-def test_pause_longer_than_max_gap_resets_state(checkpoint, episodes):
+def test_pause_over_max_gap_resets_state(checkpoint, episodes):
     policy, _ = load_checkpoint(checkpoint)
     reset = evaluate_episodes(policy, episodes, max_gap_s=0.5)
     carried = evaluate_episodes(policy, episodes, max_gap_s=1.0)
@@ -220,7 +220,7 @@ def test_pause_longer_than_max_gap_resets_state(checkpoint, episodes):
     assert not np.allclose(reset.predictions[after], carried.predictions[after], atol=1e-6)
 
 
-def test_constant_output_model_scores_like_its_baseline(episodes):
+def test_constant_model_matches_baseline(episodes):
     config = PolicyConfig(family='cnn', units=8, preprocessing={
         'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
         'height': 24, 'width': 32})
@@ -235,7 +235,7 @@ def test_constant_output_model_scores_like_its_baseline(episodes):
         assert values['unscored_frames'] == FRAMES - values['scored_frames']
 
 
-def test_run_evaluation_without_plots_writes_metrics_only(checkpoint, episodes, tmp_path):
+def test_run_evaluation_without_plots(checkpoint, episodes, tmp_path):
     policy, metadata = load_checkpoint(checkpoint)
     options = EvaluationOptions(perturbations=(), plots=False)
     metrics = run_evaluation(policy, episodes, tmp_path, metadata, options)

@@ -37,7 +37,7 @@ def test_metrics_skip_frames_without_target():
     assert math.isnan(result['baseline_mae'])
 
 
-def test_metrics_of_constant_target_are_nan_not_errors():
+def test_metrics_of_constant_target_are_nan():
     result = regression_metrics(np.array([0.1, 0.2, 0.3]), np.array([0.5, 0.5, 0.5]), 0.5)
     assert math.isnan(result['r2'])
     assert math.isnan(result['pearson'])
@@ -93,7 +93,7 @@ def test_brightness_shifts_and_clips():
     np.testing.assert_allclose(darker.ravel(), [0.0, 0.3, 0.7], atol=1e-6)
 
 
-def test_blur_spreads_a_point_and_keeps_its_mass():
+def test_blur_spreads_point_keeps_mass():
     images = np.zeros((1, 3, 31, 31), dtype=np.float32)
     images[0, :, 15, 15] = 1.0
     blurred = parse_perturbation('blur:2').apply(images, np.random.default_rng())

@@ -1,4 +1,4 @@
-"""VisualBackProp saliency: a hand-built encoder with a known answer, and the real policies."""
+"""VisualBackProp saliency: a hand-built encoder with a known result, and the real policies."""
 
 from types import SimpleNamespace
 
@@ -69,7 +69,7 @@ def test_saliency_peaks_at_the_only_bright_patch():
 
 
 @pytest.mark.parametrize('family', ['ncp_ltc', 'lstm', 'cnn'])
-def test_saliency_of_policy_is_normalised_and_deterministic(family):
+def test_policy_saliency_normalised_and_repeatable(family):
     policy = _small_policy(family)
     frames = _textured_frames(3)
     maps = visual_backprop(policy, frames)
@@ -80,7 +80,7 @@ def test_saliency_of_policy_is_normalised_and_deterministic(family):
     np.testing.assert_array_equal(maps, visual_backprop(policy, frames))
 
 
-def test_saliency_leaves_policy_mode_and_hooks_unchanged():
+def test_saliency_restores_mode_and_hooks():
     policy = _small_policy('ncp_ltc')
     policy.train()
     visual_backprop(policy, _textured_frames(1))

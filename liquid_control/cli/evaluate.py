@@ -49,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='write metrics.json and predictions.csv only')
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='folder for episodes imported from bags and tubs, reused by '
-                             'later runs (default: a temporary folder)')
+                             'later runs (default: $XDG_CACHE_HOME/liquid_control/imports, '
+                             'else ~/.cache/liquid_control/imports)')
     parser.add_argument('--threads', type=int, default=1, metavar='N',
                         help='torch CPU threads; one suits frame-by-frame replay best '
                              '(default: 1)')

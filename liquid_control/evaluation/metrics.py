@@ -1,8 +1,8 @@
 """Regression metrics of a policy's outputs against the human's commands.
 
-Every function takes 1-D arrays of equal length. Frames whose target is NaN (no human
-command was recorded) are dropped before scoring, and the count of scored frames is part of
-the result so a reader can see how much data a number rests on.
+Every function takes 1-D arrays of equal length. ``regression_metrics`` drops the frames
+whose target is NaN (no human command was recorded) before scoring. Its result includes
+the count of scored frames, so a reader can see how much data a number rests on.
 """
 
 import math

@@ -1,7 +1,7 @@
 """Image perturbations for robustness tests, applied to network input in [0, 1].
 
 A perturbation acts on preprocessed frames, after crop and resize, so its strength is in the
-units the network sees: intensity on [0, 1] and blur sigma in input pixels. Results are
+units of the network input: intensity on [0, 1] and blur sigma in input pixels. Results are
 clipped back to [0, 1].
 
 Names have the form ``KIND:VALUE``:

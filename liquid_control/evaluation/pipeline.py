@@ -30,7 +30,7 @@ from liquid_control.evaluation.ssim import mean_ssim
 
 LOGGER = logging.getLogger(__name__)
 
-# Decoded frames are kept for the robustness replays only up to this size; beyond it each
+# Decoded frames are kept for the robustness replays only up to this size. Beyond it, each
 # replay decodes the recording again, which is slower but bounded in memory.
 MAX_CACHED_FRAME_BYTES = 2 * 1024 ** 3
 

@@ -109,8 +109,8 @@ def plot_scatter(result: EvaluationResult, name: str, path: Path) -> Path:
     target = target[scored]
     metrics = result.metrics[name]
     figure, axis = plt.subplots(figsize=(5.2, 5))
-    # Human commands often take a few discrete values, so a little horizontal jitter keeps
-    # overlapping points visible; the jitter is 1 % of the target's range.
+    # Human commands often take a few discrete values. A horizontal jitter of 1 % of the
+    # target's range keeps overlapping points visible.
     span = float(np.ptp(target)) if target.size else 1.0
     jitter = np.random.default_rng(0).uniform(-0.01, 0.01, target.shape) * max(span, 1e-6)
     axis.scatter(target + jitter, prediction, s=5, alpha=0.25, color=POLICY_COLOR,

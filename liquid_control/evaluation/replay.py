@@ -1,9 +1,9 @@
 """Replay recorded episodes through a stateful policy and score it against the human.
 
 Frames run in recorded order with their true time deltas, as the policy node would run
-them. The state resets at the start of each episode and after every gap (a time step
-longer than ``max_gap_s`` or not positive), and those first frames get the episode's median
-frame interval as their time delta, the same rule training uses. For speed, each run of
+them. The state resets at the start of each episode and after every gap, which is a time
+step longer than ``max_gap_s`` or not positive. The first frame after a reset gets the
+episode's median frame interval as its time delta, the same rule training uses. For speed, each run of
 frames between resets goes through ``Policy.forward`` in long chunks of batch 1 with the
 state carried from chunk to chunk, which gives the same outputs as one ``step`` a frame.
 """
@@ -34,12 +34,12 @@ FALLBACK_FRAME_INTERVAL_S = 0.05
 class EvaluationResult:
     """Per-frame predictions and targets of one replay, with their metrics.
 
-    Arrays have one row per frame of all episodes, concatenated in replay order:
-    ``timestamps`` (N,) seconds as recorded, ``episode_index`` (N,) and ``segment_index``
-    (N,) (a segment is a run of frames between state resets), ``predictions`` and
-    ``targets`` (N, O) in the outputs' physical units (targets are NaN where no human
-    command was recorded), ``scored`` (N, O) bool (a valid frame with that output's target
-    present). ``metrics`` maps each output name to ``regression_metrics`` of its scored
+    Arrays have one row per frame of all episodes, concatenated in replay order.
+    ``timestamps`` (N,) are seconds as recorded. ``episode_index`` (N,) and
+    ``segment_index`` (N,) number the episodes and the segments, which are runs of frames
+    between state resets. ``predictions`` and ``targets`` (N, O) are in the outputs'
+    physical units, with NaN targets where no human command was recorded. ``scored``
+    (N, O) bool marks a valid frame with that output's target present. ``metrics`` maps each output name to ``regression_metrics`` of its scored
     frames.
     """
 
@@ -214,8 +214,8 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
                       workers: int = 2) -> EvaluationResult:
     """Replay episodes through ``policy`` and score each output against the human.
 
-    ``perturbation`` alters every preprocessed frame before the policy sees it (noise is
-    drawn from a generator seeded with ``seed``). ``baseline`` maps output names to the
+    ``perturbation`` alters every preprocessed frame before it enters the policy. Its noise
+    comes from a generator seeded with ``seed``. ``baseline`` maps output names to the
     constant predictor's value, normally the checkpoint's ``training_output_mean``.
     ``frames`` are the episodes' frames from ``load_frames``, to skip decoding on repeated
     replays. Without them, decoding is part of ``eval_seconds``.

@@ -4,8 +4,8 @@ VisualBackProp (Bojarski et al., "VisualBackProp: efficient visualization of CNN
 arXiv:1611.05418, 2016) shows which input pixels feed the deepest feature maps. For every
 conv layer it averages the rectified feature maps over channels. Starting at the deepest
 layer, it scales the averaged map up to the previous layer's size with a transposed
-convolution of ones (same kernel size, stride and padding as the layer) and multiplies it
-pointwise with that layer's averaged map, down to the input. It needs one forward pass and
+convolution of ones, which has the layer's kernel size, stride and padding. It multiplies
+the result pointwise with that layer's averaged map and repeats down to the input. It needs one forward pass and
 no gradients.
 
 The maps here are computed from the outputs of every ``nn.Conv2d`` in the policy, in the
