@@ -86,7 +86,9 @@ def test_auto_record_gate_hysteresis():
     assert gate.update(0.3, 0.0) is None
     assert gate.update(0.8, 0.5) is None
     assert gate.update(1.0, 0.0) is None
-    assert gate.update(2.1, None) == 'stop'
+    assert gate.update(1.7) is None
+    assert gate.update(1.8) == 'stop'
+    assert gate.update(1.9) is None
     assert not AutoRecordGate(0.0, 1.0).enabled
 
 

@@ -150,48 +150,43 @@ class FrameSynchroniser:
 class AutoRecordGate:
     """Decide from the commanded speed when automatic recording starts and stops.
 
-    Recording starts when ``|linear_x|`` exceeds ``speed_threshold`` and stops after it
-    has stayed at or below the threshold for ``stop_delay_s``, so short stops at a corner
-    stay in one episode. A threshold of 0 disables the gate.
+    Recording starts when ``|linear_x|`` exceeds ``speed_threshold`` and stops once no
+    command above the threshold has come for ``stop_delay_s`` (slow commands or none), so
+    short stops at a corner stay in one episode. A threshold of 0 disables the gate.
     """
 
     def __init__(self, speed_threshold: float, stop_delay_s: float):
         self.speed_threshold = speed_threshold
         self.stop_delay_s = stop_delay_s
         self._active = False
-        self._slow_since: Optional[float] = None
+        self._last_fast_s: Optional[float] = None
 
     @property
     def enabled(self) -> bool:
         """Whether the gate is in use (threshold above 0)."""
         return self.speed_threshold > 0
 
-    def update(self, now_s: float, linear_x: Optional[float]) -> Optional[str]:
-        """Return 'start', 'stop' or None after a command (None: no command, e.g. timeout)."""
+    def update(self, now_s: float, linear_x: Optional[float] = None) -> Optional[str]:
+        """Return 'start', 'stop' or None after a command, or on a timer with no command."""
         if not self.enabled:
             return None
         fast = linear_x is not None and math.isfinite(linear_x) \
             and abs(linear_x) > self.speed_threshold
         if fast:
-            self._slow_since = None
+            self._last_fast_s = now_s
             if not self._active:
                 self._active = True
                 return 'start'
             return None
-        if not self._active:
-            return None
-        if self._slow_since is None:
-            self._slow_since = now_s
-        if now_s - self._slow_since >= self.stop_delay_s:
+        if self._active and now_s - self._last_fast_s >= self.stop_delay_s:
             self._active = False
-            self._slow_since = None
             return 'stop'
         return None
 
     def reset(self) -> None:
         """Forget the current state (after a manual stop)."""
         self._active = False
-        self._slow_since = None
+        self._last_fast_s = None
 
 
 def free_disk_mb(path: Path) -> float:

@@ -166,7 +166,6 @@ class RecorderNode(Node):
         self._skipped_invalid = 0
         self._drop_throttle = _Throttle(WARN_THROTTLE_S)
         self._reported_drops = 0
-        self._last_command_s: Optional[float] = None
 
         self._create_interfaces()
         self.session = RecordingSession(self._session_settings(), on_event=self._on_event)
@@ -281,17 +280,13 @@ class RecorderNode(Node):
         linear_x, angular_z = command_from_message(msg, self.p['command_type'], self.mapping)
         self.synchroniser.add_command(self._stamp(getattr(msg, 'header', None)), linear_x,
                                       angular_z)
-        now_s = self._now_s()
-        self._last_command_s = now_s
-        self._apply_gate(self.gate.update(now_s, linear_x))
+        self._apply_gate(self.gate.update(self._now_s(), linear_x))
         self._release_ready_frames()
 
     def _release_ready_frames(self) -> None:
         now_s = self._now_s()
-        if self.gate.enabled and self._last_command_s is not None \
-                and now_s - self._last_command_s > self.gate.stop_delay_s:
-            # No command for a while counts as standing still.
-            self._apply_gate(self.gate.update(now_s, None))
+        # Without commands the gate still has to stop recording after its delay.
+        self._apply_gate(self.gate.update(now_s))
         for stamp_ns, image, labels in self.synchroniser.pop_ready(now_s):
             self._submit(stamp_ns, image, labels)
         self._report_drops()
