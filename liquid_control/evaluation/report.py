@@ -36,9 +36,10 @@ def _number(value, digits: int = 3) -> str:
     return html.escape(str(value))
 
 
-def _table(header: Sequence[str], rows: Sequence[Sequence]) -> str:
-    lines = ['<table>', '<tr>' + ''.join(f'<th>{html.escape(h)}</th>' for h in header)
-             + '</tr>']
+def _table(header: Optional[Sequence[str]], rows: Sequence[Sequence]) -> str:
+    lines = ['<table>']
+    if header:
+        lines.append('<tr>' + ''.join(f'<th>{html.escape(h)}</th>' for h in header) + '</tr>')
     for row in rows:
         lines.append('<tr>' + ''.join(f'<td>{_number(cell)}</td>' for cell in row) + '</tr>')
     lines.append('</table>')
@@ -89,15 +90,16 @@ def write_report(out_dir: Path, metrics: Mapping, output_names: Sequence[str],
              '<title>liquid_control evaluation</title>', f'<style>{STYLE}</style>',
              '</head><body>', '<h1>Policy evaluation</h1>']
 
-    parts.append(_table(['', ''], [[key, value] for key, value in info.items()]))
+    parts.append(_table(None, [[key, value] for key, value in info.items()]))
     run_rows = [
         ['frames replayed', metrics['frames']],
         ['frames scored', metrics['scored_frames']],
         ['frames not scored (no human command or invalid)', metrics['unscored_frames']],
         ['segments (state resets)', metrics['segments']],
         ['recorded duration (s)', float(metrics['duration_s'])],
-        ['evaluation time (s)', float(metrics['eval_seconds'])],
-        ['speed (x real time)', float(metrics['realtime_factor'])],
+        ['evaluation time (s), decoding and clean replay', float(metrics['eval_seconds'])],
+        ['CPU time of the same (s)', metrics.get('eval_cpu_seconds')],
+        ['speed (x real time)', f'{float(metrics["realtime_factor"]):.0f}'],
     ]
     parts.append(_table(['run', ''], run_rows))
     for note in notes or ():

@@ -5,8 +5,8 @@ arXiv:1611.05418, 2016) shows which input pixels feed the deepest feature maps. 
 conv layer it averages the rectified feature maps over channels. Starting at the deepest
 layer, it scales the averaged map up to the previous layer's size with a transposed
 convolution of ones, which has the layer's kernel size, stride and padding. It multiplies
-the result pointwise with that layer's averaged map and repeats down to the input. It needs one forward pass and
-no gradients.
+the result pointwise with that layer's averaged map and repeats down to the input. It
+needs one forward pass and no gradients.
 
 The maps here are computed from the outputs of every ``nn.Conv2d`` in the policy, in the
 order they run. This assumes the conv layers form one chain, which holds for the shared
