@@ -7,7 +7,6 @@ Header-less commands (Twist) use the bag's receive time.
 """
 
 import logging
-import shutil
 import sqlite3
 import struct
 from dataclasses import dataclass
@@ -19,10 +18,10 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
-from liquid_control.data.episodes import (EncodedImage, EpisodeWriter, image_extension,
-                                          raw_image_for_storage)
+from liquid_control.data.episodes import EncodedImage, image_extension, raw_image_for_storage
+from liquid_control.data.importing import EpisodeSequence
 from liquid_control.data.sync import (LabelOptions, command_from_message, command_mapping,
-                                      imu_from_message, label_frame)
+                                      imu_from_message, label_frames)
 from liquid_control.errors import DataError
 
 IMAGE_TYPES = {'sensor_msgs/msg/Image': 'raw', 'sensor_msgs/msg/CompressedImage': 'compressed'}
@@ -36,6 +35,9 @@ COMMAND_TYPES = {'geometry_msgs/msg/Twist': 'twist',
 # 0.11; other damage may surface as another exception type.
 _READ_ERRORS = (AnyReaderError, sqlite3.Error, struct.error, EOFError, ValueError, KeyError,
                 IndexError, AssertionError, OSError)
+
+# Frames labelled together during an import; raw 640x480 frames take about 1 MB each.
+LABEL_CHUNK = 32
 
 _logger = logging.getLogger(__name__)
 
@@ -226,8 +228,6 @@ def import_bag(path: Path, out_dir: Path, options: LabelOptions,
     On any error the episodes of this import are deleted before the error is raised.
     """
     path = Path(path)
-    written: List[Path] = []
-    writer: Optional[EpisodeWriter] = None
     with BagReader(path) as bag:
         topics = select_topics(bag, options, image_topic, imu_topic, command_topic)
         types = bag.topics
@@ -243,55 +243,63 @@ def import_bag(path: Path, out_dir: Path, options: LabelOptions,
             command_ns, command_values = _read_commands(bag, topics.command, command_type,
                                                         mapping)
 
-        metadata = {
-            'source': {'kind': bag_kind(path), 'path': str(path.resolve()),
-                       'topics': {'image': topics.image, 'imu': topics.imu,
-                                  'command': topics.command},
-                       'types': {name: types[name].msgtype for name in
-                                 (topics.image, topics.imu, topics.command) if name}},
-            'commands': mapping if topics.command else None,
-            'imu': {'present': bool(topics.imu), 'units': ['rad/s'] * 3 + ['m/s^2'] * 3},
-            'label_options': options.to_dict(),
-        }
-        split_ns = int(options.split_gap_s * 1e9) if options.split_gap_s > 0 else None
-        skipped = {'invalid': 0, 'non-increasing stamp': 0}
-        previous_ns = None
-        try:
+        metadata = _bag_metadata(path, topics, types, mapping, options)
+        sequence = EpisodeSequence(out_dir, metadata, options.split_gap_s,
+                                   image_format=options.raw_image_format,
+                                   jpeg_quality=options.jpeg_quality)
+        skipped_invalid = 0
+        with sequence:
+            # Frames are labelled in chunks, because the matching is vectorised.
+            chunk: List[Tuple[int, object]] = []
             for receive_ns, message in bag.messages(topics.image):
-                stamp_ns = message_stamp_ns(message, receive_ns)
-                if previous_ns is not None and stamp_ns <= previous_ns:
-                    skipped['non-increasing stamp'] += 1
-                    continue
-                labels = label_frame(stamp_ns, imu_ns, imu_values, command_ns,
-                                     command_values, options)
-                if not labels.valid and options.invalid_frames == 'skip':
-                    skipped['invalid'] += 1
-                    continue
-                if writer is None or (split_ns and stamp_ns - previous_ns > split_ns):
-                    if writer is not None:
-                        written.append(writer.close('gap in the recording'))
-                    writer = EpisodeWriter(out_dir, metadata, fsync_interval_s=None,
-                                           image_format=options.raw_image_format,
-                                           jpeg_quality=options.jpeg_quality)
-                writer.add(stamp_ns, _frame_image(message, image_kind), labels)
-                previous_ns = stamp_ns
-            if writer is not None:
-                written.append(writer.close('end of bag'))
-        except BaseException:
-            if writer is not None:
-                writer.abort()
-            for folder in written:
-                _remove_folder(folder)
-            raise
-    for reason, count in skipped.items():
-        if count:
-            _logger.warning('bag %s: skipped %d frame(s): %s', path, count, reason)
-    if not written:
+                chunk.append((message_stamp_ns(message, receive_ns), message))
+                if len(chunk) == LABEL_CHUNK:
+                    skipped_invalid += _write_chunk(sequence, chunk, image_kind, imu_ns,
+                                                    imu_values, command_ns, command_values,
+                                                    options)
+                    chunk = []
+            skipped_invalid += _write_chunk(sequence, chunk, image_kind, imu_ns, imu_values,
+                                            command_ns, command_values, options)
+            folders = sequence.finish('end of bag')
+
+    if sequence.skipped:
+        _logger.warning('bag %s: skipped %d frame(s) whose stamp did not increase', path,
+                        sequence.skipped)
+    if skipped_invalid:
+        _logger.warning('bag %s: skipped %d frame(s) without a command (invalid_frames=skip)',
+                        path, skipped_invalid)
+    if not folders:
         raise DataError(f'bag {path} gave no frames on {topics.image}: every frame was '
                         'skipped (see the warnings above)')
-    return [folder for folder in written if folder is not None]
+    return folders
 
 
-def _remove_folder(folder: Optional[Path]) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+def _bag_metadata(path: Path, topics: BagTopics, types: Dict[str, TopicInfo], mapping: dict,
+                  options: LabelOptions) -> dict:
+    used = [name for name in (topics.image, topics.imu, topics.command) if name]
+    return {
+        'source': {'kind': bag_kind(path), 'path': str(path.resolve()),
+                   'topics': {'image': topics.image, 'imu': topics.imu,
+                              'command': topics.command},
+                   'types': {name: types[name].msgtype for name in used}},
+        'commands': mapping if topics.command else None,
+        'imu': {'present': bool(topics.imu), 'units': ['rad/s'] * 3 + ['m/s^2'] * 3},
+        'label_options': options.to_dict(),
+    }
+
+
+def _write_chunk(sequence: EpisodeSequence, chunk: List[Tuple[int, object]], image_kind: str,
+                 imu_ns: np.ndarray, imu_values: np.ndarray, command_ns: np.ndarray,
+                 command_values: np.ndarray, options: LabelOptions) -> int:
+    """Label and write a chunk of frames; return how many were skipped as invalid."""
+    if not chunk:
+        return 0
+    labels = label_frames([stamp for stamp, _ in chunk], imu_ns, imu_values, command_ns,
+                          command_values, options)
+    skipped = 0
+    for (stamp_ns, message), frame_labels in zip(chunk, labels):
+        if not frame_labels.valid and options.invalid_frames == 'skip':
+            skipped += 1
+            continue
+        sequence.add(stamp_ns, _frame_image(message, image_kind), frame_labels)
+    return skipped

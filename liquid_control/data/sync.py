@@ -6,7 +6,7 @@ here, so a live recording and an imported bag label frames the same way.
 
 import math
 from dataclasses import asdict, dataclass, fields
-from typing import Optional, Tuple
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -257,16 +257,27 @@ def match_imu(frame_ns: np.ndarray, imu_ns: np.ndarray, imu_values: np.ndarray, 
     return imu, status.astype(str)
 
 
+def label_frames(stamps_ns: Sequence[int], imu_ns: np.ndarray, imu_values: np.ndarray,
+                 command_ns: np.ndarray, command_values: np.ndarray,
+                 options: LabelOptions) -> List[FrameLabels]:
+    """Return the labels of frames from sorted IMU and command histories."""
+    frames = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+    imu, imu_status = match_imu(frames, imu_ns, imu_values, options.imu_mode,
+                                options.imu_tolerance_s)
+    values, age_s, matched = match_commands(frames, command_ns, command_values,
+                                            options.command_match, options.command_tolerance_s)
+    labels = []
+    for i in range(frames.size):
+        labels.append(FrameLabels(
+            imu=imu[i] if imu_status[i] != 'missing' else None, imu_status=str(imu_status[i]),
+            linear_x=float(values[i, 0]), angular_z=float(values[i, 1]),
+            command_status='ok' if matched[i] else 'missing', command_age_s=float(age_s[i])))
+    return labels
+
+
 def label_frame(stamp_ns: int, imu_ns: np.ndarray, imu_values: np.ndarray,
                 command_ns: np.ndarray, command_values: np.ndarray,
                 options: LabelOptions) -> FrameLabels:
     """Return the labels of one frame from sorted IMU and command histories."""
-    frame = np.array([stamp_ns], dtype=np.int64)
-    imu, imu_status = match_imu(frame, imu_ns, imu_values, options.imu_mode,
-                                options.imu_tolerance_s)
-    values, age_s, matched = match_commands(frame, command_ns, command_values,
-                                            options.command_match, options.command_tolerance_s)
-    return FrameLabels(
-        imu=imu[0] if imu_status[0] != 'missing' else None, imu_status=str(imu_status[0]),
-        linear_x=float(values[0, 0]), angular_z=float(values[0, 1]),
-        command_status='ok' if matched[0] else 'missing', command_age_s=float(age_s[0]))
+    return label_frames([stamp_ns], imu_ns, imu_values, command_ns, command_values,
+                        options)[0]

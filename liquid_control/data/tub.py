@@ -9,14 +9,14 @@ left out.
 import json
 import logging
 import math
-import shutil
 from dataclasses import dataclass
 from pathlib import Path
 from typing import List, Optional
 
 import numpy as np
 
-from liquid_control.data.episodes import EncodedImage, EpisodeWriter, FrameLabels, image_extension
+from liquid_control.data.episodes import EncodedImage, FrameLabels, image_extension
+from liquid_control.data.importing import EpisodeSequence
 from liquid_control.data.sync import LabelOptions, command_mapping
 from liquid_control.errors import DataError
 
@@ -162,38 +162,16 @@ def import_tub(tub: Path, out_dir: Path, options: LabelOptions) -> List[Path]:
     }
     linear_scale = mapping['linear_x']['scale']
     angular_scale = mapping['angular_z']['scale']
-    split_ns = int(options.split_gap_s * 1e9) if options.split_gap_s > 0 else None
-
-    written: List[Path] = []
-    writer: Optional[EpisodeWriter] = None
-    previous_ns = None
-    try:
+    with EpisodeSequence(out_dir, metadata, options.split_gap_s) as sequence:
         for record in records:
-            if record.stamp_ns == previous_ns:
-                _logger.warning('tub %s: record %d has the same time as the one before; '
-                                'skipped', tub, record.index)
-                continue
-            if writer is None or (split_ns and record.stamp_ns - previous_ns > split_ns):
-                if writer is not None:
-                    written.append(writer.close('gap in the recording'))
-                writer = EpisodeWriter(out_dir, metadata, fsync_interval_s=None)
             data = record.image_path.read_bytes()
             labels = FrameLabels(
                 imu=record.imu, imu_status='recorded' if record.imu is not None else 'missing',
                 linear_x=record.throttle * linear_scale, angular_z=record.angle * angular_scale,
                 command_status='ok', command_age_s=0.0)
-            writer.add(record.stamp_ns, EncodedImage(data, image_extension(data)), labels)
-            previous_ns = record.stamp_ns
-        written.append(writer.close('end of tub'))
-    except BaseException:
-        if writer is not None:
-            writer.abort()
-        for folder in written:
-            _remove_episode(folder)
-        raise
-    return [folder for folder in written if folder is not None]
-
-
-def _remove_episode(folder: Optional[Path]) -> None:
-    if folder is not None:
-        shutil.rmtree(folder, ignore_errors=True)
+            sequence.add(record.stamp_ns, EncodedImage(data, image_extension(data)), labels)
+        folders = sequence.finish('end of tub')
+    if sequence.skipped:
+        _logger.warning('tub %s: skipped %d record(s) with the same time as the one before',
+                        tub, sequence.skipped)
+    return folders
