@@ -14,7 +14,10 @@ from liquid_control.data.images import encode_jpeg
 from node_harness import NodeProcess, Peer, is_zero, make_checkpoint, node_command, sample_frame
 
 TIMEOUT = 0.5
-BAD_SECONDS = 1.5
+BAD_SECONDS = 1.8
+# Slack for a valid frame published just before the malformed ones but delivered late,
+# because other jobs share this machine's cores.
+DELIVERY_SLACK = 0.6
 FRAME = sample_frame()
 
 
@@ -41,7 +44,7 @@ def _check_rejected(node, peer, counter, fragment, send_bad):
 
     started = time.monotonic()
     send_bad()
-    during = [c for c in peer.command_list() if c[0] > started + TIMEOUT + 0.3]
+    during = [c for c in peer.command_list() if c[0] > started + TIMEOUT + DELIVERY_SLACK]
     assert node.alive(), node.output()
     assert during, 'no commands while malformed input arrived'
     assert all(is_zero(c) for c in during)
