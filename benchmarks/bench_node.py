@@ -3,9 +3,9 @@
 One run measures, on this machine and at the same time:
 - the bare DDS delivery time of each camera frame, seen by a probe process that only
   subscribes to the camera topic (the reference);
-- the latency from publishing a frame to receiving the first command computed from it
-  (the node runs with TwistStamped and ``command_stamp: frame``, so a command names its
-  frame); with a fixed-rate timer this includes waiting for the next tick;
+- the latency from publishing a frame to receiving the first command computed from it.
+  The node runs with TwistStamped and ``command_stamp: frame``, so a command names its
+  frame. With a fixed-rate timer this includes waiting for the next tick;
 - the node's own step latency (tick to publish: decode, preprocess, inference), its
   deadline misses and its CPU use, and the control-period jitter of arriving commands;
 - the model step alone in this process, with one torch thread.
