@@ -255,6 +255,14 @@ def test_runtime_parameter_change_validated(launch, model):
     peer.stream(1.0)
     assert all(abs(c[1]) <= 0.01 + 1e-9 for c in peer.command_list()[-5:])
 
+    assert set_double('control_rate_hz', 10.0).successful
+    peer.stream(0.5)
+    count = len(peer.command_list())
+    started = time.monotonic()
+    peer.stream(2.0)
+    rate = (len(peer.command_list()) - count) / (time.monotonic() - started)
+    assert rate == pytest.approx(10.0, rel=0.2)
+
 
 def test_clock_jump_back_resets_state(launch, model):
     from rosgraph_msgs.msg import Clock

@@ -477,6 +477,10 @@ def main(args=None) -> int:
         executor.shutdown(timeout_sec=2.0)
         node.destroy_node()
         rclpy.try_shutdown()
+    if not stop.is_set():
+        # The executor thread ended by itself: a callback raised (its traceback is above).
+        rclpy.logging.get_logger(NODE_NAME).fatal('executor stopped unexpectedly')
+        return 1
     return 0
 
 
