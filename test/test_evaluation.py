@@ -19,6 +19,8 @@ from scipy import stats
 from liquid_control.cli.main import main
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
+from liquid_control.evaluation import plots
+from liquid_control.evaluation.metrics import regression_metrics
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.evaluation.replay import evaluate_episodes, load_frames, trace_neurons
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
@@ -285,3 +287,16 @@ def test_evaluate_rejects_invalid_max_gap(capsys, known_bag, checkpoint, tmp_pat
                            '--out', str(tmp_path / 'out'), '--max-gap', '0')
     assert code == 2
     assert '--max-gap 0.0 is invalid' in error
+
+
+def test_plots_accept_result_without_targets(checkpoint, episodes, tmp_path):
+    policy, _ = load_checkpoint(checkpoint)
+    result = evaluate_episodes(policy, episodes)
+    result.targets[:] = np.nan
+    result.scored[:] = False
+    result.metrics = {name: regression_metrics(result.predictions[:, index],
+                                               result.targets[:, index])
+                      for index, name in enumerate(result.output_names)}
+    for draw in (plots.plot_time_series, plots.plot_scatter, plots.plot_error_histogram):
+        path = draw(result, 'angular_z', tmp_path / f'{draw.__name__}.png')
+        assert path.stat().st_size > 1000

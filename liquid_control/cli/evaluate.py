@@ -8,6 +8,8 @@ import argparse
 import logging
 from pathlib import Path
 
+from liquid_control.cli.import_data import add_label_arguments, label_options_from_args
+
 LOGGER = logging.getLogger(__name__)
 
 
@@ -56,6 +58,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              '(default: 1)')
     parser.add_argument('--seed', type=int, default=0,
                         help='seed of the noise perturbations (default: 0)')
+    parser.add_argument('--image-topic', help='camera topic of a bag (default: the only '
+                        'Image or CompressedImage topic)')
+    parser.add_argument('--imu-topic', help='IMU topic of a bag (default: the only Imu '
+                        'topic, if any)')
+    parser.add_argument('--command-topic', help='human command topic of a bag (default: '
+                        'the only Twist, TwistStamped or Joy topic)')
+    add_label_arguments(parser)
 
 
 def _validate(args: argparse.Namespace) -> None:
@@ -78,6 +87,7 @@ def _validate(args: argparse.Namespace) -> None:
 def run(args: argparse.Namespace) -> int:
     """Evaluate the model on the sources and write the report; return the exit code."""
     from liquid_control.data.sources import load_episodes
+    from liquid_control.data.sync import LabelOptions
     from liquid_control.evaluation.perturbations import parse_perturbations
     from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
     from liquid_control.model.checkpoint import load_checkpoint
@@ -88,9 +98,17 @@ def run(args: argparse.Namespace) -> int:
     policy, metadata = load_checkpoint(args.model)
     LOGGER.info('model %s: %s, outputs %s', args.model, policy.config.family,
                 ', '.join(policy.output_names))
+    # Only options that differ from the defaults go to the importer, because episode
+    # folders are already labelled and reject label options.
+    defaults = LabelOptions().to_dict()
+    label_options = {key: value for key, value in
+                     label_options_from_args(args).to_dict().items()
+                     if value != defaults[key]}
     episodes = []
     for source in args.sources:
-        loaded = load_episodes(source, cache_dir=args.cache_dir)
+        loaded = load_episodes(source, cache_dir=args.cache_dir,
+                               image_topic=args.image_topic, imu_topic=args.imu_topic,
+                               command_topic=args.command_topic, **label_options)
         LOGGER.info('source %s: %d episodes, %d frames', source, len(loaded),
                     sum(len(episode) for episode in loaded))
         episodes.extend(loaded)
@@ -118,6 +136,9 @@ def run(args: argparse.Namespace) -> int:
         print(f'{name}: MAE {values["mae"]:.4f}  RMSE {values["rmse"]:.4f}  '
               f'R2 {values["r2"]:.3f}  r {values["pearson"]:.3f}  '
               f'baseline MAE {values["baseline_mae"]:.4f}')
+    if metrics['scored_frames'] == 0:
+        LOGGER.warning('no frame has a human command, so no metric could be computed; '
+                       'check the command topic (--command-topic) of the source')
     print(f'{metrics["frames"]} frames ({metrics["unscored_frames"]} not scored), '
           f'{metrics["duration_s"]:.1f} s recorded, evaluated in '
           f'{metrics["eval_seconds"]:.2f} s = {metrics["realtime_factor"]:.0f}x real time')

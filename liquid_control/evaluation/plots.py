@@ -67,8 +67,10 @@ def plot_time_series(result: EvaluationResult, name: str, path: Path,
     rows = max(1, int(math.ceil((total - 1e-6) / seconds_per_row)))
     figure, axes = plt.subplots(rows, 1, figsize=(12, 2.3 * rows + 0.6), squeeze=False,
                                 sharey=True)
-    low = np.nanmin([np.nanmin(prediction), np.nanmin(target)])
-    high = np.nanmax([np.nanmax(prediction), np.nanmax(target)])
+    values = np.concatenate([prediction, target])
+    values = values[np.isfinite(values)]
+    low = float(values.min()) if values.size else -1.0
+    high = float(values.max()) if values.size else 1.0
     margin = 0.05 * max(high - low, 1e-6)
 
     # NaN at each segment start breaks the lines there instead of joining across a gap.
