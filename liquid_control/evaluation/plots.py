@@ -230,7 +230,8 @@ def plot_saliency(frames: np.ndarray, maps: np.ndarray, path: Path,
         title = titles[index] if titles else f'frame {index}'
         frame_axis.set_title(title, fontsize=8)
         overlay_axis.set_title('VisualBackProp', fontsize=8)
-    figure.suptitle('where the encoder looks (yellow-red = salient)', fontsize=10)
+    figure.suptitle('where the encoder looks: yellow most salient, red less, dark not',
+                    fontsize=10)
     figure.tight_layout()
     return _save(figure, path)
 

@@ -121,13 +121,16 @@ def visual_backprop(policy: nn.Module, frames: np.ndarray) -> np.ndarray:
     return _normalize(mask)[:, 0].numpy().astype(np.float32)
 
 
-def overlay(frame: np.ndarray, saliency: np.ndarray, alpha: float = 0.55) -> np.ndarray:
-    """Blend a saliency map onto a frame and return an (H, W, 3) float32 RGB image.
+def overlay(frame: np.ndarray, saliency: np.ndarray) -> np.ndarray:
+    """Draw a saliency map over a frame and return an (H, W, 3) float32 RGB image.
 
-    ``frame`` is (3, H, W) in [0, 1] and ``saliency`` (H, W) in [0, 1]. Salient pixels are
-    tinted towards yellow-red in proportion to the map.
+    ``frame`` is (3, H, W) in [0, 1] and ``saliency`` (H, W) in [0, 1]. The frame is shown
+    in dimmed grey and the map in a black-red-yellow scale added on top, so the map stays
+    readable on colourful or noisy frames.
     """
-    rgb = np.asarray(frame, dtype=np.float32).transpose(1, 2, 0)
-    weight = (alpha * saliency)[..., None]
-    heat = np.stack([np.ones_like(saliency), saliency, np.zeros_like(saliency)], axis=-1)
-    return np.clip((1.0 - weight) * rgb + weight * heat, 0.0, 1.0)
+    grey = np.asarray(frame, dtype=np.float32).mean(axis=0)
+    saliency = np.asarray(saliency, dtype=np.float32)
+    heat = np.stack([np.clip(2.0 * saliency, 0.0, 1.0),
+                     np.clip(2.0 * saliency - 1.0, 0.0, 1.0),
+                     np.zeros_like(saliency)], axis=-1)
+    return np.clip(0.5 * grey[..., None] + 0.7 * heat, 0.0, 1.0)
