@@ -465,6 +465,8 @@ def test_recorder_rows_match_published(harness, tmp_path):
     values = _status_values(status)
     assert values['frames_written'] == '30'
     assert values['frames_dropped'] == '0'
+    assert values['frames_without_command'] == '0'
+    assert values['frames_without_imu'] == '0'
     assert values['recording'] == 'false'
     assert recorder.signal(signal.SIGINT) == 0
 
@@ -516,6 +518,26 @@ def test_recorder_hard_kill_keeps_episodes(harness, tmp_path):
     assert not partial.finished
     assert 1 <= len(partial) <= 10
     _check_rows(partial, teacher.frames[10:10 + len(partial)])
+
+
+def test_recorder_flags_frames_without_command(harness, tmp_path):
+    recorder, teacher = harness({'autostart': True, 'command_type': 'twist_stamped',
+                                 'command_tolerance': 0.02})
+    teacher.drive(10)
+    # Frames without commands: the command stream stops, the camera goes on.
+    teacher._publish_command = lambda *args: None
+    teacher.drive(6)
+    status = teacher.wait_for_status(
+        lambda s: _status_values(s)['frames_without_command'] == '6')
+    assert _status_values(status)['frames_without_command'] == '6'
+    assert recorder.signal(signal.SIGTERM) == 0
+    episode = find_episodes(tmp_path / 'data')[0]
+    assert len(episode) == 16
+    assert episode.valid[:10].all()
+    assert not episode.valid[10:].any()
+    assert np.isnan(episode.command('linear_x')[10:]).all()
+    # One warning at most every 2 s, which a missing IMU sample may also have used.
+    assert 'frame without' in recorder.output()
 
 
 def test_recorder_low_disk_rejects_start(harness, tmp_path):

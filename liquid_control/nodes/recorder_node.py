@@ -164,6 +164,9 @@ class RecorderNode(Node):
         self.synchroniser = FrameSynchroniser(self.options, use_imu=self.p['use_imu'])
         self.gate = AutoRecordGate(self.p['auto_record_speed'], self.p['auto_stop_delay'])
         self._skipped_invalid = 0
+        self._without_command = 0
+        self._without_imu = 0
+        self._label_throttle = _Throttle(WARN_THROTTLE_S)
         self._drop_throttle = _Throttle(WARN_THROTTLE_S)
         self._reported_drops = 0
 
@@ -292,10 +295,26 @@ class RecorderNode(Node):
         self._report_drops()
 
     def _submit(self, stamp_ns: int, image, labels) -> None:
+        self._count_missing_labels(labels)
         if not labels.valid and self.options.invalid_frames == 'skip':
             self._skipped_invalid += 1
             return
         self.session.submit(stamp_ns, image, labels)
+
+    def _count_missing_labels(self, labels) -> None:
+        missing = []
+        if not labels.valid:
+            self._without_command += 1
+            missing.append(f'a command within {self.options.command_tolerance_s} s '
+                           f'({self._without_command} frames so far)')
+        if self.p['use_imu'] and labels.imu_status == 'missing':
+            self._without_imu += 1
+            missing.append(f'an IMU sample within {self.options.imu_tolerance_s} s '
+                           f'({self._without_imu} frames so far)')
+        if missing and self._label_throttle.ready(self._now_s()):
+            self.get_logger().warning(
+                f'frame without {" and ".join(missing)}; if those messages arrive, check '
+                'that their stamps share the camera clock (parameter use_header_stamps)')
 
     def _count_drop(self, reason: str, message: str, count: bool = True) -> None:
         if count:
@@ -353,6 +372,8 @@ class RecorderNode(Node):
 
     def _publish_status(self) -> None:
         status = self.session.status()
+        status['frames_without_command'] = self._without_command
+        status['frames_without_imu'] = self._without_imu
         status['skipped_invalid'] = self._skipped_invalid
         message = DiagnosticStatus(name=self.get_fully_qualified_name(), hardware_id='')
         if status['recording']:
