@@ -245,6 +245,11 @@ def test_run_evaluation_without_plots(checkpoint, episodes, tmp_path):
     assert (tmp_path / 'metrics.json').is_file()
     assert not (tmp_path / 'report.html').exists()
 
+    preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    frames = [load_frames(episode, preprocessing) for episode in episodes]
+    given = run_evaluation(policy, episodes, tmp_path / 'given', metadata, options, frames)
+    assert given['angular_z'] == metrics['angular_z']
+
 
 def _run_cli(capsys, *arguments: str):
     """Run liquid-control evaluate in this process; return (exit code, stderr)."""

@@ -312,7 +312,8 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
 
 def run_evaluation(policy, episodes: Sequence, out_dir: Path,
                    metadata: Optional[Mapping] = None,
-                   options: Optional[EvaluationOptions] = None) -> Dict[str, object]:
+                   options: Optional[EvaluationOptions] = None,
+                   frames: Optional[Sequence[np.ndarray]] = None) -> Dict[str, object]:
     """Evaluate ``policy`` on ``episodes``, write every output file and return the metrics.
 
     The returned dict is what ``metrics.json`` contains (with NaN where a metric is
@@ -320,34 +321,45 @@ def run_evaluation(policy, episodes: Sequence, out_dir: Path,
     decoding, preprocessing and the clean replay, not the robustness replays or plots.
     ``eval_cpu_seconds`` is the process CPU time of the same work, which other load on
     the machine affects less than the wall-clock time.
+
+    ``frames`` are the episodes' frames as ``load_frames`` returns them, for a caller that
+    has them already (decoded with the policy's preprocessing). Decoding then drops out of
+    ``eval_seconds``.
     """
     options = options or EvaluationOptions()
     previous_threads = torch.get_num_threads()
     if options.torch_threads is not None:
         torch.set_num_threads(options.torch_threads)
     try:
-        return _run_evaluation(policy, episodes, Path(out_dir), metadata or {}, options)
+        return _run_evaluation(policy, episodes, Path(out_dir), metadata or {}, options,
+                               frames)
     finally:
         torch.set_num_threads(previous_threads)
 
 
 def _run_evaluation(policy, episodes: Sequence, out_dir: Path, metadata: Mapping,
-                    options: EvaluationOptions) -> Dict[str, object]:
+                    options: EvaluationOptions,
+                    frames: Optional[Sequence[np.ndarray]]) -> Dict[str, object]:
     out_dir.mkdir(parents=True, exist_ok=True)
     perturbations = parse_perturbations(options.perturbations)
     output_names = tuple(policy.output_names)
     baseline = training_baseline(metadata, output_names)
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
 
-    # Frames decode in a background thread while the policy replays the episodes before
-    # them. The wall-clock and CPU time cover both.
+    # Unless the caller passed frames, they decode in a background thread while the policy
+    # replays the episodes before them. The wall-clock and CPU time cover both.
     started = time.perf_counter()
     cpu_started = time.process_time()
-    with FramePrefetcher(episodes, preprocessing) as prefetcher:
-        result = evaluate_episodes(policy, episodes, baseline=baseline, frames=prefetcher,
+    if frames is not None:
+        result = evaluate_episodes(policy, episodes, baseline=baseline, frames=frames,
                                    max_gap_s=options.max_gap_s,
                                    chunk_length=options.chunk_length, seed=options.seed)
-        frames = [prefetcher[index] for index in range(len(prefetcher))]
+    else:
+        with FramePrefetcher(episodes, preprocessing) as prefetcher:
+            result = evaluate_episodes(policy, episodes, baseline=baseline,
+                                       frames=prefetcher, max_gap_s=options.max_gap_s,
+                                       chunk_length=options.chunk_length, seed=options.seed)
+            frames = [prefetcher[index] for index in range(len(prefetcher))]
     result.eval_seconds = time.perf_counter() - started
     cpu_seconds = time.process_time() - cpu_started
     LOGGER.info('clean: %d frames, %.1f s recorded, evaluated in %.2f s (%.0fx real time); '
