@@ -1,8 +1,8 @@
 """drive.launch.py names only things that exist, and its node works when started directly.
 
-``launch`` cannot run here, so the tests read the launch file's argument table, check every
-executable, file and parameter it names, then start policy_node with the same parameters,
-remappings and namespace as ``launch_ros`` would, and check the topics it connects to.
+``launch`` cannot run here, so the tests read the launch file's argument table and check
+every executable, file and parameter it names. They then start policy_node with the same
+parameters, remappings and namespace as ``launch_ros`` would, and check its topics.
 The last test runs the policy_node entry point installed by a colcon build.
 """
 

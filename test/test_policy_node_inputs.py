@@ -1,8 +1,8 @@
 """policy_node keeps running and stays safe on malformed camera and IMU messages.
 
 Each case first drives the node with valid input, then sends only malformed messages of
-one kind: the node must reject them with a warning, count them, and publish zero once the
-last valid message is older than its timeout; valid input afterwards makes it drive again.
+one kind. The node must reject them with a warning, count them, and publish zero once the
+last valid message is older than its timeout. Valid input afterwards makes it drive again.
 """
 
 import time
