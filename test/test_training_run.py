@@ -163,3 +163,15 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
     assert '| lstm-8 |' in table
     assert 'test part' in table
     assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
+
+
+def test_encoder_pretraining_runs_first(subset, tmp_path):
+    torch.set_num_threads(1)
+    config = tiny_config(pretrain_minutes=0.02, pretrain_batch_size=16)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.best)
+    pretraining = metadata['pretraining']
+    assert pretraining['steps'] > 0
+    assert pretraining['last_loss'] < pretraining['first_loss']
+    # Pretraining counts toward the training time.
+    assert metadata['train_seconds'] >= 1.0

@@ -81,7 +81,7 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         LOGGER.info('%s: loading %s (--reuse)', spec.name, path)
         policy, metadata = load_checkpoint(path)
         if metadata.get('train_config', {}).get('family') != spec.family:
-            raise ConfigError(f'{path} holds a {metadata.get("train_config", {}).get("family")}'
+            raise ConfigError(f'{path} contains a {metadata.get("train_config", {}).get("family")}'
                               f' model, not {spec.family}; delete it or drop --reuse')
         return policy, metadata, float(metadata.get('train_seconds', math.nan)), None
     trainer = Trainer(config, [], path, sources=sources, progress=progress, data=data)

@@ -19,7 +19,7 @@ SCHEDULES = ('constant', 'cosine')
 class TrainConfig:
     """Everything that decides a training run; stored in the checkpoint's metadata.
 
-    ``model`` holds extra ``PolicyConfig`` fields (for example ``units``) that pass
+    ``model`` contains extra ``PolicyConfig`` fields (for example ``units``) that pass
     through to the model unchanged. Times are in seconds, learning rates per step.
     """
 
@@ -36,12 +36,13 @@ class TrainConfig:
     split: str = 'time'
     validation_fraction: float = 0.2
     test_fraction: float = 0.0
-    validation_sequence_length: int = 64
 
     batch_size: int = 16
     epochs: int = 30
     max_minutes: Optional[float] = None
     max_batches_per_epoch: Optional[int] = None
+    pretrain_minutes: float = 0.0
+    pretrain_batch_size: int = 64
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
     lr_schedule: str = 'cosine'
@@ -74,7 +75,7 @@ class TrainConfig:
         if not self.outputs:
             raise ConfigError('outputs is empty; name at least one command, e.g. angular_z')
         for name in ('sequence_length', 'stride', 'batch_size', 'epochs', 'patience',
-                     'validation_sequence_length'):
+                     'pretrain_batch_size'):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f'{name}={value!r} is invalid: use an integer >= 1')
@@ -93,6 +94,9 @@ class TrainConfig:
                 raise ConfigError(f'{name}={getattr(self, name)} is invalid: use a value > 0')
         if self.max_gap_s <= 0:
             raise ConfigError(f'max_gap_s={self.max_gap_s} is invalid: use seconds > 0')
+        if self.pretrain_minutes < 0:
+            raise ConfigError(f'pretrain_minutes={self.pretrain_minutes} is invalid: use '
+                              'minutes >= 0 (0 skips encoder pretraining)')
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f'max_minutes={self.max_minutes} is invalid: use minutes > 0')
         if self.output_weights and len(self.output_weights) != len(self.outputs):

@@ -21,12 +21,13 @@ LOGGER = logging.getLogger(__name__)
 
 @dataclass
 class CachedEpisode:
-    """One episode's preprocessed frames and labels, held in memory.
+    """One episode's preprocessed frames and labels, kept in memory.
 
-    ``frames`` is ``(N, 3, H, W)`` uint8, ``dt`` ``(N,)`` float32 seconds since the previous
-    frame (the episode's median frame interval for the first frame and after a gap),
-    ``targets`` ``(N, O)`` float32 in physical units with NaN where missing, ``imu``
-    ``(N, 6)`` float32 or None and ``valid`` ``(N,)`` bool.
+    ``frames`` is ``(N, 3, H, W)`` uint8 and ``dt`` ``(N,)`` float32 seconds since the
+    previous frame. The first frame and a frame after a gap get the median frame interval,
+    the rule that ``liquid-control evaluate`` uses. ``targets`` is ``(N, O)`` float32 in
+    physical units with NaN where missing, ``imu`` ``(N, 6)`` float32 or None, and
+    ``valid`` ``(N,)`` bool.
     """
 
     name: str

@@ -9,9 +9,9 @@ import torch.nn.functional as F
 def sharp_turn_weights(steering: torch.Tensor, scale: float, weight: float) -> torch.Tensor:
     """Return per-frame weights ``1 + weight * |steering| / scale``.
 
-    ``steering`` is in physical units and ``scale`` its typical magnitude (the training
-    standard deviation works), so frames with strong steering count up to several times
-    more; ``weight=0`` gives ones.
+    ``steering`` is in physical units and ``scale`` is its typical magnitude, such as the
+    training standard deviation. Frames with strong steering then count several times
+    more. ``weight=0`` gives ones.
     """
     if weight <= 0:
         return torch.ones_like(steering)

@@ -22,7 +22,8 @@ import numpy as np
 import torch
 
 from liquid_control.data.preprocess import Preprocessing
-from liquid_control.errors import CheckpointError, ConfigError, DataError
+from liquid_control.errors import (CheckpointError, ConfigError, DataError,
+                                   LiquidControlError)
 from liquid_control.evaluation.metrics import regression_metrics
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.model.policy import PolicyConfig, build_policy
@@ -33,6 +34,7 @@ from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode
 from liquid_control.training.logs import EpochLog, summary_line
 from liquid_control.training.loss import sequence_loss, sharp_turn_weights
 from liquid_control.training.normalization import Statistics, measure_statistics
+from liquid_control.training.pretrain import pretrain_encoder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -42,7 +44,7 @@ DEFAULT_UNITS = {'angular_z': 'rad/s', 'linear_x': 'm/s'}
 
 @dataclass
 class OutputPaths:
-    """Where a run writes its checkpoints and logs, derived from ``--out``."""
+    """Checkpoint and log locations of a run, derived from ``--out``."""
 
     best: Path
     last: Path
@@ -59,7 +61,7 @@ class OutputPaths:
 
 @dataclass
 class TrainResult:
-    """What a finished run produced and measured."""
+    """Files, counters and metrics of a finished run."""
 
     paths: OutputPaths
     epochs_run: int
@@ -233,6 +235,7 @@ class Trainer:
         self.model = self.policy
         self.optimizer: Optional[torch.optim.Optimizer] = None
         self.history: List[Dict[str, float]] = []
+        self.pretrain_summary: Dict[str, float] = {}
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -252,6 +255,8 @@ class Trainer:
                 encoder if encoder is not None else torch.nn.Identity(), self.episodes,
                 self.split.train_windows, self.use_imu, seed=self.config.seed)
             self.statistics.apply(self.policy)
+            if self.config.pretrain_minutes > 0:
+                trained_s = self._pretrain()
 
         self.optimizer = torch.optim.AdamW(parameter_groups(self.policy, self.config),
                                            weight_decay=self.config.weight_decay)
@@ -270,6 +275,23 @@ class Trainer:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
         return start_epoch, best_score, best_epoch, stale, trained_s
+
+    def _pretrain(self) -> float:
+        """Pretrain the encoder on single frames; return the seconds it took."""
+        config = self.config
+        summary = pretrain_encoder(
+            self.policy, self.episodes, self.split.train_windows,
+            minutes=config.pretrain_minutes, batch_size=config.pretrain_batch_size,
+            lr_encoder=config.lr_encoder, lr_readout=config.lr_recurrent,
+            augmentation=config.augmentation(), seed=config.seed, context=self.context,
+            progress=self.progress)
+        # The encoder changed, so its feature statistics must be measured again.
+        self.statistics = measure_statistics(self.policy.encoder, self.episodes,
+                                             self.split.train_windows, self.use_imu,
+                                             seed=config.seed)
+        self.statistics.apply(self.policy)
+        self.pretrain_summary = summary
+        return float(summary.get('seconds', 0.0))
 
     def _load_resume_state(self) -> Optional[dict]:
         resume_path = self.paths.logs / RESUME_FILE
@@ -366,8 +388,8 @@ class Trainer:
                 self.optimizer.zero_grad(set_to_none=True)
                 loss = self._batch_loss(batch, config.warmup_frames)
                 if not torch.isfinite(loss):
-                    raise FloatingPointError(
-                        f'training loss became {loss.item()} in epoch {epoch}; lower '
+                    raise LiquidControlError(
+                        f'training failed: the loss became {loss.item()} in epoch {epoch}; lower '
                         'lr_encoder/lr_recurrent or check the data for extreme values')
                 loss.backward()
                 if config.gradient_clip > 0:
@@ -464,6 +486,7 @@ class Trainer:
             'best_epoch': best_epoch,
             'validation_metrics': {key: float(value) for key, value in values.items()},
             'train_seconds': round(train_seconds, 1),
+            'pretraining': self.pretrain_summary,
             'world_size': self.context.world_size,
             'torch_version': torch.__version__,
         }
