@@ -107,24 +107,18 @@ def segment_starts(timestamps: np.ndarray, max_gap_s: float) -> np.ndarray:
 def frame_intervals(timestamps: np.ndarray, max_gap_s: float) -> np.ndarray:
     """Return each frame's time delta in seconds (N,) float32.
 
-    A frame that starts a segment gets the median positive interval of the episode.
+    A frame that starts a segment gets the median positive interval of the episode, gaps
+    included, as in training.
     """
     timestamps = np.asarray(timestamps, dtype=np.float64)
     deltas = np.diff(timestamps)
-    positive = deltas[(deltas > 0) & (deltas <= max_gap_s)]
+    positive = deltas[deltas > 0]
     nominal = float(np.median(positive)) if len(positive) else FALLBACK_FRAME_INTERVAL_S
     dt = np.full(len(timestamps), nominal, dtype=np.float64)
     if len(timestamps) > 1:
         dt[1:] = deltas
     dt[segment_starts(timestamps, max_gap_s)] = nominal
     return dt.astype(np.float32)
-
-
-def recorded_duration(timestamps: np.ndarray, max_gap_s: float) -> float:
-    """Return the recorded time in seconds, counting each frame's interval and no gap."""
-    if len(timestamps) == 0:
-        return 0.0
-    return float(np.sum(frame_intervals(timestamps, max_gap_s), dtype=np.float64))
 
 
 def load_frames(episode, preprocessing: Preprocessing, workers: int = 2) -> np.ndarray:
