@@ -120,3 +120,13 @@ def test_import_command_bag_without_commands(tmp_path):
     assert result.returncode == 0, result.stderr
     assert '1 episode(s), 95 frames' in result.stdout
     assert 'no teacher commands' in result.stdout
+
+
+def test_import_cli_out_is_file(tmp_path, capsys):
+    tub = SHARED_DATA / 'donkey_indoor_train_tub'
+    if not tub.is_dir():
+        pytest.skip(f'sample tub not found at {tub}')
+    target = tmp_path / 'taken'
+    target.write_text('')
+    assert main(['import', str(tub), '--out', str(target)]) == 2
+    assert 'is a file' in capsys.readouterr().err

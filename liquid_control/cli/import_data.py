@@ -2,6 +2,7 @@
 
 import argparse
 import time
+from pathlib import Path
 
 from liquid_control.data.sync import (COMMAND_MATCHES, IMU_MODES, INVALID_FRAME_POLICIES,
                                       RAW_IMAGE_FORMATS, LabelOptions)
@@ -90,9 +91,13 @@ def run(args: argparse.Namespace) -> int:
     """Import the source and print what was written."""
     from liquid_control.data.episodes import Episode
     from liquid_control.data.sources import import_source, source_kind
+    from liquid_control.errors import DataError
 
     options = label_options_from_args(args)
     kind = source_kind(args.source)
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise DataError(f'--out {out} is a file; name a dataset folder (new or existing)')
     started = time.monotonic()
     folders = import_source(args.source, args.out, options, args.image_topic, args.imu_topic,
                             args.command_topic)
