@@ -7,8 +7,8 @@ on the wiring's synapse lists, and loads it with ctypes.
 
 The C source is embedded below and compiled on first use with the system C compiler
 (``cc``, or ``$CC``) into ``$XDG_CACHE_HOME/liquid_control`` (default
-``~/.cache/liquid_control``), named by a hash of source and flags, so it compiles once
-per machine. If no compiler is found or compilation fails, ``load_kernel()`` returns
+``~/.cache/liquid_control``), named by a hash of source, flags and machine type, so it
+compiles once per machine. If no compiler is found or compilation fails, ``load_kernel()`` returns
 None, logs why once, and callers use the PyTorch path, which computes the same values.
 Set ``LIQUID_CONTROL_NATIVE=0`` to force the PyTorch path.
 """
@@ -17,6 +17,7 @@ import ctypes
 import hashlib
 import logging
 import os
+import platform
 import shutil
 import subprocess
 import tempfile
@@ -150,7 +151,10 @@ def load_kernel() -> Optional[ctypes.CDLL]:
         if _attempted:
             return _kernel
         _attempted = True
-        digest = hashlib.sha256((SOURCE + ' '.join(FLAGS)).encode()).hexdigest()[:16]
+        # The machine type is in the name so a home folder shared between an x86 PC and an
+        # ARM robot keeps one library for each.
+        identity = SOURCE + ' '.join(FLAGS) + platform.machine() + platform.system()
+        digest = hashlib.sha256(identity.encode()).hexdigest()[:16]
         target = cache_dir() / f'ltc_kernel_{digest}.so'
         try:
             if not target.is_file():
