@@ -236,3 +236,35 @@ def test_matches_ncps_with_copied_parameters():
     assert torch.allclose(outputs, expected, atol=1e-5)
     assert torch.allclose(state, expected_state, atol=1e-5)
     assert torch.allclose(step, expected[:, 0], atol=1e-5)
+
+
+def _fresh_kernel_state(monkeypatch, tmp_path):
+    monkeypatch.setenv('XDG_CACHE_HOME', str(tmp_path))
+    monkeypatch.setattr(native, '_attempted', False)
+    monkeypatch.setattr(native, '_kernel', None)
+
+
+def test_kernel_compiles_into_cache(monkeypatch, tmp_path):
+    if native.shutil.which('cc') is None and native.shutil.which('gcc') is None:
+        pytest.skip('no C compiler')
+    _fresh_kernel_state(monkeypatch, tmp_path)
+    assert native.load_kernel() is not None
+    assert len(list((tmp_path / 'liquid_control').glob('ltc_kernel_*.so'))) == 1
+
+
+def test_kernel_falls_back_without_compiler(monkeypatch, tmp_path):
+    _fresh_kernel_state(monkeypatch, tmp_path)
+    monkeypatch.setenv('CC', str(tmp_path / 'no-such-compiler'))
+    assert native.load_kernel() is None
+    model = LTC(lane_keeping_ncp(32, seed=0))
+    with torch.no_grad():
+        outputs, state = model.step(torch.randn(2, 32), torch.ones(2))
+    assert outputs.shape == (2, 1)
+    assert torch.isfinite(state).all()
+
+
+def test_kernel_disabled_by_environment(monkeypatch, tmp_path):
+    _fresh_kernel_state(monkeypatch, tmp_path)
+    monkeypatch.setenv('LIQUID_CONTROL_NATIVE', '0')
+    assert native.load_kernel() is None
+    assert not (tmp_path / 'liquid_control').exists()
