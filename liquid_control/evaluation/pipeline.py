@@ -205,6 +205,8 @@ def evaluate_robustness(policy, episodes: Sequence, perturbations: Sequence[Pert
     has the metrics of ``EvaluationResult.summary()`` plus ``saliency_ssim``, the mean SSIM
     between VisualBackProp maps of the clean and perturbed frames at ``ssim_frames`` rows.
     """
+    if not perturbations:
+        return {}, {}
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
     rows = _sample_rows(clean, options.ssim_frames)
     clean_frames = _frames_at(rows, clean, episodes, frames, preprocessing)
