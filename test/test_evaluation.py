@@ -305,3 +305,12 @@ def test_plots_accept_result_without_targets(checkpoint, episodes, tmp_path):
     for draw in (plots.plot_time_series, plots.plot_scatter, plots.plot_error_histogram):
         path = draw(result, 'angular_z', tmp_path / f'{draw.__name__}.png')
         assert path.stat().st_size > 1000
+
+
+def test_evaluate_rejects_file_as_output(capsys, known_bag, checkpoint, tmp_path):
+    existing = tmp_path / 'metrics.txt'
+    existing.write_text('')
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(checkpoint),
+                           '--out', str(existing))
+    assert code == 2
+    assert 'is a file, not a folder' in error

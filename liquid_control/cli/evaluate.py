@@ -82,6 +82,9 @@ def _validate(args: argparse.Namespace) -> None:
         raise ConfigError(f'--trace-seconds {args.trace_seconds} is invalid: use seconds > 0')
     if args.threads < 1:
         raise ConfigError(f'--threads {args.threads} is invalid: use 1 or more')
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f'--out {args.out} is a file, not a folder: name a folder for the '
+                          'evaluation output')
 
 
 def run(args: argparse.Namespace) -> int:
