@@ -149,20 +149,21 @@ class RecorderNode(Node):
         super().__init__(NODE_NAME, **kwargs)
         for spec in SPECS:
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
-        self.p: Dict[str, object] = {spec.name: self.get_parameter(spec.name).value
-                                     for spec in SPECS}
+        self.params: Dict[str, object] = {spec.name: self.get_parameter(spec.name).value
+                                          for spec in SPECS}
+        params = self.params
         self.options = LabelOptions(
-            command_match=self.p['command_match'],
-            command_tolerance_s=self.p['command_tolerance'],
-            imu_mode=self.p['imu_mode'], imu_tolerance_s=self.p['imu_tolerance'],
-            invalid_frames=self.p['invalid_frames'], split_gap_s=self.p['split_gap'],
-            linear_scale=self.p['linear_scale'], angular_scale=self.p['angular_scale'],
-            joy_linear_axis=self.p['joy_linear_axis'],
-            joy_angular_axis=self.p['joy_angular_axis'],
-            raw_image_format=self.p['raw_image_format'], jpeg_quality=self.p['jpeg_quality'])
-        self.mapping = command_mapping(self.p['command_type'], self.options)
-        self.synchroniser = FrameSynchroniser(self.options, use_imu=self.p['use_imu'])
-        self.gate = AutoRecordGate(self.p['auto_record_speed'], self.p['auto_stop_delay'])
+            command_match=params['command_match'],
+            command_tolerance_s=params['command_tolerance'],
+            imu_mode=params['imu_mode'], imu_tolerance_s=params['imu_tolerance'],
+            invalid_frames=params['invalid_frames'], split_gap_s=params['split_gap'],
+            linear_scale=params['linear_scale'], angular_scale=params['angular_scale'],
+            joy_linear_axis=params['joy_linear_axis'],
+            joy_angular_axis=params['joy_angular_axis'],
+            raw_image_format=params['raw_image_format'], jpeg_quality=params['jpeg_quality'])
+        self.mapping = command_mapping(params['command_type'], self.options)
+        self.synchroniser = FrameSynchroniser(self.options, use_imu=params['use_imu'])
+        self.gate = AutoRecordGate(params['auto_record_speed'], params['auto_stop_delay'])
         self._skipped_invalid = 0
         self._without_command = 0
         self._without_imu = 0
@@ -173,23 +174,23 @@ class RecorderNode(Node):
         self._create_interfaces()
         self.session = RecordingSession(self._session_settings(), on_event=self._on_event)
         self._log_ready()
-        if self.p['autostart']:
+        if self.params['autostart']:
             self._start('autostart')
 
     # Start-up
 
     def _create_interfaces(self) -> None:
-        sensor = sensor_qos(self.p['sensor_reliability'])
-        if self.p['compressed']:
+        sensor = sensor_qos(self.params['sensor_reliability'])
+        if self.params['compressed']:
             self.image_sub = self.create_subscription(
                 CompressedImage, 'image_raw/compressed', self._on_compressed, sensor)
         else:
             self.image_sub = self.create_subscription(Image, 'image_raw', self._on_image,
                                                       sensor)
         self.imu_sub = None
-        if self.p['use_imu']:
+        if self.params['use_imu']:
             self.imu_sub = self.create_subscription(Imu, 'imu/data', self._on_imu, sensor)
-        command_type = self.p['command_type']
+        command_type = self.params['command_type']
         message_type = {'twist': Twist, 'twist_stamped': TwistStamped, 'joy': Joy}[command_type]
         topic = 'joy' if command_type == 'joy' else 'cmd_vel'
         self.command_sub = self.create_subscription(message_type, topic, self._on_command,
@@ -201,39 +202,40 @@ class RecorderNode(Node):
                                 durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.status_pub = self.create_publisher(DiagnosticStatus, '~/status', status_qos)
         self.create_timer(SYNC_PERIOD_S, self._release_ready_frames)
-        self.create_timer(self.p['status_period'], self._publish_status)
+        self.create_timer(self.params['status_period'], self._publish_status)
 
     def _session_settings(self) -> SessionSettings:
+        params = self.params
         topics = {'image': self.image_sub.topic_name,
                   'imu': self.imu_sub.topic_name if self.imu_sub else None,
                   'command': self.command_sub.topic_name}
         metadata = {
             'source': {'kind': 'recorder', 'node': self.get_fully_qualified_name(),
-                       'topics': topics, 'command_type': self.p['command_type'],
-                       'image_transport': 'compressed' if self.p['compressed'] else 'raw',
-                       'stamps': 'header' if self.p['use_header_stamps'] else 'receive time'},
+                       'topics': topics, 'command_type': params['command_type'],
+                       'image_transport': 'compressed' if params['compressed'] else 'raw',
+                       'stamps': 'header' if params['use_header_stamps'] else 'receive time'},
             'commands': self.mapping,
-            'imu': {'present': bool(self.p['use_imu']),
+            'imu': {'present': bool(params['use_imu']),
                     'units': ['rad/s'] * 3 + ['m/s^2'] * 3},
             'label_options': self.options.to_dict(),
         }
         return SessionSettings(
-            output_dir=Path(str(self.p['output_dir'])).expanduser(), metadata=metadata,
-            queue_size=self.p['queue_size'], min_free_disk_mb=self.p['min_free_disk_mb'],
-            split_gap_s=self.p['split_gap'], raw_image_format=self.p['raw_image_format'],
-            jpeg_quality=self.p['jpeg_quality'], png_compression=self.p['png_compression'])
+            output_dir=Path(str(params['output_dir'])).expanduser(), metadata=metadata,
+            queue_size=params['queue_size'], min_free_disk_mb=params['min_free_disk_mb'],
+            split_gap_s=params['split_gap'], raw_image_format=params['raw_image_format'],
+            jpeg_quality=params['jpeg_quality'], png_compression=params['png_compression'])
 
     def _log_ready(self) -> None:
         logger = self.get_logger()
         logger.info(f'output_dir: {self.session.settings.output_dir}')
         logger.info(f'camera: {self.image_sub.topic_name}, imu: '
                     f'{self.imu_sub.topic_name if self.imu_sub else "off"}, command: '
-                    f'{self.command_sub.topic_name} ({self.p["command_type"]})')
+                    f'{self.command_sub.topic_name} ({self.params["command_type"]})')
         options = self.options
         logger.info(f'sync: command {options.command_match} within '
                     f'{options.command_tolerance_s} s, imu {options.imu_mode} within '
                     f'{options.imu_tolerance_s} s, invalid frames {options.invalid_frames}')
-        mode = 'autostart' if self.p['autostart'] else (
+        mode = 'autostart' if self.params['autostart'] else (
             f'automatic above {self.gate.speed_threshold} m/s' if self.gate.enabled
             else 'waiting for ~/start')
         logger.info(f'ready: {mode}')
@@ -244,7 +246,7 @@ class RecorderNode(Node):
         return time.monotonic()
 
     def _stamp(self, header) -> int:
-        if header is not None and self.p['use_header_stamps']:
+        if header is not None and self.params['use_header_stamps']:
             stamp_ns = _stamp_ns(header.stamp)
             if stamp_ns > 0:
                 return stamp_ns
@@ -280,7 +282,7 @@ class RecorderNode(Node):
         self._release_ready_frames()
 
     def _on_command(self, msg) -> None:
-        linear_x, angular_z = command_from_message(msg, self.p['command_type'], self.mapping)
+        linear_x, angular_z = command_from_message(msg, self.params['command_type'], self.mapping)
         self.synchroniser.add_command(self._stamp(getattr(msg, 'header', None)), linear_x,
                                       angular_z)
         self._apply_gate(self.gate.update(self._now_s(), linear_x))
@@ -307,7 +309,7 @@ class RecorderNode(Node):
             self._without_command += 1
             missing.append(f'a command within {self.options.command_tolerance_s} s '
                            f'({self._without_command} frames so far)')
-        if self.p['use_imu'] and labels.imu_status == 'missing':
+        if self.params['use_imu'] and labels.imu_status == 'missing':
             self._without_imu += 1
             missing.append(f'an IMU sample within {self.options.imu_tolerance_s} s '
                            f'({self._without_imu} frames so far)')
