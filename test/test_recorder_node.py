@@ -602,6 +602,16 @@ def test_launch_names_existing_executable_and_params():
     assert remapped == {'image_raw', 'image_raw/compressed', 'imu/data', 'cmd_vel', 'joy'}
 
 
+def test_launch_overrides_declared_parameters():
+    from liquid_control.nodes.recorder_node import SPECS
+    node_call = next(call for call in _launch_calls() if call.func.id == 'Node')
+    parameters = next(k.value for k in node_call.keywords if k.arg == 'parameters')
+    overrides = next(item for item in parameters.elts if isinstance(item, ast.Dict))
+    names = {ast.literal_eval(key) for key in overrides.keys}
+    assert names
+    assert names <= {spec.name for spec in SPECS}
+
+
 def test_recorder_yaml_matches_parameters():
     import yaml
     from liquid_control.nodes.recorder_node import SPECS
