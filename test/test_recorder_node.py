@@ -78,6 +78,16 @@ def test_synchroniser_flush_releases_all():
     assert sync.pending == 0
 
 
+def test_synchroniser_history_bounded_without_frames():
+    sync = FrameSynchroniser(LabelOptions())
+    for i in range(20_000):
+        sync.add_imu(i * 5 * MS, np.zeros(6))
+        sync.add_command(i * 5 * MS, 0.0, 0.0)
+    # 2 s of history at 200 Hz, plus the one older sample kept for 'latest' matching.
+    assert len(sync._imu) <= 402
+    assert len(sync._commands) <= 402
+
+
 def test_auto_record_gate_hysteresis():
     gate = AutoRecordGate(speed_threshold=0.2, stop_delay_s=1.0)
     assert gate.update(0.0, 0.1) is None

@@ -25,8 +25,8 @@ from liquid_control.data.episodes import (EncodedImage, EpisodeWriter, FrameLabe
 from liquid_control.data.sync import LabelOptions, label_frame
 from liquid_control.errors import DataError
 
-# How long IMU and command samples are kept after the newest frame, so a late frame still
-# finds its neighbours.
+# How long IMU and command samples are kept before the newest frame or sample, so a late
+# frame still finds its neighbours.
 HISTORY_S = 2.0
 # Extra wait beyond the tolerances before a frame is labelled with what has arrived.
 READY_MARGIN_S = 0.02
@@ -88,11 +88,13 @@ class FrameSynchroniser:
         """Store one IMU reading, (6,) in ``IMU_FIELDS`` order."""
         self._imu.append((int(stamp_ns), np.asarray(values, dtype=np.float64)))
         self._newest_imu_ns = max(self._newest_imu_ns or stamp_ns, int(stamp_ns))
+        self._drop_older(self._imu, self._newest_imu_ns)
 
     def add_command(self, stamp_ns: int, linear_x: float, angular_z: float) -> None:
         """Store one teacher command, already mapped to REP 103."""
         self._commands.append((int(stamp_ns), (float(linear_x), float(angular_z))))
         self._newest_command_ns = max(self._newest_command_ns or stamp_ns, int(stamp_ns))
+        self._drop_older(self._commands, self._newest_command_ns)
 
     def add_frame(self, stamp_ns: int, image: Image, now_s: float) -> None:
         """Queue a frame until its labels can be decided."""
@@ -140,11 +142,17 @@ class FrameSynchroniser:
         return stamps[order], values[order]
 
     def _trim(self, newest_frame_ns: int) -> None:
-        oldest = newest_frame_ns - int(HISTORY_S * 1e9)
         for samples in (self._imu, self._commands):
-            # Keep one sample older than the limit: 'latest' matching may still need it.
-            while len(samples) > 1 and samples[1][0] < oldest:
-                samples.popleft()
+            self._drop_older(samples, newest_frame_ns)
+
+    @staticmethod
+    def _drop_older(samples: Deque, newest_ns: int) -> None:
+        # Called on every sample too, so the history stays bounded while no frames come
+        # (for example while not recording). One sample older than the limit is kept,
+        # because 'latest' matching may still need it.
+        oldest = newest_ns - int(HISTORY_S * 1e9)
+        while len(samples) > 1 and samples[1][0] < oldest:
+            samples.popleft()
 
 
 class AutoRecordGate:
