@@ -173,7 +173,8 @@ def main() -> int:
     peer.create_subscription(DiagnosticArray, '/diagnostics', on_diagnostics, 10)
     executor = SingleThreadedExecutor()
     executor.add_node(peer)
-    threading.Thread(target=executor.spin, daemon=True).start()
+    spinner = threading.Thread(target=executor.spin, daemon=True)
+    spinner.start()
 
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline and not (
@@ -222,7 +223,9 @@ def main() -> int:
     node.send_signal(signal.SIGINT)
     node.wait(timeout=15)
     probe.wait(timeout=30)
-    executor.shutdown()
+    executor.shutdown(timeout_sec=5.0)
+    spinner.join(timeout=5.0)
+    peer.destroy_node()
     rclpy.try_shutdown()
 
     delivery = [d for d in json.loads(probe_file.read_text())]

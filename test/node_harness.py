@@ -228,7 +228,8 @@ class Peer:
         return predicate()
 
     def close(self) -> None:
-        self.executor.shutdown(timeout_sec=2.0)
+        self.executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
         self.node.destroy_node()
         self.context.try_shutdown()
 

@@ -125,8 +125,13 @@ def _command_line(executable, launch_module, values):
 @pytest.mark.parametrize('compressed', [False, True])
 def test_launch_settings_run_directly(launch_module, ros_env, tmp_path, model, compressed):
     values = {name: default for name, default, _ in launch_module.ARGUMENTS}
+    # A copy of policy.yaml with one changed value shows that its node key matches a
+    # namespaced policy_node.
+    params_file = tmp_path / 'policy.yaml'
+    params_file.write_text((REPO_ROOT / 'config' / 'policy.yaml').read_text().replace(
+        'control_rate_hz: 20.0', 'control_rate_hz: 25.0'))
     values.update(model=str(model), namespace='/robot', compressed=str(compressed).lower(),
-                  log_level='debug')
+                  log_level='debug', params_file=str(params_file))
     if compressed:
         values['image_topic'] = 'camera/image_raw/compressed'
     command = _command_line([sys.executable, '-m', 'liquid_control.nodes.policy_node'],
@@ -138,7 +143,7 @@ def test_launch_settings_run_directly(launch_module, ros_env, tmp_path, model, c
     try:
         assert node.wait_for_output('ready:', timeout=60), node.output()
         peer.wait_connected()
-        assert '/robot/cmd_vel' in node.output()
+        assert '25 Hz on /robot/cmd_vel' in node.output()
         peer.stream(1.0)
         assert any(not is_zero(c) for c in peer.command_list()), node.output()
         assert '[DEBUG]' in node.output()

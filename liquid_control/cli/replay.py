@@ -285,7 +285,8 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         exit_code = _stop_process(process)
-        executor.shutdown(timeout_sec=2.0)
+        executor.shutdown(timeout_sec=5.0)
+        spinner.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
         reader.close()

@@ -474,7 +474,10 @@ def main(args=None) -> int:
             pass
     finally:
         node.shutdown()
-        executor.shutdown(timeout_sec=2.0)
+        executor.shutdown(timeout_sec=5.0)
+        # Destroying the node while the executor thread still waits on it aborts the
+        # process in C++ ("terminate called without an active exception").
+        spinner.join(timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     if not stop.is_set():
