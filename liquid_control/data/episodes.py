@@ -463,7 +463,7 @@ class Episode:
     """
 
     def __init__(self, folder: Union[str, Path]):
-        self.folder = Path(folder)
+        self.folder = Path(folder).expanduser()
         if not self.folder.is_dir():
             raise DataError(f'episode folder {self.folder} not found')
         rows_path = self.folder / ROWS_FILE
@@ -661,7 +661,7 @@ def find_episodes(path: Union[str, Path], include_partial: bool = False) -> List
     Unfinished ``.partial`` folders are skipped with a warning unless ``include_partial``.
     Raises ``DataError`` when the folder contains no finished episode.
     """
-    path = Path(path)
+    path = Path(path).expanduser()
     if not path.is_dir():
         raise DataError(f'dataset folder {path} not found')
     if _is_episode_dir(path):

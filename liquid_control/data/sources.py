@@ -30,7 +30,7 @@ def source_kind(src: Union[str, Path]) -> str:
 
     Raises ``DataError`` when the path is missing or none of these.
     """
-    path = Path(src)
+    path = Path(src).expanduser()
     if not path.exists():
         raise DataError(f'data source {path} not found')
     if is_tub(path):
@@ -55,7 +55,8 @@ def import_source(src: Union[str, Path], out_dir: Union[str, Path],
                   ) -> List[Path]:
     """Import a bag or tub into episodes in ``out_dir`` and return their folders."""
     options = options or LabelOptions()
-    src = Path(src)
+    src = Path(src).expanduser()
+    out_dir = Path(out_dir).expanduser()
     kind = source_kind(src)
     if kind == 'episodes':
         raise DataError(f'{src} already contains episodes; read it directly instead of '
@@ -63,8 +64,8 @@ def import_source(src: Union[str, Path], out_dir: Union[str, Path],
     if kind == 'donkeycar_tub':
         if image_topic or imu_topic or command_topic:
             raise DataError(f'{src} is a donkeycar tub: topic options apply to bags only')
-        return import_tub(src, Path(out_dir), options)
-    return import_bag(src, Path(out_dir), options, image_topic, imu_topic, command_topic)
+        return import_tub(src, out_dir, options)
+    return import_bag(src, out_dir, options, image_topic, imu_topic, command_topic)
 
 
 def default_cache_dir() -> Path:
@@ -99,7 +100,7 @@ def load_episodes(src: Union[str, Path], cache_dir: Optional[Union[str, Path]] =
     ``label_options`` are ``LabelOptions`` fields. The import goes to a temporary folder
     that is renamed into place only when complete, so an interrupted import is never read.
     """
-    path = Path(src)
+    path = Path(src).expanduser()
     kind = source_kind(path)
     if kind == 'episodes':
         if label_options or image_topic or imu_topic or command_topic:
@@ -109,7 +110,7 @@ def load_episodes(src: Union[str, Path], cache_dir: Optional[Union[str, Path]] =
 
     options = LabelOptions.from_kwargs(**label_options)
     topics = {'image': image_topic, 'imu': imu_topic, 'command': command_topic}
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
+    cache_root = Path(cache_dir).expanduser() if cache_dir is not None else default_cache_dir()
     target = cache_root / _cache_key(path, options, topics)
     if (target / IMPORT_MARKER).is_file():
         return find_episodes(target)
