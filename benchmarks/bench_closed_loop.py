@@ -1,13 +1,16 @@
 """Closed-loop benchmark: lap scores of the expert and trained policies on unseen tracks.
 
-Each driver runs one lap of CarRacing-v3 per track seed, in this process (no DDS): the
+Each driver runs one lap of CarRacing-v3 per track seed, in this process without DDS. The
 simulator's frame and IMU go to the driver every 20 ms step, and its Twist drives the next
-step, as sim_node and policy_node do over DDS. A lap ends when it is finished, when the car
+step, as with sim_node and policy_node over DDS. A lap ends when it is finished, when the car
 leaves the playfield, or after ``--max-steps`` steps (2000 = 40 s of simulated time).
 
     .venv/bin/python benchmarks/bench_closed_loop.py \\
         --model ncp_ltc=models/carracing_ncp.lcm --model lstm=/tmp/carracing_lstm.lcm \\
         --seeds 1000-1009 --noise 0 0.1 --out benchmarks/results/closed_loop.json
+
+Runs split over several processes (for example one per model and noise level, with
+``--no-expert``) are combined with ``--merge A.json B.json ... --out all.json``.
 
 The score is CarRacing's return: +1000/N for each of the N road tiles first touched,
 -0.1 per step, -100 for leaving the playfield. A perfect lap in 1000 steps scores 900.
@@ -115,6 +118,34 @@ def format_table(summary: Dict[str, Dict[str, Dict[str, float]]],
     return '\n'.join(lines)
 
 
+def merge_results(paths: Sequence[Path], out: Optional[Path]) -> int:
+    """Combine the laps of several result files, print the table and write ``out``."""
+    laps: Dict[str, Dict[str, List[dict]]] = {}
+    records = [json.loads(Path(path).read_text()) for path in paths]
+    for record in records:
+        for name, by_noise in record['laps'].items():
+            laps.setdefault(name, {}).update(by_noise)
+    noises = sorted({float(noise) for by_noise in laps.values() for noise in by_noise})
+    for name, by_noise in laps.items():
+        if name == 'expert':
+            # The expert ignores the camera: its clean laps stand for every noise level.
+            for noise in noises:
+                by_noise.setdefault(str(noise), by_noise[str(noises[0])])
+    summary = {name: {noise: summarize(runs) for noise, runs in by_noise.items()}
+               for name, by_noise in laps.items()}
+    print(format_table(summary, noises))
+    if out:
+        models = {}
+        for record in records:
+            models.update(record.get('models', {}))
+        merged = {'seeds': records[0]['seeds'], 'noise_levels': noises,
+                  'max_steps': records[0]['max_steps'], 'models': models,
+                  'summary': summary, 'laps': laps}
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(merged, indent=1))
+    return 0
+
+
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Run every driver on every seed and noise level and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
@@ -132,7 +163,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         help='step limit of a lap (50 steps a simulated second)')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
     parser.add_argument('--out', type=Path, help='write the results as JSON here')
+    parser.add_argument('--merge', type=Path, nargs='+', metavar='JSON',
+                        help='combine result files of earlier runs instead of driving')
     args = parser.parse_args(argv)
+    if args.merge:
+        return merge_results(args.merge, args.out)
 
     import torch
     torch.set_num_threads(args.threads)

@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Rebuild models/carracing_ncp.lcm: record the expert over DDS, then train on it.
 
-For every training track, real processes run on a private, loopback-only DDS domain:
-sim_node drives the car, expert_node follows the track and publishes its noise-free command
-on expert/cmd_vel (a TwistStamped with the stamp of the frame it was computed from), and
-recorder_node stores the camera, the IMU and that command as one episode, all on simulated
-time. On every second track the driven command carries steering
+For every training track, real processes run on a private, loopback-only DDS domain.
+sim_node simulates the car, and expert_node drives it along the track. The expert also
+publishes its noise-free command on expert/cmd_vel, as a TwistStamped with the stamp of the
+frame it was computed from. recorder_node stores the camera, the IMU and that command as
+one episode, all on simulated time. On every second track the driven command carries steering
 noise, so the recording also shows how the expert recovers from a deviation. Then
 ``liquid-control train`` fits the NCP-LTC with config/train_carracing.yaml.
 
@@ -60,8 +60,8 @@ def record_lap(seed: int, steering_noise: float, data_dir: Path, log_dir: Path) 
     sim_yaml = config_file('sim.yaml')
     log_dir.mkdir(parents=True, exist_ok=True)
     monitor = SimMonitor(domain_id, frame_period=0.0)
-    # The recorder is recording before the expert starts, and the simulator holds the
-    # physics until the expert's first command, so the episode starts with the lap.
+    # The recorder runs before the expert starts, and the simulator waits for the expert's
+    # first command before it steps, so the episode starts with the lap.
     recorder = NodeProcess('recorder_node', node_command(
         'recorder_node', {'output_dir': str(data_dir), 'autostart': 'true',
                           'use_sim_time': 'true', 'command_type': 'twist_stamped'},
@@ -115,9 +115,10 @@ def main() -> int:
     parser.add_argument('--out', type=Path, default=REPO_ROOT / 'models' / 'carracing_ncp.lcm',
                         help='checkpoint to write')
     parser.add_argument('--family', default='ncp_ltc', help='model family (default ncp_ltc)')
-    parser.add_argument('--max-minutes', type=float, default=15.0,
-                        help='training time limit in minutes (default 15)')
-    parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--max-minutes', type=float, default=20.0,
+                        help='training time limit in minutes (default 20)')
+    parser.add_argument('--threads', type=int, default=1,
+                        help='torch CPU threads (default 1)')
     parser.add_argument('--seed', type=int, default=0, help='training seed')
     args = parser.parse_args()
 

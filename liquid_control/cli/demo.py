@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 DEFAULT_SEED = 1000             # tracks from 1000 on are never used for training
 MAX_LAP_SECONDS = 120.0         # simulated seconds before a lap run gives up
 GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
-GIF_SCALE = 3                   # the 84x96 network input is enlarged 3x in the GIF
+GIF_SCALE = 6                   # the network input (42x48 for the bundled model) is enlarged 6x
 STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
 STOP_TIMEOUT_S = 10.0
 
@@ -131,7 +131,7 @@ class NodeProcess:
         _logger.debug('started %s (pid %d): %s', name, self.process.pid, ' '.join(command))
 
     def alive(self) -> bool:
-        """Whether the process still runs."""
+        """Return whether the process is still running."""
         return self.process.poll() is None
 
     def wait_for_output(self, text: str, timeout: float) -> bool:
@@ -264,6 +264,8 @@ class SimMonitor:
     def close(self) -> None:
         """Stop spinning and leave the DDS domain."""
         self.executor.shutdown(timeout_sec=2.0)
+        # A spin thread still inside rclpy at interpreter exit aborts the process.
+        self._thread.join(timeout=2.0)
         self.node.destroy_node()
         self.context.try_shutdown()
 

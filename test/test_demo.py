@@ -1,0 +1,49 @@
+"""liquid-control demo: the bundled model drives sim_node through policy_node over DDS."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+BUNDLED_MODEL = REPO_ROOT / 'models' / 'carracing_ncp.lcm'
+
+
+def _demo(arguments, env, timeout=240):
+    command = [sys.executable, '-m', 'liquid_control.cli.main', 'demo'] + arguments
+    return subprocess.run(command, env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def test_bundled_model_is_small():
+    assert BUNDLED_MODEL.is_file(), f'{BUNDLED_MODEL} is missing; see models/README.md'
+    assert BUNDLED_MODEL.stat().st_size < 1_000_000
+
+
+def test_demo_drives_and_prints_json(ros_env, tmp_path):
+    result = _demo(['--seconds', '4', '--json', '--out', str(tmp_path)], ros_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report['duration_s'] >= 4.0
+    assert report['tiles_visited'] > 5
+    assert report['score'] > 0.0
+    assert report['commands_received'] > 50
+    assert Path(report['video']).is_file()
+    assert (tmp_path / 'sim_node.log').is_file()
+    assert (tmp_path / 'policy_node.log').is_file()
+
+
+def test_demo_missing_model_is_an_error(ros_env, tmp_path):
+    result = _demo(['--model', str(tmp_path / 'absent.lcm'), '--out', str(tmp_path)], ros_env,
+                   timeout=60)
+    assert result.returncode == 2
+    assert 'model not found' in result.stderr
+    assert 'absent.lcm' in result.stderr
+
+
+@pytest.mark.parametrize('arguments', [['--seconds', '0'], ['--noise', '2']])
+def test_demo_rejects_invalid_options(ros_env, tmp_path, arguments):
+    result = _demo(arguments + ['--out', str(tmp_path)], ros_env, timeout=60)
+    assert result.returncode == 2
+    assert 'invalid' in result.stderr
