@@ -268,3 +268,18 @@ def test_kernel_disabled_by_environment(monkeypatch, tmp_path):
     monkeypatch.setenv('LIQUID_CONTROL_NATIVE', '0')
     assert native.load_kernel() is None
     assert not (tmp_path / 'liquid_control').exists()
+
+
+def test_inference_step_matches_training_path():
+    model = LTC(lane_keeping_ncp(32, seed=3)).double()
+    inputs = torch.randn(3, 32, dtype=torch.float64)
+    elapsed = torch.tensor([0.01, 1.0, 7.0], dtype=torch.float64)
+    state = 0.2 * torch.randn(3, 19, dtype=torch.float64)
+    training_outputs, training_state = model.step(inputs, elapsed, state)
+    with torch.no_grad():
+        outputs, final_state = model.step(inputs, elapsed, state)
+        model.cell.mu.add_(0.1)
+        shifted, _ = model.step(inputs, elapsed, state)
+    assert torch.allclose(outputs, training_outputs, atol=1e-12)
+    assert torch.allclose(final_state, training_state, atol=1e-12)
+    assert not torch.allclose(shifted, outputs)

@@ -354,11 +354,14 @@ class LTC(nn.Module):
         self._native_key = None
         self._native_pack = None
         self._native_tensors = None
+        self._inference_key = None
+        self._inference_pack = None
 
     def __getstate__(self):
         # The kernel's ctypes struct cannot be copied or pickled; copies rebuild it.
         state = dict(self.__dict__)
-        state.update(_native_key=None, _native_pack=None, _native_tensors=None)
+        state.update(_native_key=None, _native_pack=None, _native_tensors=None,
+                     _inference_key=None, _inference_pack=None)
         return state
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
@@ -377,9 +380,12 @@ class LTC(nn.Module):
         """Advance one step: inputs (B, S), elapsed (B,) -> (outputs (B, O), state (B, N))."""
         if state is None:
             state = self.initial_state(inputs.shape[0])
-        if self._native_usable(inputs, elapsed, state):
-            outputs, state = self._run_native(inputs[:, None], elapsed.reshape(-1, 1), state)
-            return outputs[:, 0], state
+        if self._inference_only():
+            if self._native_usable(inputs, elapsed, state):
+                outputs, state = self._run_native(inputs[:, None], elapsed.reshape(-1, 1),
+                                                  state)
+                return outputs[:, 0], state
+            return self._step_inference(inputs, elapsed, state)
         mapped = torch.addcmul(self.input_bias, inputs, self.input_weight)
         state = self.cell(mapped, state, elapsed)
         return self._map_output(state), state
@@ -389,7 +395,7 @@ class LTC(nn.Module):
         """Run a sequence: inputs (B, T, S), elapsed (B, T) -> (outputs (B, T, O), state)."""
         if state is None:
             state = self.initial_state(inputs.shape[0])
-        if self._native_usable(inputs, elapsed, state):
+        if self._inference_only() and self._native_usable(inputs, elapsed, state):
             return self._run_native(inputs, elapsed, state)
         # Positivity transforms, matrices and the sensory terms of all T steps at once;
         # only the unfolds run step by step.
@@ -402,12 +408,56 @@ class LTC(nn.Module):
         outputs = states[..., :self.output_size] * self.output_weight + self.output_bias
         return outputs, states[:, -1]
 
-    # Compiled inference path ------------------------------------------------------------
+    # Inference paths (no gradients) ----------------------------------------------------
+
+    def _inference_only(self) -> bool:
+        # Tracing and export must see the plain operations, so they never take these paths.
+        if torch.is_grad_enabled() or torch.jit.is_tracing() or torch.jit.is_scripting():
+            return False
+        return not torch.compiler.is_compiling()
+
+    def _weights_key(self) -> list:
+        if self._native_tensors is None:
+            self._native_tensors = list(self.parameters())
+        # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
+        return [self.cell.ode_unfolds] + [(p.data_ptr(), p._version)
+                                          for p in self._native_tensors]
+
+    def _step_inference(self, inputs: torch.Tensor, elapsed: torch.Tensor,
+                        state: torch.Tensor):
+        """Run one step in PyTorch with the input map folded into the sensory synapses.
+
+        Same values as the training path with about a third fewer tensor operations,
+        for machines without the compiled kernel.
+        """
+        key = self._weights_key()
+        if key != self._inference_key:
+            m = self.cell._build_matrices()
+            self._inference_pack = (
+                self.input_weight[:, None] * m.sensory_gather,  # (S, Es)
+                self.input_bias[None, :] @ m.sensory_gather + m.sensory_offset,  # (1, Es)
+                m.sensory_scatter, m.leak, m.capacitance * self.cell.ode_unfolds,
+                m.gather, m.offset,
+                torch.cat([m.scatter_numerator, m.scatter_denominator], dim=1),  # (E, 2N)
+            )
+            self._inference_key = key
+        (sensory_gather, sensory_offset, sensory_scatter, leak, capacitance_unfolds,
+         gather, offset, scatter) = self._inference_pack
+        units = self.cell.units
+
+        activation = torch.sigmoid(torch.addmm(sensory_offset, inputs, sensory_gather))
+        constant = torch.addmm(leak, activation, sensory_scatter)  # (B, 2N)
+        rate = capacitance_unfolds / elapsed.reshape(-1, 1).clamp_min(MIN_ELAPSED)  # C / h
+        constant[:, units:] += rate
+        v = state
+        for _ in range(self.cell.ode_unfolds):
+            s = torch.sigmoid(torch.addmm(offset, v, gather))  # (B, E)
+            sums = torch.addmm(constant, s, scatter)  # (B, 2N)
+            v = torch.addcmul(sums[:, :units], rate, v).div_(sums[:, units:])
+        return self._map_output(v), v
 
     def _native_usable(self, *tensors: torch.Tensor) -> bool:
-        if not self.native_enabled or torch.is_grad_enabled():
-            return False
-        if torch.jit.is_tracing() or torch.jit.is_scripting() or torch.compiler.is_compiling():
+        if not self.native_enabled:
             return False
         if any(t.dtype != torch.float32 or t.device.type != 'cpu' for t in tensors):
             return False
@@ -415,11 +465,7 @@ class LTC(nn.Module):
 
     def _native_parameters(self):
         """Return the kernel's parameter struct, rebuilt when the weights change."""
-        if self._native_tensors is None:
-            self._native_tensors = list(self.parameters())
-        # In-place updates (optimiser steps, load_state_dict) bump a tensor's _version.
-        key = [self.cell.ode_unfolds] + [(p.data_ptr(), p._version)
-                                         for p in self._native_tensors]
+        key = self._weights_key()
         if key == self._native_key:
             return self._native_pack[0]
 
