@@ -192,8 +192,8 @@ class LTCCell(nn.Module):
         """Integrate T steps from ``state`` (B, N); the fixed terms are (T, B, N).
 
         Returns the state after each step, (T, B, N). With gradients enabled this runs
-        through ``SemiImplicitUnfold``, whose hand-written backward pass needs about half the
-        tensor operations of autograd's.
+        through ``SemiImplicitUnfold``, whose hand-written backward pass runs fewer tensor
+        operations than autograd would.
         """
         m = matrices
         arguments = (state, numerator, denominator, rate, m.gather, m.offset,
