@@ -19,6 +19,7 @@ from scipy import stats
 from liquid_control.cli.main import main
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
+from liquid_control.errors import DataError
 from liquid_control.evaluation import plots
 from liquid_control.evaluation.metrics import regression_metrics
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
@@ -314,3 +315,67 @@ def test_evaluate_rejects_file_as_output(capsys, known_bag, checkpoint, tmp_path
                            '--out', str(existing))
     assert code == 2
     assert 'is a file, not a folder' in error
+
+
+class _InMemoryEpisode:
+    """The Episode interface over arrays, for IMU cases that no sample recording has."""
+
+    def __init__(self, frames: np.ndarray, imu: np.ndarray, has_imu: bool = True):
+        self.frames = frames
+        self.imu = imu
+        self.has_imu = has_imu
+        self.timestamps = np.arange(len(frames)) * 0.05
+        self.valid = np.ones(len(frames), dtype=bool)
+        self.folder = 'in-memory'
+
+    def __len__(self) -> int:
+        return len(self.frames)
+
+    def command(self, name: str) -> np.ndarray:
+        return np.linspace(-0.5, 0.5, len(self.frames)).astype(np.float32)
+
+    def load_frame(self, index: int) -> np.ndarray:
+        return self.frames[index]
+
+
+def _imu_policy():
+    config = PolicyConfig(family='ncp_ltc', units=12, imu_enabled=True, preprocessing={
+        'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
+        'height': 24, 'width': 32})
+    return build_policy(config)
+
+
+def _imu_frames(count: int = 20) -> np.ndarray:
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 255, (count, 24, 32, 3), dtype=np.uint8)
+
+
+def test_imu_readings_reach_the_policy():
+    policy = _imu_policy()
+    frames = _imu_frames()
+    still = np.zeros((len(frames), 6), dtype=np.float32)
+    turning = still.copy()
+    turning[:, 2] = 2.0
+    first = evaluate_episodes(policy, [_InMemoryEpisode(frames, still)])
+    second = evaluate_episodes(policy, [_InMemoryEpisode(frames, turning)])
+    assert not np.allclose(first.predictions, second.predictions, atol=1e-6)
+
+
+def test_missing_imu_reading_repeats_the_last():
+    policy = _imu_policy()
+    frames = _imu_frames()
+    imu = np.random.default_rng(1).normal(size=(len(frames), 6)).astype(np.float32)
+    filled = imu.copy()
+    filled[7] = filled[6]
+    with_gap = imu.copy()
+    with_gap[7] = np.nan
+    expected = evaluate_episodes(policy, [_InMemoryEpisode(frames, filled)])
+    result = evaluate_episodes(policy, [_InMemoryEpisode(frames, with_gap)])
+    np.testing.assert_allclose(result.predictions, expected.predictions, atol=1e-6)
+
+
+def test_imu_policy_rejects_episode_without_imu():
+    frames = _imu_frames(4)
+    episode = _InMemoryEpisode(frames, np.full((4, 6), np.nan, np.float32), has_imu=False)
+    with pytest.raises(DataError, match='needs IMU readings'):
+        evaluate_episodes(_imu_policy(), [episode])
