@@ -301,6 +301,25 @@ def test_compressed_corrupt_jpeg_rejected():
         compressed_msg_to_rgb(_compressed(corrupt))
 
 
+def _png(rgb: np.ndarray) -> bytes:
+    import cv2
+    ok, encoded = cv2.imencode('.png', rgb)
+    assert ok
+    return encoded.tobytes()
+
+
+def test_compressed_png_decodes():
+    rgb = compressed_msg_to_rgb(_compressed(_png(np.full((10, 12, 3), 7, np.uint8)), 'png'))
+    assert rgb.shape == (10, 12, 3)
+    assert rgb[0, 0].tolist() == [7, 7, 7]
+
+
+def test_compressed_truncated_png_rejected():
+    png = _png(np.random.default_rng(0).integers(0, 255, (40, 40, 3), np.uint8))
+    with pytest.raises(DataError, match='no IEND'):
+        compressed_msg_to_rgb(_compressed(png[:len(png) // 2], 'png'))
+
+
 def test_compressed_unknown_codec_rejected():
     with pytest.raises(DataError, match='neither JPEG nor PNG'):
         compressed_msg_to_rgb(_compressed(b'GIF89a' + bytes(100), 'gif'))
