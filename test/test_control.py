@@ -9,8 +9,8 @@ import pytest
 from liquid_control.data.images import encode_jpeg
 from liquid_control.errors import ConfigError, DataError
 from liquid_control.nodes.control import (ElapsedTime, InputWatchdog, Mode, OutputLimiter,
-                                          RateMeter, SampleWindow, WarningThrottle,
-                                          missed_periods)
+                                          RateMeter, SampleWindow, StepWorker,
+                                          WarningThrottle, missed_periods)
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
 from liquid_control.nodes.params import SPECS, PolicyNodeParams, check_value
@@ -163,6 +163,49 @@ def test_rate_meter_restarts_when_time_goes_back():
         meter.add(100 + index * 0.1)
     meter.add(1.0)
     assert meter.rate() == 0.0
+
+
+# StepWorker
+
+def test_worker_runs_offered_tick():
+    import threading
+    done = threading.Event()
+    ticks = []
+    worker = StepWorker(lambda tick: (ticks.append(tick), done.set()))
+    assert worker.offer(1)
+    assert done.wait(5.0)
+    worker.stop()
+    assert ticks == [1]
+    assert not worker.alive()
+
+
+def test_worker_skips_tick_while_busy():
+    import threading
+    release = threading.Event()
+    started = threading.Event()
+    ticks = []
+
+    def step(tick):
+        ticks.append(tick)
+        started.set()
+        release.wait(5.0)
+
+    worker = StepWorker(step)
+    assert worker.offer('first')
+    assert started.wait(5.0)
+    assert not worker.offer('second')
+    release.set()
+    worker.stop()
+    assert ticks == ['first']
+
+
+def test_worker_keeps_step_error():
+    worker = StepWorker(lambda tick: 1 / 0)
+    worker.offer(None)
+    worker._thread.join(5.0)
+    assert isinstance(worker.error, ZeroDivisionError)
+    assert not worker.alive()
+    assert not worker.offer(None)
 
 
 # WarningThrottle

@@ -6,8 +6,9 @@ on wall time, on simulated time and in unit tests.
 
 import enum
 import re
+import threading
 from collections import deque
-from typing import Optional, Sequence, Tuple
+from typing import Callable, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -268,3 +269,66 @@ class WarningThrottle:
             return None
         self._last[key] = now
         return self._suppressed.pop(key, 0)
+
+
+_NO_TICK = object()  # StepWorker's empty mailbox; None is a valid tick
+
+
+class StepWorker:
+    """Run a step function in its own thread, one tick at a time, never queueing ticks.
+
+    ``offer(tick)`` hands a tick to the thread and returns True, unless the thread is still
+    busy with the previous tick: then the tick is dropped and ``offer`` returns False, so
+    the caller can count an overrun. An exception from the step stops the worker and is
+    kept in ``error``.
+    """
+
+    def __init__(self, step: Callable[[object], None], name: str = 'control-step') -> None:
+        self._step = step
+        self._condition = threading.Condition()
+        self._tick: object = _NO_TICK
+        self._busy = False
+        self._stopped = False
+        self.error: Optional[BaseException] = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    def offer(self, tick: object) -> bool:
+        """Start a step for ``tick`` unless one is pending or running; return whether it was."""
+        with self._condition:
+            if self._busy or self._tick is not _NO_TICK or self._stopped:
+                return False
+            self._tick = tick
+            self._condition.notify()
+            return True
+
+    def alive(self) -> bool:
+        """Whether the worker thread still runs (it ends on ``stop`` or a step error)."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Let a running step finish, then end the thread."""
+        with self._condition:
+            self._stopped = True
+            self._condition.notify()
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            with self._condition:
+                while self._tick is _NO_TICK and not self._stopped:
+                    self._condition.wait()
+                if self._stopped:
+                    return
+                tick, self._tick = self._tick, _NO_TICK
+                self._busy = True
+            try:
+                self._step(tick)
+            except Exception as error:  # noqa: BLE001 - kept for the owner to report
+                self.error = error
+                with self._condition:
+                    self._stopped = True
+                return
+            finally:
+                with self._condition:
+                    self._busy = False
