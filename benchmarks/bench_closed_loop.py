@@ -21,7 +21,7 @@ import json
 import sys
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
@@ -29,8 +29,8 @@ from liquid_control.sim.car_racing import STEP_SECONDS, CarRacingSim
 from liquid_control.sim.expert import PurePursuitExpert
 from liquid_control.sim.perturbations import CameraPerturbation
 
-# A driver maps (simulator) -> (linear_x m/s, angular_z rad/s) and is reset per lap.
-Driver = Callable[[CarRacingSim], tuple]
+# A driver is called with the simulator and returns (linear_x m/s, angular_z rad/s);
+# ``reset`` starts a lap.
 
 
 class ExpertDriver:

@@ -60,6 +60,7 @@ def record_lap(seed: int, steering_noise: float, data_dir: Path, log_dir: Path) 
     sim_yaml = config_file('sim.yaml')
     log_dir.mkdir(parents=True, exist_ok=True)
     monitor = SimMonitor(domain_id, frame_period=0.0)
+
     # The recorder runs before the expert starts, and the simulator waits for the expert's
     # first command before it steps, so the episode starts with the lap.
     recorder = NodeProcess('recorder_node', node_command(
@@ -77,6 +78,7 @@ def record_lap(seed: int, steering_noise: float, data_dir: Path, log_dir: Path) 
     sim = NodeProcess('sim_node', node_command(
         'sim_node', {'seed': seed, 'wait_for_command': 'true', 'episode_end': 'pause'},
         params_files=[sim_yaml]), env, log_dir)
+
     nodes = [recorder, expert, sim]
     started = time.monotonic()
     try:

@@ -29,7 +29,7 @@ _logger = logging.getLogger(__name__)
 DEFAULT_SEED = 1000             # tracks from 1000 on are never used for training
 MAX_LAP_SECONDS = 120.0         # simulated seconds before a lap run gives up
 GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
-GIF_SCALE = 6                   # the network input (42x48 for the bundled model) is enlarged 6x
+GIF_SCALE = 4                   # the network input (42x48 for the bundled model) is enlarged 4x
 STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
 STOP_TIMEOUT_S = 10.0
 

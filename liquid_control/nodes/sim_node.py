@@ -137,12 +137,16 @@ class SimNode(Node):
             'Unit: pixels.', 8, 4096))
         self.declare_parameter('image_height', 96, _int_descriptor(
             'Height of the published frame. Unit: pixels.', 8, 4096))
+
+        # Camera
         self.declare_parameter('noise_std', 0.0, _float_descriptor(
             'Standard deviation of Gaussian pixel noise as a fraction of full scale '
             '(0.1 = 25.5 intensity levels).', 0.0, 1.0))
         self.declare_parameter('color_shift', [0.0, 0.0, 0.0], ParameterDescriptor(
             description='Offset added to the R, G and B channels as fractions of full '
                         'scale, each in [-1, 1].'))
+
+        # Commands
         self.declare_parameter('command_timeout', 0.5, _float_descriptor(
             'Maximum age of the last cmd_vel before the car brakes. Unit: s (wall time).',
             0.01, 60.0))
@@ -157,6 +161,8 @@ class SimNode(Node):
         self.declare_parameter('twist_stamped', False, ParameterDescriptor(
             description='Subscribe to geometry_msgs/TwistStamped instead of Twist on cmd_vel.',
             read_only=True))
+
+        # Episodes and frames
         self.declare_parameter('publish_clock', True, ParameterDescriptor(
             description='Publish simulated time on /clock.', read_only=True))
         self.declare_parameter('episode_end', 'hold', ParameterDescriptor(
