@@ -44,14 +44,16 @@ def _time_replay(policy, episodes, threads: int, chunk_length: int) -> Dict[str,
     import torch
 
     from liquid_control.data.preprocess import Preprocessing
-    from liquid_control.evaluation.replay import evaluate_episodes, load_frames
+    from liquid_control.evaluation.replay import FramePrefetcher, evaluate_episodes
 
     torch.set_num_threads(threads)
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
     wall_started = time.perf_counter()
     cpu_started = time.process_time()
-    frames = [load_frames(episode, preprocessing) for episode in episodes]
-    result = evaluate_episodes(policy, episodes, frames=frames, chunk_length=chunk_length)
+    # The same path as run_evaluation: frames decode in a background thread while the
+    # policy replays the episodes before them.
+    with FramePrefetcher(episodes, preprocessing) as frames:
+        result = evaluate_episodes(policy, episodes, frames=frames, chunk_length=chunk_length)
     wall = time.perf_counter() - wall_started
     cpu = time.process_time() - cpu_started
     return {'frames': result.frames, 'duration_s': result.duration_s, 'wall_s': wall,
