@@ -303,7 +303,7 @@ class StepWorker:
             return True
 
     def alive(self) -> bool:
-        """Whether the worker thread still runs (it ends on ``stop`` or a step error)."""
+        """Return whether the worker thread runs; it ends on ``stop`` or a step error."""
         return self._thread.is_alive()
 
     def stop(self, timeout: float = 5.0) -> None:

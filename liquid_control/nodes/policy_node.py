@@ -344,7 +344,7 @@ class PolicyNode(Node):
             self.get_logger().info(f'policy state reset: {reason}')
 
     def _stop_with_reset(self, reason: str) -> None:
-        # The caller's throttled error already says that the state was reset.
+        # The caller's throttled error message already reports the state reset.
         self._publish_zero()
         self._reset_state(reason, log=False)
 
