@@ -145,5 +145,8 @@ def run(args: argparse.Namespace) -> int:
     print(f'{metrics["frames"]} frames ({metrics["unscored_frames"]} not scored), '
           f'{metrics["duration_s"]:.1f} s recorded, evaluated in '
           f'{metrics["eval_seconds"]:.2f} s = {metrics["realtime_factor"]:.0f}x real time')
-    print(f'report: {Path(args.out) / "report.html"}')
+    if args.no_plots:
+        print(f'metrics: {Path(args.out) / "metrics.json"}')
+    else:
+        print(f'report: {Path(args.out) / "report.html"}')
     return 0
