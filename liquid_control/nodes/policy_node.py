@@ -214,6 +214,8 @@ class PolicyNode(Node):
     def _on_control_tick(self, info: TimerInfo) -> None:
         started = time.perf_counter()
         expected = info.expected_call_time.nanoseconds * 1e-9
+        if self._shutting_down:
+            return
         self._count_skipped_ticks(expected, self.params.control_period)
         if not self._worker.offer((expected, started)):
             self.counters.deadline_misses += 1
@@ -243,7 +245,7 @@ class PolicyNode(Node):
             return
         self._take_newest_frame()
 
-        mode = self._update_mode(now)
+        mode = self._update_mode()
         if not mode.runs_policy:
             self._publish_zero()
             return
@@ -309,9 +311,13 @@ class PolicyNode(Node):
         self._frame_received = received
         self._frame_stamp = msg.header.stamp
 
-    def _update_mode(self, now: float) -> Mode:
+    def _update_mode(self) -> Mode:
         with self._sensor_lock:
             imu_received = self._imu_received
+        # Read the clock after the receipt times: the sensor callbacks run during the step,
+        # and a message received after an earlier clock reading would have a negative age,
+        # which the watchdog takes for a clock that jumped back.
+        now = self._now()
         mode = self._watchdog.evaluate(now, self._enabled, self._frame_received, imu_received)
         first = self._watchdog.mode is None
         previous = self._watchdog.update(mode)
