@@ -18,3 +18,16 @@ class CheckpointError(LiquidControlError):
 
 class DataError(LiquidControlError):
     """A recording (episode, bag, tub) or an image is missing, unreadable or inconsistent."""
+
+
+def reject_unknown_keys(values: dict, settings_class: type, what: str) -> None:
+    """Raise ConfigError when ``values`` has keys that are not fields of a dataclass.
+
+    ``what`` names the settings in the message, e.g. 'preprocessing'.
+    """
+    from dataclasses import fields
+
+    known = {field.name for field in fields(settings_class)}
+    unknown = set(values) - known
+    if unknown:
+        raise ConfigError(f'unknown {what} settings {sorted(unknown)}; known: {sorted(known)}')

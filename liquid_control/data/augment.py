@@ -6,12 +6,12 @@ Lighting, shadow and shift are drawn once per sequence, because a real camera se
 same light over a second of driving; the sensor noise is drawn per frame.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict
 
 import numpy as np
 
-from liquid_control.errors import ConfigError
+from liquid_control.errors import ConfigError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -55,11 +55,7 @@ class Augmentation:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'Augmentation':
         """Build from ``to_dict()`` output, rejecting unknown keys."""
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f'unknown augmentation settings {sorted(unknown)}; '
-                              f'known: {sorted(known)}')
+        reject_unknown_keys(values, cls, 'augmentation')
         return cls(**values)
 
     def apply(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:

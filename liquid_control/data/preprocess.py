@@ -4,13 +4,13 @@ The settings live in every checkpoint (``Preprocessing.to_dict()``), so training
 evaluation and the policy node turn a frame into exactly the same tensor.
 """
 
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any, Dict
 
 import cv2
 import numpy as np
 
-from liquid_control.errors import ConfigError
+from liquid_control.errors import ConfigError, reject_unknown_keys
 
 
 @dataclass(frozen=True)
@@ -53,11 +53,7 @@ class Preprocessing:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'Preprocessing':
         """Build from ``to_dict()`` output, rejecting unknown keys."""
-        known = {field.name for field in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f'unknown preprocessing settings {sorted(unknown)}; '
-                              f'known: {sorted(known)}')
+        reject_unknown_keys(values, cls, 'preprocessing')
         return cls(**values)
 
     def crop_box(self, height: int, width: int) -> tuple:
@@ -83,7 +79,7 @@ class Preprocessing:
         return cv2.resize(cropped, (self.width, self.height), interpolation=interpolation)
 
     def apply(self, rgb: np.ndarray) -> np.ndarray:
-        """Turn an ``(H, W, 3)`` uint8 RGB frame into a ``(3, height, width)`` float32 in [0, 1]."""
+        """Turn an (H, W, 3) uint8 RGB frame into a (3, height, width) float32 in [0, 1]."""
         resized = self.resize(rgb)
         return np.ascontiguousarray(resized.transpose(2, 0, 1), dtype=np.float32) / 255.0
 

@@ -13,13 +13,13 @@ Data flow for one step (B samples)::
 IMU order: angular velocity x, y, z (rad/s), then linear acceleration x, y, z (m/s^2).
 """
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
 import torch
 from torch import nn
 
-from liquid_control.errors import ConfigError
+from liquid_control.errors import ConfigError, reject_unknown_keys
 from liquid_control.model import wirings
 from liquid_control.model.baselines import FeedForward, GatedRecurrent
 from liquid_control.model.cfc import WiredCfC
@@ -130,11 +130,7 @@ class PolicyConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'PolicyConfig':
         """Build a config from ``to_dict()`` output; raise ConfigError on unknown keys."""
-        known = {item.name for item in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f'unknown policy settings {sorted(unknown)}; known: '
-                              f'{sorted(known)}')
+        reject_unknown_keys(values, cls, 'policy')
         values = dict(values)
         if 'encoder' in values:
             values['encoder'] = {**default_encoder(), **values['encoder']}

@@ -1,13 +1,13 @@
 """Training settings: one dataclass, loaded from YAML and overridden from the command line."""
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
 import yaml
 
 from liquid_control.data.augment import Augmentation
-from liquid_control.errors import ConfigError
+from liquid_control.errors import ConfigError, reject_unknown_keys
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 SPLITS = ('time', 'episode_end', 'episode')
@@ -124,11 +124,7 @@ class TrainConfig:
     @classmethod
     def from_dict(cls, values: Dict[str, Any]) -> 'TrainConfig':
         """Build from a dict such as ``to_dict()`` output, rejecting unknown keys."""
-        known = {item.name for item in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ConfigError(f'unknown training settings {sorted(unknown)}; '
-                              f'known: {sorted(known)}')
+        reject_unknown_keys(values, cls, 'training')
         values = dict(values)
         for name in ('outputs', 'output_weights'):
             if name in values:
@@ -196,4 +192,3 @@ def load_train_config(path: Optional[Path] = None,
     if overrides:
         config = config.with_overrides(overrides)
     return config
-
