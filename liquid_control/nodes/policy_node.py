@@ -14,7 +14,6 @@ camera (or, with ``imu_stale_action: stop``, the IMU) is stale, after a non-fini
 output and once on shutdown (SIGINT or SIGTERM).
 """
 
-import signal
 import sys
 import threading
 import time
@@ -29,9 +28,7 @@ from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescr
                                 SetParametersResult)
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
-from rclpy.signals import SignalHandlerOptions
 from rclpy.timer import TimerInfo
 from sensor_msgs.msg import CompressedImage, Image, Imu
 from std_msgs.msg import Float32MultiArray
@@ -41,10 +38,10 @@ from liquid_control.errors import ConfigError, DataError, LiquidControlError
 from liquid_control.nodes.control import (ControlCounters, ElapsedTime, InputWatchdog, Mode,
                                           OutputLimiter, StepWorker, WarningThrottle,
                                           missed_periods)
-from liquid_control.nodes.dds import apply_large_frame_profile
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
 from liquid_control.nodes.params import SPECS, SPECS_BY_NAME, PolicyNodeParams
+from liquid_control.nodes.process import create_node, init_ros, spin_in_thread, stop_spinning
 from liquid_control.nodes.qos import command_qos, sensor_qos
 
 NODE_NAME = 'policy_node'
@@ -456,37 +453,20 @@ class PolicyNode(Node):
 
 def main(args=None) -> int:
     """Run the policy node until SIGINT or SIGTERM, then publish a zero command."""
-    apply_large_frame_profile()
-    # rclpy's own handlers would shut the context down before the zero command goes out.
-    rclpy.init(args=args if args is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-
-    def request_stop(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        node = PolicyNode()
-    except (LiquidControlError, ParameterException, FileNotFoundError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'start-up failed: {error}')
-        rclpy.try_shutdown()
+    stop = init_ros(args if args is not None else sys.argv)
+    node = create_node(NODE_NAME, PolicyNode,
+                       (LiquidControlError, ParameterException, FileNotFoundError))
+    if node is None:
         return 2
 
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name='executor', daemon=True)
-    spinner.start()
+    executor, spinner = spin_in_thread(node)
     try:
         while spinner.is_alive() and node.worker_error() is None and not stop.wait(0.1):
             pass
     finally:
+        # The zero command goes out while the executor still runs.
         node.shutdown()
-        executor.shutdown(timeout_sec=5.0)
-        # Destroying the node while the executor thread still waits on it aborts the
-        # process in C++ ("terminate called without an active exception").
-        spinner.join(timeout=5.0)
+        stop_spinning(executor, spinner, timeout=5.0)
         node.destroy_node()
         rclpy.try_shutdown()
     error = node.worker_error()

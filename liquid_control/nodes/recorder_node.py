@@ -8,9 +8,7 @@ Services ``~/start`` and ``~/stop`` (std_srvs/Trigger); status on ``~/status``
 (diagnostic_msgs/DiagnosticStatus, transient local).
 """
 
-import signal
 import sys
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,10 +20,8 @@ from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from sensor_msgs.msg import CompressedImage, Image, Imu, Joy
 from std_srvs.srv import Trigger
 
@@ -36,7 +32,7 @@ from liquid_control.data.sync import (COMMAND_MATCHES, COMMAND_TYPES, IMU_MODES,
                                       INVALID_FRAME_POLICIES, RAW_IMAGE_FORMATS, LabelOptions,
                                       command_from_message, command_mapping)
 from liquid_control.errors import DataError, LiquidControlError
-from liquid_control.nodes.dds import apply_large_frame_profile
+from liquid_control.nodes.process import create_node, init_ros, spin_in_thread, stop_spinning
 from liquid_control.nodes.messages import imu_msg_to_array
 from liquid_control.nodes.params import ParameterSpec
 from liquid_control.nodes.qos import command_qos, sensor_qos
@@ -412,34 +408,18 @@ class RecorderNode(Node):
 
 def main(args=None) -> int:
     """Run the recorder until SIGINT or SIGTERM, then finish the current episode."""
-    apply_large_frame_profile()
-    # rclpy's own handlers would shut the context down before the episode is finished.
-    rclpy.init(args=args if args is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-
-    def request_stop(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    try:
-        node = RecorderNode()
-    except (LiquidControlError, ParameterException, OSError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'start-up failed: {error}')
-        rclpy.try_shutdown()
+    stop = init_ros(args if args is not None else sys.argv)
+    node = create_node(NODE_NAME, RecorderNode, (LiquidControlError, ParameterException, OSError))
+    if node is None:
         return 2
 
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name='executor', daemon=True)
-    spinner.start()
+    executor, spinner = spin_in_thread(node)
     try:
         while spinner.is_alive() and not stop.wait(0.1):
             pass
     finally:
-        executor.shutdown(timeout_sec=2.0)
-        spinner.join(timeout=2.0)
+        # No callback adds frames once the executor has stopped, so the episode ends whole.
+        stop_spinning(executor, spinner, timeout=2.0)
         node.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
