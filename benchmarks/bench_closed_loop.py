@@ -7,10 +7,13 @@ leaves the playfield, or after ``--max-steps`` steps (2000 = 40 s of simulated t
 
     .venv/bin/python benchmarks/bench_closed_loop.py \\
         --model ncp_ltc=models/carracing_ncp.lcm --model lstm=/tmp/carracing_lstm.lcm \\
-        --seeds 1000-1009 --noise 0 0.1 --out benchmarks/results/closed_loop.json
+        --seeds 1000-1009 --noise 0 0.1 0.2 --color-shift 0 -0.2 0.2 \\
+        --out benchmarks/results/closed_loop.json
 
-Runs split over several processes (for example one per model and noise level, with
-``--no-expert``) are combined with ``--merge A.json B.json ... --out all.json``.
+Camera conditions are Gaussian noise levels and a per-channel colour shift. The expert
+reads no camera, so it runs only clean. Runs split over several processes (for example one
+per model and condition, with ``--no-expert``) are combined with
+``--merge A.json B.json ... --out all.json``.
 
 The score is CarRacing's return: +1000/N for each of the N road tiles first touched,
 -0.1 per step, -100 for leaving the playfield. A perfect lap in 1000 steps scores 900.
@@ -101,20 +104,44 @@ def summarize(results: Sequence[dict]) -> Dict[str, float]:
                                              for r in results]))}
 
 
+def condition_name(noise: float = 0.0, color_shift: Sequence[float] = (0.0, 0.0, 0.0)) -> str:
+    """Return the label of a camera condition, e.g. 'clean', 'noise 0.1', 'shift +0/-0.2/+0.2'."""
+    if any(color_shift):
+        return 'shift ' + '/'.join(f'{value:+g}' for value in color_shift)
+    return f'noise {noise:g}' if noise > 0 else 'clean'
+
+
+def _legacy_condition(key: str) -> str:
+    # Result files written before conditions had names keyed them by the noise level.
+    try:
+        return condition_name(float(key))
+    except ValueError:
+        return key
+
+
 def format_table(summary: Dict[str, Dict[str, Dict[str, float]]],
-                 noises: Sequence[float]) -> str:
-    """Return a Markdown table: one row per driver, mean +- std score per noise level."""
-    header = '| driver | ' + ' | '.join(f'score, noise {n:g}' for n in noises)
-    header += ' | laps finished (clean) | score kept under noise |'
-    lines = [header, '|' + '---|' * (len(noises) + 3)]
-    for name, by_noise in summary.items():
-        cells = [f"{by_noise[str(n)]['mean']:.0f} +- {by_noise[str(n)]['std']:.0f}"
-                 for n in noises]
-        clean = by_noise[str(noises[0])]
-        worst = by_noise[str(noises[-1])]
-        kept = worst['mean'] / clean['mean'] if clean['mean'] > 0 else float('nan')
-        lines.append(f"| {name} | {' | '.join(cells)} | {clean['finished'] * 100:.0f} % | "
-                     f'{kept * 100:.0f} % |')
+                 conditions: Sequence[str]) -> str:
+    """Return a Markdown table: one row per driver, mean +- std score per condition.
+
+    The last column is the worst condition's mean score as a share of the clean one.
+    """
+    header = '| driver | ' + ' | '.join(conditions)
+    header += ' | laps finished (all conditions) | worst / clean |'
+    lines = [header, '|' + '---|' * (len(conditions) + 3)]
+    for name, by_condition in summary.items():
+        cells = []
+        for condition in conditions:
+            if condition in by_condition:
+                result = by_condition[condition]
+                cells.append(f"{result['mean']:.0f} +- {result['std']:.0f}")
+            else:
+                cells.append('not run')
+        present = [by_condition[c] for c in conditions if c in by_condition]
+        finished = np.mean([result['finished'] for result in present])
+        clean = by_condition.get('clean')
+        worst = min(result['mean'] for result in present)
+        kept = f"{worst / clean['mean'] * 100:.0f} %" if clean and clean['mean'] > 0 else 'n/a'
+        lines.append(f"| {name} | {' | '.join(cells)} | {finished * 100:.0f} % | {kept} |")
     return '\n'.join(lines)
 
 
@@ -122,23 +149,27 @@ def merge_results(paths: Sequence[Path], out: Optional[Path]) -> int:
     """Combine the laps of several result files, print the table and write ``out``."""
     laps: Dict[str, Dict[str, List[dict]]] = {}
     records = [json.loads(Path(path).read_text()) for path in paths]
+    conditions: List[str] = []
     for record in records:
-        for name, by_noise in record['laps'].items():
-            laps.setdefault(name, {}).update(by_noise)
-    noises = sorted({float(noise) for by_noise in laps.values() for noise in by_noise})
-    for name, by_noise in laps.items():
-        if name == 'expert':
-            # The expert ignores the camera: its clean laps stand for every noise level.
-            for noise in noises:
-                by_noise.setdefault(str(noise), by_noise[str(noises[0])])
-    summary = {name: {noise: summarize(runs) for noise, runs in by_noise.items()}
-               for name, by_noise in laps.items()}
-    print(format_table(summary, noises))
+        for name, by_condition in record['laps'].items():
+            for key, runs in by_condition.items():
+                condition = _legacy_condition(key)
+                laps.setdefault(name, {})[condition] = runs
+                if condition not in conditions:
+                    conditions.append(condition)
+    conditions.sort(key=lambda c: (c != 'clean', c.startswith('shift'), c))
+    if 'expert' in laps:
+        # The expert ignores the camera: its clean laps stand for every condition.
+        for condition in conditions:
+            laps['expert'].setdefault(condition, laps['expert']['clean'])
+    summary = {name: {condition: summarize(runs) for condition, runs in by_condition.items()}
+               for name, by_condition in laps.items()}
+    print(format_table(summary, conditions))
     if out:
         models = {}
         for record in records:
             models.update(record.get('models', {}))
-        merged = {'seeds': records[0]['seeds'], 'noise_levels': noises,
+        merged = {'seeds': records[0]['seeds'], 'conditions': conditions,
                   'max_steps': records[0]['max_steps'], 'models': models,
                   'summary': summary, 'laps': laps}
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -147,7 +178,7 @@ def merge_results(paths: Sequence[Path], out: Optional[Path]) -> int:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    """Run every driver on every seed and noise level and print the table."""
+    """Run every driver on every seed and camera condition and print the table."""
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     parser.add_argument('--model', action='append', default=[], metavar='NAME=PATH',
                         help='a checkpoint to drive, e.g. ncp_ltc=models/carracing_ncp.lcm '
@@ -156,9 +187,11 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     parser.add_argument('--seeds', default='1000-1009',
                         help='track seeds, e.g. 1000-1009 or 3,7 (default: 1000-1009, '
                              'never used for training)')
-    parser.add_argument('--noise', type=float, nargs='+', default=[0.0, 0.1],
+    parser.add_argument('--noise', type=float, nargs='*', default=[0.0, 0.1],
                         help='camera noise levels, standard deviation as a fraction of full '
                              'scale (default: 0 0.1)')
+    parser.add_argument('--color-shift', type=float, nargs=3, metavar=('R', 'G', 'B'),
+                        help='also run with this colour shift (fractions of full scale)')
     parser.add_argument('--max-steps', type=int, default=2000,
                         help='step limit of a lap (50 steps a simulated second)')
     parser.add_argument('--threads', type=int, default=1, help='torch CPU threads')
@@ -179,33 +212,41 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             parser.error(f'--model {item!r} is invalid: write NAME=PATH')
         drivers.append(PolicyDriver(name, Path(path)))
     seeds = parse_seeds(args.seeds)
+    conditions = [(condition_name(noise), CameraPerturbation(noise_std=noise))
+                  for noise in args.noise]
+    if args.color_shift:
+        shift = tuple(args.color_shift)
+        conditions.append((condition_name(color_shift=shift),
+                           CameraPerturbation(color_shift=shift)))
 
     results: Dict[str, Dict[str, List[dict]]] = {}
-    for noise in args.noise:
-        sim = CarRacingSim(seed=seeds[0], perturbation=CameraPerturbation(noise_std=noise))
+    for label, perturbation in conditions:
+        sim = CarRacingSim(seed=seeds[0], perturbation=perturbation)
         for driver in drivers:
-            if driver.name == 'expert' and noise != args.noise[0]:
-                # The expert ignores the camera, so noise cannot change its laps.
-                results[driver.name][str(noise)] = results[driver.name][str(args.noise[0])]
+            if isinstance(driver, ExpertDriver) and label != 'clean':
                 continue
             laps = []
             for seed in seeds:
                 lap = drive_lap(sim, driver, seed, args.max_steps)
                 lap['seed'] = seed
                 laps.append(lap)
-                print(f'{driver.name:>10} noise {noise:g} seed {seed}: score '
+                print(f'{driver.name:>10} {label} seed {seed}: score '
                       f"{lap['score']:7.1f}, tiles {lap['tiles_visited']}/{lap['tiles_total']}, "
                       f"{lap['steps']} steps, {lap['wall_s']} s", flush=True)
-            results.setdefault(driver.name, {})[str(noise)] = laps
+            results.setdefault(driver.name, {})[label] = laps
         sim.close()
 
-    summary = {name: {noise: summarize(laps) for noise, laps in by_noise.items()}
-               for name, by_noise in results.items()}
+    summary = {name: {label: summarize(laps) for label, laps in by_condition.items()}
+               for name, by_condition in results.items()}
+    if 'expert' in summary:
+        for label, _ in conditions:
+            summary['expert'].setdefault(label, summary['expert']['clean'])
     print()
-    print(format_table(summary, args.noise))
+    print(format_table(summary, [label for label, _ in conditions]))
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
-        record = {'seeds': seeds, 'noise_levels': args.noise, 'max_steps': args.max_steps,
+        record = {'seeds': seeds, 'conditions': [label for label, _ in conditions],
+                  'max_steps': args.max_steps,
                   'models': {d.name: str(d.path) for d in drivers if hasattr(d, 'path')},
                   'summary': summary, 'laps': results}
         args.out.write_text(json.dumps(record, indent=1))
