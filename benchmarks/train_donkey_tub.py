@@ -1,8 +1,8 @@
 """Train and compare NCP-LTC, NCP-CfC, LSTM-64 and CNN-only on the real donkeycar tub.
 
 Every model trains on the first part of the recording with the settings in
-``benchmarks/donkey_tub.yaml``, one model at a time, and is scored on the last part, which
-no model sees while training (early stopping uses the part just before it). The table
+``benchmarks/donkey_tub.yaml``, one model at a time. Every model is scored on the last part,
+which no model trains on; early stopping uses the part just before it. The table
 lands in ``OUT/compare.md`` and ``OUT/compare.json``; checkpoints and per-model
 evaluations stay in OUT, outside the repository.
 

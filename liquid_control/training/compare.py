@@ -21,7 +21,7 @@ from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.training.dataset import segment_slices
-from liquid_control.training.trainer import PreparedData, Trainer, prepare_data
+from liquid_control.training.trainer import OutputPaths, PreparedData, Trainer, prepare_data
 
 LOGGER = logging.getLogger(__name__)
 
@@ -83,15 +83,19 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         if metadata.get('train_config', {}).get('family') != spec.family:
             raise ConfigError(f'{path} contains a {metadata.get("train_config", {}).get("family")}'
                               f' model, not {spec.family}; delete it or drop --reuse')
-        return policy, metadata, float(metadata.get('train_seconds', math.nan)), None
+        # The best checkpoint records the time up to its epoch; the last one the whole run.
+        last = OutputPaths.from_out(path).last
+        totals = load_checkpoint(last)[1] if last.is_file() else metadata
+        return (policy, metadata, float(totals.get('train_seconds', math.nan)),
+                int(totals.get('epoch', metadata.get('epoch', 0))))
     trainer = Trainer(config, [], path, sources=sources, progress=progress, data=data)
     result = trainer.run()
     policy, metadata = load_checkpoint(result.paths.best)
-    return policy, metadata, result.train_seconds, result
+    return policy, metadata, result.train_seconds, result.epochs_run
 
 
 def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: float,
-         metrics: dict, output: str) -> Dict[str, object]:
+         epochs: int, metrics: dict, output: str) -> Dict[str, object]:
     counts = policy.parameter_counts()
     clean = metrics.get(output, {})
     row = {
@@ -101,7 +105,8 @@ def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: floa
         'head_parameters': counts.get('head'),
         'total_parameters': counts.get('total'),
         'train_minutes': train_seconds / 60.0,
-        'epochs': metadata.get('epoch'), 'best_epoch': metadata.get('best_epoch'),
+        'epochs': epochs, 'best_epoch': metadata.get('best_epoch'),
+        'pretrain_steps': (metadata.get('pretraining') or {}).get('steps'),
         'mae': clean.get('mae'), 'rmse': clean.get('rmse'), 'pearson': clean.get('pearson'),
         'r2': clean.get('r2'), 'baseline_mae': clean.get('baseline_mae'),
         'realtime_factor': metrics.get('realtime_factor'),
@@ -141,14 +146,14 @@ def compare(base: TrainConfig, episodes: Sequence, out_dir: Path,
         for seed in seeds:
             run_name = f'{spec.name}-s{seed}'
             config = spec.config(base, seed)
-            policy, metadata, train_seconds, _ = _train_or_load(
+            policy, metadata, train_seconds, epochs = _train_or_load(
                 spec, config, data, out_dir / f'{run_name}.lcm', reuse, sources, progress)
             options = EvaluationOptions(perturbations=tuple(perturbations), plots=plots,
                                         seed=seed, info={'scored_part': part})
             started = time.perf_counter()
             metrics = run_evaluation(policy, slices, out_dir / run_name, metadata, options)
             LOGGER.info('%s evaluated in %.0f s', run_name, time.perf_counter() - started)
-            row = _row(spec, seed, policy, metadata, train_seconds, metrics, output)
+            row = _row(spec, seed, policy, metadata, train_seconds, epochs, metrics, output)
             row['scored_part'] = part
             row['scored_frames'] = int(sum(len(s) for s in slices))
             rows.append(row)
@@ -193,7 +198,7 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
     noise = [name for name in perturbations if name.startswith('noise')]
     header = ['model', 'seed', 'encoder params', 'recurrent params', f'{output} MAE',
               'MAE / constant', 'RMSE', 'Pearson r'] + [f'r @ {n}' for n in noise] + [
-              'train min', 'epochs (best)']
+              'train min', 'pretrain steps', 'epochs (best)', 'eval x real time']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in rows:
         mae = _cell(row.get('mae'))
@@ -209,7 +214,8 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
                  _cell(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
                  _cell(row.get('rmse')), pearson]
         cells += [_cell(row.get(f'{name} pearson')) for name in noise]
-        cells += [_cell(row.get('train_minutes'), 1), epochs]
+        cells += [_cell(row.get('train_minutes'), 1), _cell(row.get('pretrain_steps')), epochs,
+                  _cell(row.get('realtime_factor'), 0)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
 

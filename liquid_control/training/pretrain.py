@@ -1,8 +1,8 @@
 """Encoder pretraining on single frames, before the sequence training of the whole policy.
 
 Consecutive frames of a training window are nearly the same picture, so a batch of 24
-windows gives the encoder about 24 independent examples per step, and on a small CPU
-budget the encoder learns slowly through a recurrent cell that starts from rest.
+windows gives the encoder about 24 independent examples per step. On a small CPU budget
+the encoder then learns slowly through a recurrent cell that starts from rest.
 Pretraining fits the encoder with a temporary linear read-out on shuffled single frames,
 many independent examples per step, then drops the read-out. Every model family gets the
 same pretraining, so comparisons stay fair.
