@@ -4,7 +4,8 @@
   ros2 launch liquid_control sim.launch.py driver:=expert record:=true output_dir:=/tmp/data
 
 With ``record:=true`` the recorder stores the camera, the IMU and the expert's noise-free
-command (``expert/cmd_vel``) as episodes. Every node runs on the simulator's /clock.
+command (``expert/cmd_vel``, a TwistStamped with the frame's stamp) as episodes. Every node
+runs on the simulator's /clock.
 """
 
 from launch import LaunchDescription
@@ -61,5 +62,6 @@ def generate_launch_description() -> LaunchDescription:
         condition=IfCondition(LaunchConfiguration('record')),
         remappings=[('cmd_vel', 'expert/cmd_vel')],
         parameters=[recorder_params, {'use_sim_time': True, 'autostart': True,
+                                      'command_type': 'twist_stamped',
                                       'output_dir': LaunchConfiguration('output_dir')}])
     return LaunchDescription(arguments + [sim, expert, policy, recorder])
