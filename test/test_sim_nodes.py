@@ -17,7 +17,7 @@ class SimObserver:
 
     def __init__(self, env: dict) -> None:
         import rclpy
-        from geometry_msgs.msg import Twist
+        from geometry_msgs.msg import Twist, TwistStamped
         from nav_msgs.msg import Path
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
@@ -51,6 +51,9 @@ class SimObserver:
             Clock, '/clock',
             lambda msg: self.clocks.append(msg.clock.sec + msg.clock.nanosec * 1e-9),
             QoSProfile(depth=10, reliability=ReliabilityPolicy.BEST_EFFORT))
+        self.labels: list = []
+        self.node.create_subscription(TwistStamped, 'expert/cmd_vel', self._append(self.labels),
+                                      10)
         self.command_pub = self.node.create_publisher(Twist, 'cmd_vel', 10)
         self._twist_type = Twist
         self.executor = SingleThreadedExecutor(context=self.context)
@@ -171,6 +174,42 @@ def test_sim_brakes_when_cmd_vel_goes_stale(start):
     assert moving > 10.0, processes[0].output()
     assert observer.wait_for(lambda: observer.latest_status()['speed'] < 0.5, timeout=10)
     assert processes[0].wait_for_output('cmd_vel stale', timeout=5)
+
+
+def test_expert_label_carries_odometry_stamp(start):
+    observer, processes = start(('sim_node', {'seed': 6}),
+                                ('expert_node', {'label_topic': 'expert/cmd_vel',
+                                                 'lateral_noise_std': 8.0}))
+    assert observer.wait_for(lambda: len(observer.labels) >= 30, timeout=30), \
+        processes[1].output()
+    stamps = [label.header.stamp.sec + label.header.stamp.nanosec * 1e-9
+              for label in list(observer.labels)]
+    assert all(later > earlier for earlier, later in zip(stamps, stamps[1:]))
+    assert all(abs(stamp / 0.02 - round(stamp / 0.02)) < 1e-6 for stamp in stamps)
+    assert observer.labels[-1].header.frame_id == 'base_link'
+    assert observer.labels[-1].twist.linear.x > 0.0
+
+
+def test_sim_waits_for_first_command(start):
+    observer, processes = start(('sim_node', {'seed': 8, 'wait_for_command': True}))
+    assert observer.wait_for(lambda: len(observer.clocks) >= 20, timeout=20), \
+        processes[0].output()
+    assert observer.latest_status()['steps'] == 0
+    observer.drive(20.0, 0.0, seconds=1.0)
+    assert observer.wait_for(lambda: observer.latest_status()['steps'] > 10, timeout=10)
+
+
+def test_sim_pauses_at_step_limit(start):
+    observer, processes = start(('sim_node', {'seed': 9, 'max_episode_steps': 40,
+                                              'episode_end': 'pause'}))
+    observer.drive(20.0, 0.0, seconds=2.5)
+    assert observer.wait_for(lambda: observer.latest_status()['steps'] == 40, timeout=20), \
+        processes[0].output()
+    images = len(observer.images)
+    time.sleep(1.0)
+    assert len(observer.images) == images
+    assert observer.latest_status()['steps'] == 40
+    assert processes[0].wait_for_output('step limit 40 reached', timeout=5)
 
 
 def test_sim_rejects_out_of_range_noise(ros_env, tmp_path):
