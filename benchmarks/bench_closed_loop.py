@@ -140,8 +140,9 @@ def format_table(summary: Dict[str, Dict[str, Dict[str, float]]],
         finished = np.mean([result['finished'] for result in present])
         clean = by_condition.get('clean')
         worst = min(result['mean'] for result in present)
-        kept = f"{worst / clean['mean'] * 100:.0f} %" if clean and clean['mean'] > 0 else 'n/a'
-        lines.append(f"| {name} | {' | '.join(cells)} | {finished * 100:.0f} % | {kept} |")
+        worst_share = (f"{worst / clean['mean'] * 100:.0f} %" if clean and clean['mean'] > 0
+                       else 'n/a')
+        lines.append(f"| {name} | {' | '.join(cells)} | {finished * 100:.0f} % | {worst_share} |")
     return '\n'.join(lines)
 
 

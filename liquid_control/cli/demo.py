@@ -230,7 +230,7 @@ class SimMonitor:
                                           qos_profile_sensor_data)
         self.executor = SingleThreadedExecutor(context=self.context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, name='demo-monitor',
+        self._thread = threading.Thread(target=self.executor.spin, name='sim-monitor',
                                         daemon=True)
         self._thread.start()
 
@@ -294,9 +294,9 @@ def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: b
             raise LiquidControlError(
                 f'the nodes did not start driving within {STARTUP_TIMEOUT_S:g} s:\n{logs}')
         if elapsed > timeout:
-            what = 'the lap' if lap else f'{seconds:g} simulated seconds'
+            target = 'the lap' if lap else f'{seconds:g} simulated seconds'
             raise LiquidControlError(
-                f'{what} did not finish within {timeout:g} s of wall time (simulated time '
+                f'{target} did not finish within {timeout:g} s of wall time (simulated time '
                 f'{status["sim_time"] if status else 0:.1f} s); the machine may be too busy, '
                 'or raise --timeout')
         time.sleep(0.05)
