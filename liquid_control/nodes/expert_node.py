@@ -10,9 +10,7 @@ that the noise causes.
 """
 
 import math
-import signal
 import sys
-import threading
 from dataclasses import fields
 from typing import Optional
 
@@ -25,9 +23,8 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 
-from liquid_control.nodes.dds import apply_large_frame_profile
+from liquid_control.nodes.process import create_node, init_ros
 from liquid_control.nodes.qos import command_qos
 from liquid_control.sim.expert import SteeringNoise, ExpertConfig, PurePursuitExpert
 from liquid_control.sim.track import Track
@@ -151,18 +148,9 @@ def _twist(linear_x: float, angular_z: float) -> Twist:
 
 def main(args=None) -> int:
     """Run the expert node until SIGINT or SIGTERM."""
-    apply_large_frame_profile()
-    # rclpy's own handlers shut the context down while a callback may be publishing.
-    rclpy.init(args=args if args is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        node = ExpertNode()
-    except ParameterException as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'start-up failed: {error}')
-        rclpy.try_shutdown()
+    stop = init_ros(args if args is not None else sys.argv)
+    node = create_node(NODE_NAME, ExpertNode, (ParameterException,))
+    if node is None:
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)

@@ -20,9 +20,7 @@ The node steps the physics on its own wall-clock timer at ``rate_hz``; 50 Hz is 
 
 import json
 import math
-import signal
 import sys
-import threading
 import time
 from typing import Optional
 
@@ -36,13 +34,12 @@ from rclpy.exceptions import ParameterException
 from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
-from rclpy.signals import SignalHandlerOptions
 from rosgraph_msgs.msg import Clock as ClockMsg
 from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from liquid_control.nodes.dds import apply_large_frame_profile
+from liquid_control.nodes.process import create_node, init_ros
 from liquid_control.nodes.qos import command_qos, sensor_qos
 from liquid_control.sim.car_racing import STEP_SECONDS, CarRacingSim
 from liquid_control.sim.commands import CommandMapping
@@ -357,18 +354,9 @@ class SimNode(Node):
 
 def main(args=None) -> int:
     """Run the simulator node until SIGINT or SIGTERM."""
-    apply_large_frame_profile()
-    # rclpy's own handlers shut the context down while a callback may be publishing.
-    rclpy.init(args=args if args is not None else sys.argv,
-               signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-    signal.signal(signal.SIGINT, lambda signum, frame: stop.set())
-    signal.signal(signal.SIGTERM, lambda signum, frame: stop.set())
-    try:
-        node = SimNode()
-    except (ParameterException, ValueError) as error:
-        rclpy.logging.get_logger(NODE_NAME).fatal(f'start-up failed: {error}')
-        rclpy.try_shutdown()
+    stop = init_ros(args if args is not None else sys.argv)
+    node = create_node(NODE_NAME, SimNode, (ParameterException, ValueError))
+    if node is None:
         return 2
     executor = SingleThreadedExecutor()
     executor.add_node(node)
