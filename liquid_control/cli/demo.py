@@ -305,7 +305,7 @@ def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: b
 # Result
 
 def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
-    """Write the frames with VisualBackProp saliency overlaid as an animated GIF."""
+    """Write an animated GIF: each camera frame beside its VisualBackProp saliency overlay."""
     import cv2
     from PIL import Image
 
@@ -317,12 +317,21 @@ def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
     maps = np.concatenate([visual_backprop(runner.policy, inputs[i:i + 64])
                            for i in range(0, len(inputs), 64)])
     images = []
-    for index, (frame, saliency) in enumerate(zip(inputs, maps)):
+    for index, (camera, frame, saliency) in enumerate(zip(frames, inputs, maps)):
         blended = (overlay(frame, saliency) * 255.0).astype(np.uint8)
         height, width = blended.shape[:2]
-        large = cv2.resize(blended, (width * GIF_SCALE, height * GIF_SCALE),
+        panel_height = height * GIF_SCALE
+        right = cv2.resize(blended, (width * GIF_SCALE, panel_height),
                            interpolation=cv2.INTER_NEAREST)
+        # The camera as the simulator sent it, at the same height, beside what the network
+        # sees with the pixels that drive its output highlighted.
+        camera_width = int(round(camera.shape[1] * panel_height / camera.shape[0]))
+        left = cv2.resize(camera, (camera_width, panel_height), interpolation=cv2.INTER_NEAREST)
+        gap = np.full((panel_height, 4, 3), 255, np.uint8)
+        large = np.ascontiguousarray(np.concatenate([left, gap, right], axis=1))
         cv2.putText(large, f't {index * GIF_FRAME_PERIOD_S:5.1f} s', (4, 14),
+                    cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
+        cv2.putText(large, 'saliency', (camera_width + 8, 14),
                     cv2.FONT_HERSHEY_SIMPLEX, 0.45, (255, 255, 255), 1, cv2.LINE_AA)
         images.append(Image.fromarray(large))
     images[0].save(path, save_all=True, append_images=images[1:], loop=0,
