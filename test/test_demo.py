@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from PIL import Image
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / 'models' / 'carracing_ncp.lcm'
@@ -30,6 +31,10 @@ def test_demo_drives_and_prints_json(ros_env, tmp_path):
     assert report['score'] > 0.0
     assert report['commands_received'] > 50
     assert Path(report['video']).is_file()
+    with Image.open(report['video']) as video:
+        assert video.n_frames >= 20  # one frame per 0.1 s of simulated time
+        width, height = video.size
+    assert width > 1.8 * height  # camera and saliency panels side by side
     assert (tmp_path / 'sim_node.log').is_file()
     assert (tmp_path / 'policy_node.log').is_file()
 
