@@ -28,8 +28,20 @@ COMMANDS = [
 ]
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """Build the argument parser with every subcommand."""
+def _requested_command(argv: Sequence[str]) -> Optional[str]:
+    """Return the subcommand named on the command line (the first non-option word)."""
+    for word in argv:
+        if not word.startswith('-'):
+            return word
+    return None
+
+
+def build_parser(command: Optional[str] = None) -> argparse.ArgumentParser:
+    """Build the argument parser; only ``command``'s module is imported for its options.
+
+    Importing one subcommand module can pull in torch (seconds), so ``liquid-control
+    --help`` lists the subcommands from ``COMMANDS`` without importing any of them.
+    """
     parser = argparse.ArgumentParser(
         prog='liquid-control',
         description='Train, evaluate, inspect and run liquid neural network policies.')
@@ -37,16 +49,18 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument('-v', '--verbose', action='store_true', help='log at debug level')
     subparsers = parser.add_subparsers(dest='command', metavar='COMMAND')
     for name, module_name, help_text in COMMANDS:
-        module = importlib.import_module(f'liquid_control.cli.{module_name}')
         subparser = subparsers.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(subparser)
-        subparser.set_defaults(run=module.run)
+        if name == command:
+            module = importlib.import_module(f'liquid_control.cli.{module_name}')
+            module.add_arguments(subparser)
+            subparser.set_defaults(run=module.run)
     return parser
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Parse the command line, run the subcommand and return its exit code."""
-    parser = build_parser()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser(_requested_command(argv))
     args = parser.parse_args(argv)
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
