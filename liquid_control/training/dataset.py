@@ -7,7 +7,7 @@ between them, the commands as targets and a mask of frames with a valid label.
 
 import logging
 from dataclasses import dataclass, field
-from typing import Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -210,21 +210,6 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
     if not validation_segments:
         raise DataError('the validation part is empty; raise validation_fraction')
     return Split(train_windows, validation_segments, test_segments)
-
-
-def iterate_batches(episodes: Sequence[CachedEpisode], windows: Sequence[Tuple[int, np.ndarray]],
-                    batch_size: int, rng: np.random.Generator,
-                    augmentation: Optional[Augmentation]) -> Iterator[Dict[str, np.ndarray]]:
-    """Yield shuffled batches of training windows as numpy arrays.
-
-    Each batch has ``frames`` ``(B, T, 3, H, W)`` float32 in [0, 1], ``dt`` ``(B, T)``,
-    ``targets`` ``(B, T, O)`` (NaN replaced by 0), ``mask`` ``(B, T)`` and ``imu``
-    ``(B, T, 6)`` or None.
-    """
-    order = rng.permutation(len(windows))
-    for first in range(0, len(order), batch_size):
-        chosen = [windows[i] for i in order[first:first + batch_size]]
-        yield collate(episodes, chosen, rng, augmentation)
 
 
 def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.ndarray]],

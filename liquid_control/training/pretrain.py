@@ -105,8 +105,8 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                     for i in chosen]))                                      # (B, O)
                 elapsed = time.perf_counter() - started
                 # Cosine decay over the time budget, as in the sequence training.
-                factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(elapsed / limit_s,
-                                                                             1.0)))
+                progress_fraction = min(elapsed / limit_s, 1.0)
+                factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_fraction))
                 if context.distributed:
                     factor = distributed.broadcast_value(context, factor)
                 for group, base in zip(optimizer.param_groups, base_rates):
