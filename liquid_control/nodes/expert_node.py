@@ -20,11 +20,10 @@ from geometry_msgs.msg import Twist, TwistStamped
 from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from liquid_control.nodes.process import create_node, init_ros
+from liquid_control.nodes.process import create_node, init_ros, spin_until_stopped
 from liquid_control.nodes.qos import command_qos
 from liquid_control.sim.expert import SteeringNoise, ExpertConfig, PurePursuitExpert
 from liquid_control.sim.track import Track
@@ -152,13 +151,9 @@ def main(args=None) -> int:
     node = create_node(NODE_NAME, ExpertNode, (ParameterException,))
     if node is None:
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     try:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+        spin_until_stopped(node, stop)
     finally:
-        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

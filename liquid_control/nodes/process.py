@@ -65,3 +65,14 @@ def stop_spinning(executor: SingleThreadedExecutor, spinner: threading.Thread,
     """
     executor.shutdown(timeout_sec=timeout)
     spinner.join(timeout=timeout)
+
+
+def spin_until_stopped(node: Node, stop: threading.Event) -> None:
+    """Spin ``node`` in the calling thread until ``stop`` is set, then shut the executor down."""
+    executor = SingleThreadedExecutor()
+    executor.add_node(node)
+    try:
+        while not stop.is_set():
+            executor.spin_once(timeout_sec=0.1)
+    finally:
+        executor.shutdown()

@@ -31,7 +31,6 @@ from nav_msgs.msg import Odometry, Path
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 from rclpy.clock import Clock, ClockType
 from rclpy.exceptions import ParameterException
-from rclpy.executors import SingleThreadedExecutor
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 from rosgraph_msgs.msg import Clock as ClockMsg
@@ -39,7 +38,7 @@ from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from liquid_control.nodes.process import create_node, init_ros
+from liquid_control.nodes.process import create_node, init_ros, spin_until_stopped
 from liquid_control.nodes.qos import command_qos, sensor_qos
 from liquid_control.sim.car_racing import STEP_SECONDS, CarRacingSim
 from liquid_control.sim.commands import CommandMapping
@@ -358,14 +357,11 @@ def main(args=None) -> int:
     node = create_node(NODE_NAME, SimNode, (ParameterException, ValueError))
     if node is None:
         return 2
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
     try:
-        while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+        spin_until_stopped(node, stop)
     finally:
+        # No callback runs once the executor is shut down, so the simulator closes safely.
         node.shutdown()
-        executor.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()
     return 0
