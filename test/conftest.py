@@ -2,6 +2,8 @@
 
 import itertools
 import os
+import shutil
+import subprocess
 import sys
 from pathlib import Path
 
@@ -34,3 +36,35 @@ def ros_env() -> dict:
     env['PYTHONUNBUFFERED'] = '1'
     env['PATH'] = f'{VENV_BIN}{os.pathsep}{env.get("PATH", "")}'
     return env
+
+
+PACKAGE_ITEMS = ['package.xml', 'setup.py', 'setup.cfg', 'resource', 'liquid_control',
+                 'launch', 'config', 'models', 'test']
+
+
+def run_bash(command: str, cwd: Path, env: dict = None,
+             timeout: float = 600) -> subprocess.CompletedProcess:
+    """Run a bash script with the test interpreter's bin folder (colcon, scripts) on PATH."""
+    script = f'export PATH="{VENV_BIN}:$PATH"\n{command}'
+    return subprocess.run(['bash', '-c', script], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope='session')
+def colcon_workspace(tmp_path_factory) -> Path:
+    """Return a workspace where a copy of the package was built with colcon."""
+    if shutil.which('colcon', path=str(VENV_BIN)) is None:
+        pytest.fail(f'colcon not found in {VENV_BIN}; run scripts/setup.sh')
+    root = tmp_path_factory.mktemp('ws')
+    package = root / 'src' / 'liquid_control'
+    package.mkdir(parents=True)
+    for item in PACKAGE_ITEMS:
+        source = REPO_ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, package / item,
+                            ignore=shutil.ignore_patterns('__pycache__', '*.egg-info'))
+        elif source.exists():
+            shutil.copy2(source, package / item)
+    result = run_bash('colcon build --event-handlers console_direct-', root)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return root

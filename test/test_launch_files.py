@@ -9,7 +9,6 @@ The last test runs the policy_node entry point installed by a colcon build.
 import ast
 import importlib.util
 import os
-import shutil
 import subprocess
 import sys
 import time
@@ -152,35 +151,16 @@ def test_launch_settings_run_directly(launch_module, ros_env, tmp_path, model, c
         peer.close()
 
 
-def _bash(command: str, cwd: Path, env: dict, timeout: float = 300):
-    script = f'export PATH="{VENV_BIN}:$PATH"\n{command}'
-    return subprocess.run(['bash', '-c', script], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout, env=env)
-
-
-def test_installed_entry_point_runs_with_policy_yaml(ros_env, tmp_path, model):
-    if shutil.which('colcon', path=str(VENV_BIN)) is None:
-        pytest.fail(f'colcon not found in {VENV_BIN}; run scripts/setup.sh')
-    package = tmp_path / 'src' / 'liquid_control'
-    package.mkdir(parents=True)
-    for item in ('package.xml', 'setup.py', 'setup.cfg', 'resource', 'liquid_control',
-                 'launch', 'config', 'models'):
-        source = REPO_ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, package / item,
-                            ignore=shutil.ignore_patterns('__pycache__', '*.egg-info'))
-        elif source.exists():
-            shutil.copy2(source, package / item)
-    built = _bash('colcon build --event-handlers console_direct-', tmp_path, ros_env)
-    assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-
-    share = tmp_path / 'install' / 'liquid_control' / 'share' / 'liquid_control'
+def test_installed_entry_point_runs_with_policy_yaml(ros_env, tmp_path, model,
+                                                     colcon_workspace):
+    workspace = colcon_workspace
+    share = workspace / 'install' / 'liquid_control' / 'share' / 'liquid_control'
     assert (share / 'config' / 'policy.yaml').is_file()
     assert (share / 'launch' / 'drive.launch.py').is_file()
     log = tmp_path / 'installed.log'
     # setup.bash puts the installed copy on PYTHONPATH, ahead of the editable install.
-    script = (f'source {tmp_path}/install/setup.bash && exec '
-              f'{tmp_path}/install/liquid_control/lib/liquid_control/policy_node --ros-args '
+    script = (f'source {workspace}/install/setup.bash && exec '
+              f'{workspace}/install/liquid_control/lib/liquid_control/policy_node --ros-args '
               f'--params-file {share}/config/policy.yaml -p model_path:={model}')
     env = dict(ros_env, PATH=f'{VENV_BIN}{os.pathsep}{ros_env["PATH"]}')
     with log.open('w') as handle:

@@ -1,44 +1,16 @@
 """The package builds with colcon in a workspace and its installed entry points run."""
 
 import re
-import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-VENV_BIN = Path(sys.executable).parent
-SOURCE_ITEMS = ['package.xml', 'setup.py', 'setup.cfg', 'resource', 'liquid_control',
-                'launch', 'config', 'models', 'test']
+from conftest import run_bash
 
 
-def _bash(command: str, cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
-    # colcon and the installed scripts come from the same Python as the tests.
-    script = f'export PATH="{VENV_BIN}:$PATH"\n{command}'
-    return subprocess.run(['bash', '-c', script], cwd=cwd, capture_output=True, text=True,
-                          timeout=timeout)
-
-
-@pytest.fixture(scope='module')
-def workspace(tmp_path_factory) -> Path:
-    """Copy the package into a fresh workspace and colcon build it there."""
-    if shutil.which('colcon', path=str(VENV_BIN)) is None:
-        pytest.fail(f'colcon not found in {VENV_BIN}; run scripts/setup.sh')
-    root = tmp_path_factory.mktemp('ws')
-    package = root / 'src' / 'liquid_control'
-    package.mkdir(parents=True)
-    for item in SOURCE_ITEMS:
-        source = REPO_ROOT / item
-        if source.is_dir():
-            shutil.copytree(source, package / item,
-                            ignore=shutil.ignore_patterns('__pycache__', '*.egg-info'))
-        elif source.exists():
-            shutil.copy2(source, package / item)
-    result = _bash('colcon build --event-handlers console_direct-', root)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    return root
+@pytest.fixture
+def workspace(colcon_workspace) -> Path:
+    return colcon_workspace
 
 
 def test_colcon_installs_share_files(workspace):
@@ -50,9 +22,9 @@ def test_colcon_installs_share_files(workspace):
 
 
 def test_installed_cli_runs_after_sourcing(workspace):
-    result = _bash('source install/setup.bash && '
-                   'install/liquid_control/lib/liquid_control/liquid-control --version',
-                   workspace, timeout=120)
+    result = run_bash('source install/setup.bash && '
+                      'install/liquid_control/lib/liquid_control/liquid-control --version',
+                      workspace, timeout=120)
     assert result.returncode == 0, result.stderr
     assert 'liquid-control 0.1.0' in result.stdout
 
@@ -66,16 +38,16 @@ def test_installed_node_executables_exist(workspace, executable):
 
 def test_installed_share_dir_found_by_ament_index(workspace):
     code = ('from liquid_control.paths import share_dir; print(share_dir())')
-    result = _bash(f'source install/setup.bash && cd / && python -c "{code}"', workspace,
-                   timeout=120)
+    result = run_bash(f'source install/setup.bash && cd / && python -c "{code}"', workspace,
+                      timeout=120)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith('install/liquid_control/share/liquid_control')
 
 
 def test_colcon_test_runs_package_tests(workspace):
-    result = _bash('colcon test --packages-select liquid_control '
-                   '--pytest-args -k test_decode_raw_unknown_encoding && '
-                   'colcon test-result --verbose', workspace)
+    result = run_bash('colcon test --packages-select liquid_control '
+                      '--pytest-args -k test_decode_raw_unknown_encoding && '
+                      'colcon test-result --verbose', workspace)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = re.search(r'Summary: (\d+) tests?, (\d+) errors?, (\d+) failures?', result.stdout)
     assert summary is not None, result.stdout
