@@ -5,6 +5,7 @@ import os
 import shutil
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -13,8 +14,13 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 SHARED_DATA = REPO_ROOT.parent / 'shared' / 'data'
 VENV_BIN = Path(sys.executable).parent
 
+# Caches the package writes (the compiled LTC kernel, bag imports) go to a folder of this
+# test session, for this process and every child it starts, not to the user's ~/.cache.
+_CACHE_HOME = tempfile.TemporaryDirectory(prefix='liquid_control_test_cache_')
+os.environ['XDG_CACHE_HOME'] = _CACHE_HOME.name
+
 # Each test that starts ROS processes gets its own DDS domain so parallel or leftover
-# processes never cross-talk. Domains 100..199 leave the common low ids alone.
+# processes never cross-talk. Ids start at 100 + pid % 50 and wrap within 1..200.
 _domain_ids = itertools.count(100 + os.getpid() % 50)
 
 
