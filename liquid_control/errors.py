@@ -1,6 +1,6 @@
 """Exceptions the package raises for bad input, so callers can catch them by kind.
 
-Every message names the value or file at fault and says what to do about it.
+Every message names the value or file at fault and the fix.
 """
 
 
@@ -20,14 +20,14 @@ class DataError(LiquidControlError):
     """A recording (episode, bag, tub) or an image is missing, unreadable or inconsistent."""
 
 
-def reject_unknown_keys(values: dict, settings_class: type, what: str) -> None:
+def reject_unknown_keys(values: dict, settings_class: type, settings_name: str) -> None:
     """Raise ConfigError when ``values`` has keys that are not fields of a dataclass.
 
-    ``what`` names the settings in the message, e.g. 'preprocessing'.
+    ``settings_name`` names the settings in the message, e.g. 'preprocessing'.
     """
     from dataclasses import fields
 
     known = {field.name for field in fields(settings_class)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f'unknown {what} settings {sorted(unknown)}; known: {sorted(known)}')
+        raise ConfigError(f'unknown {settings_name} settings {sorted(unknown)}; known: {sorted(known)}')
