@@ -30,4 +30,5 @@ def reject_unknown_keys(values: dict, settings_class: type, settings_name: str) 
     known = {field.name for field in fields(settings_class)}
     unknown = set(values) - known
     if unknown:
-        raise ConfigError(f'unknown {settings_name} settings {sorted(unknown)}; known: {sorted(known)}')
+        raise ConfigError(f'unknown {settings_name} settings {sorted(unknown)}; '
+                          f'known: {sorted(known)}')
