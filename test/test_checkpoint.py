@@ -160,3 +160,61 @@ def test_metadata_must_be_json(tmp_path):
     with pytest.raises(ConfigError, match='JSON'):
         save_checkpoint(tmp_path / 'model.lcm', _policy(), {'loss': float('nan')})
     assert not (tmp_path / 'model.lcm').exists()
+
+
+def _set(key, value):
+    return lambda header: header.__setitem__(key, value)
+
+
+def _set_tensor(field, value):
+    return lambda header: header['tensors'][0].__setitem__(field, value)
+
+
+def _set_config(section, key, value):
+    return lambda header: header['config'][section].__setitem__(key, value)
+
+
+# Header edits with a valid checksum, so the parser itself meets each one.
+MALFORMED_HEADERS = {
+    'data_size none': _set('data_size', None),
+    'data_size text': _set('data_size', 'abc'),
+    'tensors none': _set('tensors', None),
+    'tensors dict': _set('tensors', {'a': 1}),
+    'tensor entry text': lambda header: header['tensors'].__setitem__(0, 'feature_mean'),
+    'tensor without name': lambda header: header['tensors'][0].pop('name'),
+    'tensor name list': _set_tensor('name', ['x']),
+    'tensor shape float': _set_tensor('shape', [32.0]),
+    'tensor shape none': _set_tensor('shape', None),
+    'tensor offset text': _set_tensor('offset', '0'),
+    'tensor size float': _set_tensor('size', 1.5),
+    'duplicate tensor': lambda header: header['tensors'].append(dict(header['tensors'][0])),
+    'metadata list': _set('metadata', [['a', 1]]),
+    'wiring text': _set('wiring', 'ncp'),
+    'format_version missing': lambda header: header.pop('format_version'),
+    'wiring huge': lambda header: header['wiring'].__setitem__('units', 10 ** 6),
+    'input huge': _set_config('preprocessing', 'height', 10 ** 6),
+    'channels negative': lambda header: header['config']['encoder']['channels'].__setitem__(
+        -1, -8),
+    'channels huge': lambda header: header['config']['encoder']['channels'].__setitem__(
+        -1, 10 ** 6),
+    'dtype changed': lambda header: header['tensors'][0].update(
+        dtype='float64', size=header['tensors'][0]['size'] * 2),
+}
+
+
+@pytest.mark.parametrize('case', sorted(MALFORMED_HEADERS))
+def test_malformed_header_rejected(tmp_path, case):
+    path = save_checkpoint(tmp_path / 'model.lcm', _policy(), {})
+    _rewrite_header(path, MALFORMED_HEADERS[case])
+    with pytest.raises(CheckpointError, match='model.lcm'):
+        load_checkpoint(path)
+
+
+def test_deeply_nested_header_rejected(tmp_path):
+    header_bytes = b'[' * 100000 + b']' * 100000
+    body = checkpoint._PREFIX.pack(checkpoint.MAGIC, checkpoint.FORMAT_VERSION,
+                                   len(header_bytes)) + header_bytes
+    path = tmp_path / 'nested.lcm'
+    path.write_bytes(body + hashlib.sha256(body).digest())
+    with pytest.raises(CheckpointError, match='invalid header'):
+        load_checkpoint(path)

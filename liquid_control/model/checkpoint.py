@@ -21,7 +21,7 @@ import os
 import struct
 import tempfile
 from pathlib import Path
-from typing import Any, Dict, Tuple, Union
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -35,6 +35,12 @@ MAGIC = b'\x89LCM\r\n\x1a\n'
 FORMAT_VERSION = 1
 _PREFIX = struct.Struct('<8sIQ')  # magic, version, header size
 _CHECKSUM_SIZE = 32
+# Limits on sizes a header may declare, checked before anything is allocated: far above
+# any policy this package builds (tens of neurons, inputs of a few hundred pixels).
+MAX_SIDE = 4096
+MAX_UNITS = 10000
+MAX_CHANNELS = 1024
+MAX_KERNEL = 31
 _DTYPES = {
     'float32': (torch.float32, '<f4'),
     'float64': (torch.float64, '<f8'),
@@ -167,11 +173,16 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
     """
     path = Path(path)
     header, data = read_header(path)
+    size_problem = _size_problem(header['config'], header.get('wiring'))
+    if size_problem is not None:
+        raise CheckpointError(f'checkpoint {path} describes an architecture too large to '
+                              f'build: {size_problem}')
     try:
         config = PolicyConfig.from_dict(header['config'])
         wiring = None if header.get('wiring') is None else Wiring.from_dict(header['wiring'])
         policy = build_policy(config, wiring)
-    except (ConfigError, KeyError, TypeError, ValueError) as error:
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError, IndexError,
+            OverflowError, MemoryError, RuntimeError) as error:
         raise CheckpointError(f'checkpoint {path} describes an architecture this version '
                               f'cannot build: {error}') from error
 
@@ -189,6 +200,10 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
             problems.append(f'tensor {name} has unknown dtype {entry["dtype"]}')
             continue
         torch_dtype, numpy_dtype = _DTYPES[entry['dtype']]
+        if torch_dtype != expected[name].dtype:
+            problems.append(f'tensor {name} is stored as {entry["dtype"]}, the architecture '
+                            f'needs {expected[name].dtype}')
+            continue
         shape = tuple(entry['shape'])
         if shape != tuple(expected[name].shape):
             problems.append(f'tensor {name} has shape {list(shape)}, the architecture needs '
@@ -215,9 +230,70 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
 def _parse_header(raw: bytes):
     try:
         header = json.loads(raw.decode('utf-8'))
-    except (UnicodeDecodeError, ValueError):
+    except (UnicodeDecodeError, ValueError, RecursionError):
         return None
-    return header if isinstance(header, dict) else None
+    return header if isinstance(header, dict) and _header_problem(header) is None else None
+
+
+def _is_count(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 0
+
+
+def _header_problem(header: Dict[str, Any]) -> Optional[str]:
+    """Return what is wrong with the header's layout, or None; values are checked later."""
+    if header.get('format_version') != FORMAT_VERSION:
+        return 'format_version is missing or differs from the file prefix'
+    if not _is_count(header.get('data_size')):
+        return 'data_size is not a byte count'
+    if not isinstance(header.get('config'), dict):
+        return 'config is not an object'
+    if not isinstance(header.get('wiring'), (dict, type(None))):
+        return 'wiring is not an object'
+    if not isinstance(header.get('metadata'), (dict, type(None))):
+        return 'metadata is not an object'
+    tensors = header.get('tensors')
+    if not isinstance(tensors, list):
+        return 'tensors is not a list'
+    names = set()
+    for entry in tensors:
+        if not (isinstance(entry, dict) and isinstance(entry.get('name'), str)
+                and isinstance(entry.get('dtype'), str)
+                and isinstance(entry.get('shape'), list)
+                and all(_is_count(size) for size in entry['shape'])
+                and _is_count(entry.get('offset')) and _is_count(entry.get('size'))):
+            return 'a tensor entry lacks a valid name, dtype, shape, offset or size'
+        if entry['name'] in names:
+            return f'tensor {entry["name"]} is listed twice'
+        names.add(entry['name'])
+    return None
+
+
+def _size_problem(config: Dict[str, Any], wiring: Optional[Dict[str, Any]]) -> Optional[str]:
+    """Return a declared size beyond the MAX_* limits, checked before allocating, or None."""
+    def too_large(value: Any, limit: int) -> bool:
+        return not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit
+
+    preprocessing = config.get('preprocessing')
+    if isinstance(preprocessing, dict):
+        for name in ('height', 'width'):
+            if name in preprocessing and too_large(preprocessing[name], MAX_SIDE):
+                return f'preprocessing {name}={preprocessing[name]!r} (allowed 1..{MAX_SIDE})'
+    encoder = config.get('encoder')
+    if isinstance(encoder, dict):
+        for name, limit in (('channels', MAX_CHANNELS), ('kernel_sizes', MAX_KERNEL),
+                            ('strides', MAX_KERNEL)):
+            values = encoder.get(name, [])
+            if not isinstance(values, list) or any(too_large(v, limit) for v in values):
+                return f'encoder {name}={values!r} (allowed 1..{limit} each)'
+        features = encoder.get('features_per_channel', 1)
+        if too_large(features, MAX_CHANNELS):
+            return f'encoder features_per_channel={features!r} (allowed 1..{MAX_CHANNELS})'
+    if 'units' in config and too_large(config['units'], MAX_UNITS):
+        return f'units={config["units"]!r} (allowed 1..{MAX_UNITS})'
+    for name in ('units', 'input_size', 'output_size'):
+        if wiring is not None and name in wiring and too_large(wiring[name], MAX_UNITS):
+            return f'wiring {name}={wiring[name]!r} (allowed 1..{MAX_UNITS})'
+    return None
 
 
 def _guess_kind(content: bytes) -> str:
