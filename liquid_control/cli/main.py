@@ -7,6 +7,7 @@ heavy imports (torch, rclpy) inside ``run`` so that ``--help`` stays fast.
 import argparse
 import importlib
 import logging
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -76,6 +77,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except KeyboardInterrupt:
         print(f'liquid-control {args.command}: interrupted', file=sys.stderr)
         return 130
+    except BrokenPipeError:
+        # The reader of stdout (e.g. head) has gone; output further prints nowhere.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
 
 
 if __name__ == '__main__':
