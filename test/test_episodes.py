@@ -276,3 +276,40 @@ def test_label_options_reject_invalid_values():
         LabelOptions(imu_tolerance_s=-1)
     with pytest.raises(ConfigError, match='unknown label option'):
         LabelOptions.from_kwargs(speed=1)
+
+
+def _edit_row(folder, row_number, column, value):
+    lines = (folder / 'rows.csv').read_text().splitlines()
+    header = lines[0].split(',')
+    fields = lines[row_number].split(',')
+    fields[header.index(column)] = value
+    lines[row_number] = ','.join(fields)
+    (folder / 'rows.csv').write_text('\n'.join(lines) + '\n')
+
+
+@pytest.mark.parametrize('column,value,message', [
+    ('frame', '/etc/hostname', 'not a file name inside'),
+    ('frame', '../../outside.jpg', 'not a file name inside'),
+    ('linear_x', 'inf', 'valid'),
+    ('stamp_ns', str(2 ** 70), 'outside the 64-bit range|invalid'),
+])
+def test_episode_damaged_row_value_rejected(tmp_path, column, value, message):
+    folder = _write_episode(tmp_path, [1, 2, 3])
+    _edit_row(folder, 2, column, value)
+    with pytest.raises(DataError, match=message):
+        Episode(folder)
+
+
+def test_episode_non_utf8_rows_rejected(tmp_path):
+    folder = _write_episode(tmp_path, [1, 2])
+    with open(folder / 'rows.csv', 'ab') as stream:
+        stream.write(b'\xff\xfe\n')
+    with pytest.raises(DataError, match='not UTF-8'):
+        Episode(folder)
+
+
+def test_episode_metadata_not_object_rejected(tmp_path):
+    folder = _write_episode(tmp_path, [1, 2])
+    (folder / 'metadata.json').write_text('[1, 2]')
+    with pytest.raises(DataError, match='not a JSON object'):
+        Episode(folder)

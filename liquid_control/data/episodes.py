@@ -379,11 +379,21 @@ def _parse_float(text: str) -> float:
     return float(text) if text else math.nan
 
 
+def _is_plain_frame_name(name: str) -> bool:
+    """Return True for a relative path that stays inside the episode folder."""
+    path = Path(name)
+    return bool(name) and not path.is_absolute() and '..' not in path.parts
+
+
 @functools.lru_cache(maxsize=256)
 def _load_table(rows_path: str, mtime_ns: int, size: int, finished: bool) -> _Table:
     """Parse rows.csv; cached on (path, modification time, size)."""
-    with open(rows_path, newline='') as stream:
-        text = stream.read()
+    try:
+        with open(rows_path, newline='', encoding='utf-8') as stream:
+            text = stream.read()
+    except UnicodeDecodeError as error:
+        raise DataError(f'{rows_path} is not UTF-8 text ({error}); the episode is '
+                        'damaged') from None
     notes = []
     dropped = 0
     if not finished and text and not text.endswith('\n'):
@@ -414,6 +424,9 @@ def _load_table(rows_path: str, mtime_ns: int, size: int, finished: bool) -> _Ta
             break
         try:
             frame = row[position['frame']]
+            if not _is_plain_frame_name(frame):
+                raise DataError(f'{rows_path} line {line_number}: frame {frame!r} is not a '
+                                'file name inside the episode folder; the episode is damaged')
             if not finished and not (episode_dir / frame).is_file():
                 notes.append(f'frame {frame} of line {line_number} is missing; '
                              'reading stops there')
@@ -428,10 +441,18 @@ def _load_table(rows_path: str, mtime_ns: int, size: int, finished: bool) -> _Ta
             command_status.append(row[position['command_status']])
             age.append(_parse_float(row[position['command_age_s']]))
             valid.append(row[position['valid']] == '1')
-        except ValueError as error:
+        except (ValueError, OverflowError) as error:
             raise DataError(f'{rows_path} line {line_number} is invalid: {error}') from None
+        if valid[-1] and not all(math.isfinite(value) for value in
+                                 (linear[-1], angular[-1]) if not math.isnan(value)):
+            raise DataError(f'{rows_path} line {line_number} marks a command of '
+                            f'({linear[-1]}, {angular[-1]}) valid; the episode is damaged')
 
-    stamp_array = np.asarray(stamps, dtype=np.int64)
+    try:
+        stamp_array = np.asarray(stamps, dtype=np.int64)
+    except OverflowError:
+        raise DataError(f'{rows_path}: a stamp_ns value is outside the 64-bit range; the '
+                        'episode is damaged') from None
     if stamp_array.size > 1 and np.any(np.diff(stamp_array) <= 0):
         raise DataError(f'{rows_path}: timestamps do not increase strictly; the episode is '
                         'damaged')
@@ -477,6 +498,8 @@ class Episode:
                             ) from None
         except (ValueError, OSError) as error:
             raise DataError(f'{metadata_path} is unreadable: {error}') from None
+        if not isinstance(self.metadata, dict):
+            raise DataError(f'{metadata_path} is not a JSON object; the episode is damaged')
         version = self.metadata.get('format_version')
         if not isinstance(version, int) or version > FORMAT_VERSION:
             raise DataError(
