@@ -182,6 +182,15 @@ def test_tub_truncated_catalog_error(tmp_path):
     assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
 
 
+def test_tub_non_utf8_catalog_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    with open(tub / 'catalog_0.catalog', 'ab') as stream:
+        stream.write(b'\xff\xfe\n')
+    with pytest.raises(DataError, match='catalog_0.catalog'):
+        import_source(tub, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
+
+
 def test_tub_truncated_manifest_error(tmp_path):
     tub = _make_tub(tmp_path / 'tub')
     manifest = tub / 'manifest.json'

@@ -54,8 +54,8 @@ def is_tub(path: Path) -> bool:
 def _read_manifest(tub: Path) -> dict:
     manifest_path = tub / 'manifest.json'
     try:
-        lines = manifest_path.read_text().splitlines()
-    except OSError as error:
+        lines = manifest_path.read_text(encoding='utf-8').splitlines()
+    except (OSError, UnicodeDecodeError) as error:
         raise DataError(f'cannot read {manifest_path}: {error}') from None
     if len(lines) < 5:
         raise DataError(f'{manifest_path} has {len(lines)} lines, expected 5 (inputs, types, '
@@ -102,8 +102,8 @@ def read_tub(tub: Path) -> List[TubRecord]:
     for catalog_name in manifest['paths']:
         catalog = tub / catalog_name
         try:
-            lines = catalog.read_text().splitlines()
-        except OSError as error:
+            lines = catalog.read_text(encoding='utf-8').splitlines()
+        except (OSError, UnicodeDecodeError) as error:
             raise DataError(f'cannot read tub catalog {catalog}: {error}') from None
         for line_number, line in enumerate(lines, start=1):
             if not line.strip():
