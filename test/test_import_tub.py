@@ -173,6 +173,14 @@ def test_tub_missing_image_error(tmp_path):
     assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
 
 
+def test_tub_empty_image_error_names_file(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    (tub / 'images' / '2_cam_image_array_.jpg').write_bytes(b'')
+    with pytest.raises(DataError, match='2_cam_image_array_.jpg'):
+        import_source(tub, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
+
+
 def test_tub_truncated_catalog_error(tmp_path):
     tub = _make_tub(tmp_path / 'tub')
     catalog = tub / 'catalog_0.catalog'

@@ -169,7 +169,12 @@ def import_tub(tub: Path, out_dir: Path, options: LabelOptions) -> List[Path]:
                 imu=record.imu, imu_status='recorded' if record.imu is not None else 'missing',
                 linear_x=record.throttle * linear_scale, angular_z=record.angle * angular_scale,
                 command_status='ok', command_age_s=0.0)
-            sequence.add(record.stamp_ns, EncodedImage(data, image_extension(data)), labels)
+            try:
+                extension = image_extension(data)
+            except DataError as error:
+                raise DataError(f'tub image {record.image_path} (record {record.index}): '
+                                f'{error}') from None
+            sequence.add(record.stamp_ns, EncodedImage(data, extension), labels)
         folders = sequence.finish('end of tub')
     if sequence.skipped:
         _logger.warning('tub %s: skipped %d record(s) with the same time as the one before',
