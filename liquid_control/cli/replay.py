@@ -121,8 +121,8 @@ def summarize(rows: List[dict], record, diagnostics: Dict[str, str], rate: float
     window = [row for row in rows if record.started <= row['wall_time'] <= record.finished]
     duration = record.finished - record.started
     rate_hz = (len(window) / duration) if duration > 0 else 0.0
-    # The median period is the timer's rate; the count above also moves with commands
-    # skipped or added near the window's ends, about 1 in 20 for a 5 s bag at 20 Hz.
+    # The median period measures the timer's rate. The count above also moves with commands
+    # skipped or added near the window's ends, by about 1 in 20 for a 5 s bag at 20 Hz.
     periods = [(later['wall_time'] - earlier['wall_time']) * 1e3
                for earlier, later in zip(window, window[1:])]
     median_period = _percentile(periods, 50)
