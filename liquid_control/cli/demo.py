@@ -323,8 +323,8 @@ def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
         panel_height = height * GIF_SCALE
         right = cv2.resize(blended, (width * GIF_SCALE, panel_height),
                            interpolation=cv2.INTER_NEAREST)
-        # The camera as the simulator sent it, at the same height, beside what the network
-        # sees with the pixels that drive its output highlighted.
+        # The camera as the simulator sent it, at the same height, beside the network's
+        # input with the pixels that drive its output highlighted.
         camera_width = int(round(camera.shape[1] * panel_height / camera.shape[0]))
         left = cv2.resize(camera, (camera_width, panel_height), interpolation=cv2.INTER_NEAREST)
         gap = np.full((panel_height, 4, 3), 255, np.uint8)

@@ -7,8 +7,8 @@ one that is already running. Every command is written to ``OUT/commands.csv`` an
 
 Latency: the started node runs with ``twist_stamped: true`` and ``command_stamp: frame``,
 so each command carries the header stamp of the frame it was computed from. The player
-remembers the wall time at which it published each stamp; the latency of a frame is the
-time from that publication until the first command with its stamp arrives here.
+stores the wall time at which it published each stamp. The latency of a frame is the time
+from that publication until the first command with its stamp arrives here.
 """
 
 import argparse

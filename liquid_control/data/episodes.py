@@ -188,7 +188,7 @@ class EpisodeWriter:
     """Write one episode incrementally, crash-safely, into a dataset folder.
 
     Frames must come in strictly increasing time. ``add`` writes the frame file, then
-    appends its row; rows are flushed to the operating system every ``flush_every_rows``
+    appends its row. Rows are flushed to the operating system every ``flush_every_rows``
     rows and synced to disk every ``fsync_interval_s`` seconds (None: only on close).
     ``close`` finishes the episode; ``abort`` deletes it. Not thread-safe: use one
     thread per writer.
@@ -480,7 +480,7 @@ class Episode:
 
     The table is parsed once and cached per process; frames are decoded lazily with
     OpenCV. For a partial episode only the complete rows whose frame file exists are
-    read, and ``notes`` says what was left out.
+    read, and ``notes`` lists what was left out.
     """
 
     def __init__(self, folder: Union[str, Path]):
