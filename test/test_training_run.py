@@ -1,6 +1,7 @@
 """Training runs on a small real subset of the donkeycar tub: loss, files, resume, CLI."""
 
 import csv
+import dataclasses
 import math
 
 import numpy as np
@@ -15,7 +16,11 @@ from liquid_control.data.episodes import find_episodes
 from liquid_control.errors import CheckpointError
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
-from liquid_control.training.trainer import train
+from liquid_control.model.policy import build_policy
+from liquid_control.training.dataset import Segment
+from liquid_control.training.normalization import measure_statistics
+from liquid_control.training.pretrain import pretrain_encoder
+from liquid_control.training.trainer import build_policy_config, prepare_data, train
 
 
 @pytest.fixture(scope='module')
@@ -167,11 +172,69 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
 
 def test_encoder_pretraining_runs_first(subset, tmp_path):
     torch.set_num_threads(1)
-    config = tiny_config(pretrain_minutes=0.02, pretrain_batch_size=16)
+    config = tiny_config(pretrain_epochs=6, pretrain_batch_size=16, pretrain_patience=50)
     result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
     _, metadata = load_checkpoint(result.paths.best)
     pretraining = metadata['pretraining']
-    assert pretraining['steps'] > 0
+    # A fixed amount of work: every epoch is one pass over the training frames.
+    assert pretraining['epochs'] == 6
+    assert pretraining['steps'] == 6 * pretraining['steps_per_epoch'] > 0
     assert pretraining['last_loss'] < pretraining['first_loss']
+    assert 0 < pretraining['validation_mae'] < 5
+    assert 1 <= pretraining['best_epoch'] <= 6
     # Pretraining counts toward the training time.
-    assert metadata['train_seconds'] >= 1.0
+    assert metadata['train_seconds'] >= pretraining['seconds'] > 0
+
+
+def test_pretraining_is_reproducible(subset, tmp_path):
+    torch.set_num_threads(1)
+    episodes = find_episodes(subset)
+    config = tiny_config(pretrain_epochs=4, pretrain_batch_size=16, pretrain_patience=50,
+                         epochs=1)
+    first = load_checkpoint(train(config, episodes, tmp_path / 'a.lcm',
+                                  progress=False).paths.best)[0]
+    second = load_checkpoint(train(config, episodes, tmp_path / 'b.lcm',
+                                   progress=False).paths.best)[0]
+    for name, value in first.encoder.state_dict().items():
+        assert torch.equal(value, second.encoder.state_dict()[name]), name
+
+
+def test_pretraining_keeps_the_best_validation_score_and_stops(subset):
+    # Validation frames whose steering is mirrored: the better the encoder fits the
+    # training frames, the worse it scores there, so the first score stays the best
+    # and patience ends the pretraining.
+    torch.set_num_threads(1)
+    config = tiny_config(outputs=['angular_z'])
+    data = prepare_data(config, find_episodes(subset))
+    policy = build_policy(build_policy_config(config, data.preprocessing, data.use_imu,
+                                              data.units))
+    statistics = measure_statistics(policy.encoder, data.episodes, data.split.train_windows,
+                                    data.use_imu)
+    statistics.apply(policy)
+    mirrored = dataclasses.replace(data.episodes[0],
+                                   targets=-data.episodes[0].targets + 2 * statistics.output_mean)
+    episodes = list(data.episodes) + [mirrored]
+    validation = [Segment(len(episodes) - 1, 0, len(mirrored))]
+    summary = pretrain_encoder(policy, episodes, data.split.train_windows, validation,
+                               epochs=40, batch_size=16, lr_encoder=3e-3, lr_readout=1e-2,
+                               ema_decay=0.0, validate_every=1, patience=3)
+    assert summary['epochs'] == summary['best_epoch'] + 3 < 40
+    assert math.isfinite(summary['validation_mae'])
+
+
+def test_frozen_encoder_keeps_its_weights(subset, tmp_path):
+    torch.set_num_threads(1)
+    config = tiny_config(pretrain_epochs=2, pretrain_batch_size=16, freeze_encoder=True,
+                         epochs=3)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    pretrained = load_checkpoint(result.paths.last)[0]
+    # Sequence training with the same seed but a frozen encoder: compare to a run that
+    # stops right after pretraining (epochs counted from 1, so one epoch of training).
+    reference = train(config.with_overrides({'epochs': 1}), find_episodes(subset),
+                      tmp_path / 'reference.lcm', progress=False)
+    after_one = load_checkpoint(reference.paths.last)[0]
+    for name, value in pretrained.encoder.state_dict().items():
+        assert torch.equal(value, after_one.encoder.state_dict()[name]), name
+    core_changed = any(not torch.equal(value, after_one.core.state_dict()[name])
+                       for name, value in pretrained.core.state_dict().items())
+    assert core_changed

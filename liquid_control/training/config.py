@@ -41,8 +41,12 @@ class TrainConfig:
     epochs: int = 30
     max_minutes: Optional[float] = None
     max_batches_per_epoch: Optional[int] = None
+    pretrain_epochs: int = 0
     pretrain_minutes: float = 0.0
     pretrain_batch_size: int = 64
+    pretrain_patience: int = 4
+    pretrain_ema_decay: float = 0.998
+    freeze_encoder: bool = False
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
     lr_schedule: str = 'cosine'
@@ -75,7 +79,7 @@ class TrainConfig:
         if not self.outputs:
             raise ConfigError('outputs is empty; name at least one command, e.g. angular_z')
         for name in ('sequence_length', 'stride', 'batch_size', 'epochs', 'patience',
-                     'pretrain_batch_size'):
+                     'pretrain_batch_size', 'pretrain_patience'):
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f'{name}={value!r} is invalid: use an integer >= 1')
@@ -94,9 +98,18 @@ class TrainConfig:
                 raise ConfigError(f'{name}={getattr(self, name)} is invalid: use a value > 0')
         if self.max_gap_s <= 0:
             raise ConfigError(f'max_gap_s={self.max_gap_s} is invalid: use seconds > 0')
+        if not (isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0):
+            raise ConfigError(f'pretrain_epochs={self.pretrain_epochs!r} is invalid: use an '
+                              'integer >= 0 (0 with pretrain_minutes 0 skips pretraining)')
         if self.pretrain_minutes < 0:
             raise ConfigError(f'pretrain_minutes={self.pretrain_minutes} is invalid: use '
                               'minutes >= 0 (0 skips encoder pretraining)')
+        if not 0.0 <= self.pretrain_ema_decay < 1.0:
+            raise ConfigError(f'pretrain_ema_decay={self.pretrain_ema_decay} is invalid: use '
+                              '0 <= decay < 1 (0 keeps the latest weights)')
+        if not isinstance(self.freeze_encoder, bool):
+            raise ConfigError(f'freeze_encoder={self.freeze_encoder!r} is invalid: use true '
+                              'or false')
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f'max_minutes={self.max_minutes} is invalid: use minutes > 0')
         if self.output_weights and len(self.output_weights) != len(self.outputs):

@@ -6,24 +6,37 @@ the encoder then learns slowly through a recurrent cell that starts from rest.
 Pretraining fits the encoder with a temporary linear read-out on shuffled single frames,
 many independent examples per step, then drops the read-out. Every model family gets the
 same pretraining, so comparisons stay fair.
+
+The amount of pretraining is a number of passes over the training frames
+(``epochs``), so a run does the same work on a busy and on an idle machine;
+``minutes`` only caps it. An exponential moving average (EMA) of the weights is
+scored on the validation frames every ``validate_every`` epochs. The best average is
+what the encoder keeps, and ``patience`` scores without improvement end the
+pretraining: a small data set is memorised after a few dozen passes, and the
+validation frames show when.
 """
 
+import copy
 import logging
 import math
 import time
-from typing import Optional, Sequence, Tuple
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
 from torch import nn
 
 from liquid_control.data.augment import Augmentation
+from liquid_control.errors import LiquidControlError
 from liquid_control.training import distributed
-from liquid_control.training.dataset import CachedEpisode
+from liquid_control.training.dataset import CachedEpisode, Segment
 from liquid_control.training.loss import sequence_loss
 from liquid_control.training.normalization import training_frames
 
 LOGGER = logging.getLogger(__name__)
+
+# Frames per forward pass when scoring the validation frames.
+SCORE_BATCH = 256
 
 
 class FrameReadout(nn.Module):
@@ -42,24 +55,96 @@ class FrameReadout(nn.Module):
         return self.linear(features)
 
 
-def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
-                     windows: Sequence[Tuple[int, np.ndarray]], *, minutes: float,
-                     batch_size: int, lr_encoder: float, lr_readout: float,
-                     augmentation: Optional[Augmentation], seed: int,
-                     context: Optional[distributed.Context] = None,
-                     progress: bool = False) -> dict:
-    """Train ``policy.encoder`` on the frames of ``windows`` for ``minutes``.
+class WeightAverage:
+    """Exponential moving average of a module's parameters, kept in a copy of the module."""
 
-    Targets are divided by ``policy.output_std`` after subtracting ``policy.output_mean``,
-    so ``set_normalization`` must have run. Returns a summary: steps, seconds and the mean
-    loss of the first and last tenth of the steps.
+    def __init__(self, module: nn.Module, decay: float):
+        if not 0.0 <= decay < 1.0:
+            raise ValueError(f'EMA decay {decay} is invalid: use 0 <= decay < 1')
+        self.decay = decay
+        self.module = copy.deepcopy(module)
+        for parameter in self.module.parameters():
+            parameter.requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, module: nn.Module) -> None:
+        for average, current in zip(self.module.parameters(), module.parameters()):
+            average.mul_(self.decay).add_(current.detach(), alpha=1.0 - self.decay)
+        for average, current in zip(self.module.buffers(), module.buffers()):
+            average.copy_(current)
+
+
+def frame_targets(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
+                  frame_index: np.ndarray) -> np.ndarray:
+    """Return the targets (N, O) of the given frames, NaN replaced by 0."""
+    return np.stack([np.nan_to_num(episodes[e].targets[i])
+                     for e, i in zip(episode_index, frame_index)])
+
+
+def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment]
+                   ) -> Tuple[np.ndarray, np.ndarray]:
+    """Return the (episode, frame) indices of the valid frames inside ``segments``."""
+    episode_index, frame_index = [], []
+    for segment in segments:
+        frames = np.arange(segment.start, segment.stop)
+        frames = frames[episodes[segment.episode_index].valid[frames]]
+        episode_index.append(np.full(len(frames), segment.episode_index, np.int64))
+        frame_index.append(frames.astype(np.int64))
+    if not episode_index:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    return np.concatenate(episode_index), np.concatenate(frame_index)
+
+
+@torch.no_grad()
+def score_frames(model: FrameReadout, episodes: Sequence[CachedEpisode],
+                 episode_index: np.ndarray, frame_index: np.ndarray,
+                 output_mean: torch.Tensor, output_std: torch.Tensor) -> float:
+    """Return the mean absolute error of ``model`` on the frames, in training std units."""
+    model.eval()
+    errors = []
+    for first in range(0, len(frame_index), SCORE_BATCH):
+        chosen = slice(first, first + SCORE_BATCH)
+        frames = np.stack([episodes[e].frames[i] for e, i in
+                           zip(episode_index[chosen], frame_index[chosen])])
+        outputs = model(torch.from_numpy(frames.astype(np.float32) / np.float32(255.0)))
+        targets = torch.from_numpy(frame_targets(episodes, episode_index[chosen],
+                                                 frame_index[chosen]))
+        physical = outputs * output_std + output_mean                   # (B, O)
+        errors.append(((physical - targets).abs() / output_std).numpy())
+    return float(np.concatenate(errors).mean()) if errors else math.inf
+
+
+def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
+                     windows: Sequence[Tuple[int, np.ndarray]],
+                     validation: Sequence[Segment] = (), *, epochs: int = 0,
+                     minutes: Optional[float] = None, batch_size: int = 64,
+                     lr_encoder: float = 1e-3, lr_readout: float = 5e-3,
+                     weight_decay: float = 1e-4, ema_decay: float = 0.998,
+                     validate_every: int = 5, patience: int = 4,
+                     augmentation: Optional[Augmentation] = None, seed: int = 0,
+                     context: Optional[distributed.Context] = None,
+                     progress: bool = False) -> Dict[str, float]:
+    """Train ``policy.encoder`` on the frames of ``windows``; return a summary.
+
+    Runs ``epochs`` passes over the training frames (or, with ``epochs=0``, until
+    ``minutes`` run out), stopping early after ``patience`` validation scores without
+    improvement. The encoder ends with the best-scoring weight average, or with the last
+    one when there are no validation frames. Targets are divided by
+    ``policy.output_std`` after subtracting ``policy.output_mean``, so
+    ``set_normalization`` must have run. The summary holds the steps, epochs, seconds,
+    the mean loss of the first and last tenth of the steps, and the best validation MAE
+    in training std units.
     """
     context = context or distributed.Context()
+    if epochs <= 0 and not minutes:
+        raise ValueError('pretraining needs epochs > 0 or a time limit in minutes')
     episode_index, frame_index = training_frames(episodes, windows)
-    valid = np.array([episodes[e].valid[i] for e, i in zip(episode_index, frame_index)])
+    valid = np.array([episodes[e].valid[i] for e, i in zip(episode_index, frame_index)],
+                     dtype=bool)
     episode_index, frame_index = episode_index[valid], frame_index[valid]
     if len(frame_index) == 0:
-        return {'steps': 0, 'seconds': 0.0}
+        return {'steps': 0, 'epochs': 0, 'seconds': 0.0}
+    validation_episodes, validation_frames = segment_frames(episodes, validation)
 
     model = FrameReadout(policy.encoder, policy.feature_mean, policy.feature_std,
                          len(policy.output_names))
@@ -69,75 +154,103 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
         trained = DistributedDataParallel(model)
     optimizer = torch.optim.AdamW([
         {'params': model.encoder.parameters(), 'lr': lr_encoder},
-        {'params': model.linear.parameters(), 'lr': lr_readout}], weight_decay=1e-4)
+        {'params': model.linear.parameters(), 'lr': lr_readout}], weight_decay=weight_decay)
     base_rates = [group['lr'] for group in optimizer.param_groups]
     scale = policy.output_std.detach().clone()
     mean = policy.output_mean.detach().clone()
+    average = WeightAverage(model, ema_decay)
 
     rng = np.random.default_rng([seed, 7919, context.rank])
     order_rng = np.random.default_rng([seed, 7919])
+    per_rank = len(frame_index) // context.world_size if context.distributed else \
+        len(frame_index)
+    steps_per_epoch = max(per_rank // batch_size, 1)
+    total_steps = steps_per_epoch * epochs if epochs > 0 else None
+    limit_s = minutes * 60.0 if minutes else math.inf
     started = time.perf_counter()
-    limit_s = minutes * 60.0
-    losses = []
+    losses, scores = [], []
+    best_score, best_state, best_epoch, stale = math.inf, None, 0, 0
     bar = None
     if progress and context.is_main:
         from tqdm import tqdm
-        bar = tqdm(total=int(limit_s), desc='pretraining encoder', unit='s', leave=False)
-    model.train()
+        bar = tqdm(total=total_steps, desc='pretraining encoder', unit='step', leave=False)
+    epoch, out_of_time = 0, False
     try:
-        while True:
+        while (epochs <= 0 or epoch < epochs) and not out_of_time:
+            epoch += 1
             order = order_rng.permutation(len(frame_index))
             if context.distributed:
                 order = order[context.rank::context.world_size]
-            if len(order) == 0:
-                break
-            done = False
-            for first in range(0, max(len(order) - batch_size, 0) + 1, batch_size):
-                chosen = order[first:first + batch_size]
-                frames = np.stack([
-                    episodes[episode_index[i]].frames[frame_index[i]] for i in chosen
-                ]).astype(np.float32) / np.float32(255.0)                # (B, 3, H, W)
+            model.train()
+            for step in range(steps_per_epoch):
+                chosen = order[step * batch_size:(step + 1) * batch_size]
+                frames = np.stack([episodes[e].frames[i] for e, i in zip(
+                    episode_index[chosen], frame_index[chosen])]).astype(np.float32) \
+                    / np.float32(255.0)                                 # (B, 3, H, W)
                 if augmentation is not None:
                     frames = np.concatenate([augmentation.apply(frames[i:i + 1], rng)
                                              for i in range(len(frames))])
-                targets = torch.from_numpy(np.stack([
-                    np.nan_to_num(episodes[episode_index[i]].targets[frame_index[i]])
-                    for i in chosen]))                                      # (B, O)
+                targets = torch.from_numpy(frame_targets(
+                    episodes, episode_index[chosen], frame_index[chosen]))  # (B, O)
                 elapsed = time.perf_counter() - started
-                # Cosine decay over the time budget, as in the sequence training.
-                progress_fraction = min(elapsed / limit_s, 1.0)
-                factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * progress_fraction))
+                # Cosine decay over the epochs, or over the time limit without them.
+                done = len(losses) / total_steps if total_steps else elapsed / limit_s
+                factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
                 if context.distributed:
                     factor = distributed.broadcast_value(context, factor)
                 for group, base in zip(optimizer.param_groups, base_rates):
                     group['lr'] = base * factor
-                outputs = trained(torch.from_numpy(frames))              # (B, O) normalised
-                physical = outputs * scale + mean
+                physical = trained(torch.from_numpy(frames)) * scale + mean  # (B, O)
                 loss = sequence_loss(physical[:, None], targets[:, None],
                                      torch.ones(len(chosen), 1, dtype=torch.bool), scale,
                                      kind='mse')
                 optimizer.zero_grad(set_to_none=True)
+                if not torch.isfinite(loss):
+                    raise LiquidControlError(
+                        f'encoder pretraining failed: the loss became {loss.item()} in '
+                        f'epoch {epoch}; lower lr_encoder or check the data for extreme values')
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 optimizer.step()
+                average.update(model)
                 losses.append(loss.item())
                 if bar is not None:
-                    bar.n = min(int(elapsed), bar.total)
-                    bar.set_postfix(loss=f'{np.mean(losses[-20:]):.4f}')
+                    bar.update(1)
+                    bar.set_postfix(loss=f'{np.mean(losses[-20:]):.4f}', epoch=epoch)
                 if distributed.any_rank(context, time.perf_counter() - started >= limit_s):
-                    done = True
+                    out_of_time = True
                     break
-            if done:
-                break
+            last_epoch = out_of_time or epoch == epochs
+            if len(validation_frames) == 0 or not (epoch % validate_every == 0 or last_epoch):
+                continue
+            # Every rank holds the same averaged weights, so every rank gets this score.
+            score = score_frames(average.module, episodes, validation_episodes,
+                                 validation_frames, mean, scale)
+            scores.append(score)
+            if score < best_score:
+                best_score, best_epoch, stale = score, epoch, 0
+                best_state = copy.deepcopy(average.module.state_dict())
+            else:
+                stale += 1
+                if stale >= patience:
+                    break
     finally:
         if bar is not None:
             bar.close()
+    model.load_state_dict(best_state if best_state is not None
+                          else average.module.state_dict())
     tenth = max(len(losses) // 10, 1)
-    summary = {'steps': len(losses), 'seconds': time.perf_counter() - started,
+    summary = {'steps': len(losses), 'epochs': epoch, 'steps_per_epoch': steps_per_epoch,
+               'best_epoch': best_epoch or epoch,
+               'seconds': time.perf_counter() - started,
                'first_loss': float(np.mean(losses[:tenth])),
                'last_loss': float(np.mean(losses[-tenth:]))}
+    if scores:
+        summary['validation_mae'] = best_score
     if context.is_main:
-        LOGGER.info('pretrained the encoder on %d frames: %d steps in %.0f s, frame MSE '
-                    '%.4f -> %.4f', len(frame_index), summary['steps'], summary['seconds'],
-                    summary['first_loss'], summary['last_loss'])
+        LOGGER.info('pretrained the encoder on %d frames: %d epochs (%d steps) in %.0f s, '
+                    'frame MSE %.4f -> %.4f; kept epoch %d (validation MAE %s std)',
+                    len(frame_index), epoch, summary['steps'], summary['seconds'],
+                    summary['first_loss'], summary['last_loss'], summary['best_epoch'],
+                    f'{best_score:.3f}' if scores else 'not measured')
     return summary

@@ -10,7 +10,9 @@ Files written next to ``out`` (say ``model.lcm``): ``model.lcm`` (the best epoch
 event files and ``resume.pt`` (optimizer state for ``resume``).
 """
 
+import copy
 import datetime
+import json
 import logging
 import math
 import time
@@ -122,8 +124,10 @@ def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]
     encoder_ids = set()
     if encoder is not None:
         encoder_ids = {id(p) for p in encoder.parameters()}
-    encoder_parameters = [p for p in policy.parameters() if id(p) in encoder_ids]
-    other_parameters = [p for p in policy.parameters() if id(p) not in encoder_ids]
+    # Frozen parameters (freeze_encoder) stay out of the optimizer.
+    trainable = [p for p in policy.parameters() if p.requires_grad]
+    encoder_parameters = [p for p in trainable if id(p) in encoder_ids]
+    other_parameters = [p for p in trainable if id(p) not in encoder_ids]
     groups = []
     if encoder_parameters:
         groups.append({'params': encoder_parameters, 'lr': config.lr_encoder,
@@ -167,6 +171,8 @@ class PreparedData:
 
     Runs may share it when they agree on preprocessing, outputs, IMU use, sequence length,
     stride, gap and split settings (``liquid-control compare`` varies only the model).
+    ``pretrained`` keeps pretrained encoders by ``pretraining_key``: pretraining does
+    not depend on the recurrent core, so runs that differ only in it reuse one encoder.
     """
 
     preprocessing: Preprocessing
@@ -174,6 +180,21 @@ class PreparedData:
     units: Tuple[str, ...]
     episodes: List[CachedEpisode]
     split: Split
+    pretrained: Dict[str, dict] = field(default_factory=dict)
+
+
+# Settings that decide the pretrained encoder; the recurrent core is not among them.
+PRETRAINING_SETTINGS = ('pretrain_epochs', 'pretrain_minutes', 'pretrain_batch_size',
+                        'pretrain_patience', 'pretrain_ema_decay', 'lr_encoder',
+                        'lr_recurrent', 'weight_decay', 'augment', 'seed', 'threads')
+
+
+def pretraining_key(config: TrainConfig) -> str:
+    """Return a text that equals for runs whose encoder pretraining is the same."""
+    values = config.to_dict()
+    chosen = {name: values[name] for name in PRETRAINING_SETTINGS}
+    chosen['encoder'] = values['model'].get('encoder')
+    return json.dumps(chosen, sort_keys=True)
 
 
 def prepare_data(config: TrainConfig, episodes: Sequence,
@@ -255,8 +276,11 @@ class Trainer:
                 encoder if encoder is not None else torch.nn.Identity(), self.episodes,
                 self.split.train_windows, self.use_imu, seed=self.config.seed)
             self.statistics.apply(self.policy)
-            if self.config.pretrain_minutes > 0:
+            if self.config.pretrain_epochs > 0 or self.config.pretrain_minutes > 0:
                 trained_s = self._pretrain()
+        if self.config.freeze_encoder and getattr(self.policy, 'encoder', None) is not None:
+            # The sequence training then fits only the recurrent core and its output map.
+            self.policy.encoder.requires_grad_(False)
 
         self.optimizer = torch.optim.AdamW(parameter_groups(self.policy, self.config),
                                            weight_decay=self.config.weight_decay)
@@ -277,20 +301,40 @@ class Trainer:
         return start_epoch, best_score, best_epoch, stale, trained_s
 
     def _pretrain(self) -> float:
-        """Pretrain the encoder on single frames; return the seconds it took."""
+        """Pretrain the encoder on single frames, or reuse an equal pretraining of the data.
+
+        Returns the seconds the pretraining took, also when reused, so every model of a
+        comparison reports its full training time.
+        """
         config = self.config
+        key = pretraining_key(config)
+        reused = self.data.pretrained.get(key)
+        if reused is not None:
+            self.policy.encoder.load_state_dict(reused['encoder'])
+            reused['statistics'].apply(self.policy)
+            self.statistics = reused['statistics']
+            self.pretrain_summary = dict(reused['summary'], reused=True)
+            if self.context.is_main:
+                LOGGER.info('reusing the encoder pretrained for an earlier run with the same '
+                            'pretraining settings')
+            return float(reused['summary'].get('seconds', 0.0))
         summary = pretrain_encoder(
             self.policy, self.episodes, self.split.train_windows,
-            minutes=config.pretrain_minutes, batch_size=config.pretrain_batch_size,
+            self.split.validation_segments, epochs=config.pretrain_epochs,
+            minutes=config.pretrain_minutes or None, batch_size=config.pretrain_batch_size,
             lr_encoder=config.lr_encoder, lr_readout=config.lr_recurrent,
-            augmentation=config.augmentation(), seed=config.seed, context=self.context,
-            progress=self.progress)
+            weight_decay=config.weight_decay, ema_decay=config.pretrain_ema_decay,
+            patience=config.pretrain_patience, augmentation=config.augmentation(),
+            seed=config.seed, context=self.context, progress=self.progress)
         # The encoder changed, so its feature statistics must be measured again.
         self.statistics = measure_statistics(self.policy.encoder, self.episodes,
                                              self.split.train_windows, self.use_imu,
                                              seed=config.seed)
         self.statistics.apply(self.policy)
         self.pretrain_summary = summary
+        self.data.pretrained[key] = {
+            'encoder': copy.deepcopy(self.policy.encoder.state_dict()),
+            'statistics': self.statistics, 'summary': summary}
         return float(summary.get('seconds', 0.0))
 
     def _load_resume_state(self) -> Optional[dict]:
