@@ -157,7 +157,9 @@ def test_train_command_reports_invalid_override(subset, tmp_path, capsys):
 def test_compare_command_writes_table(subset, tmp_path, capsys):
     settings = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
                 '--set', 'sequence_length=8', '--set', 'stride=2', '--set', 'warmup_frames=2',
-                '--set', 'batch_size=8', '--set', 'max_batches_per_epoch=2']
+                '--set', 'batch_size=8', '--set', 'max_batches_per_epoch=2',
+                '--set', 'pretrain_epochs=2', '--set', 'pretrain_batch_size=16',
+                '--set', 'freeze_encoder=true']
     code = main(['compare', str(subset), '--out', str(tmp_path / 'cmp'), '--models',
                  'ncp_ltc', 'lstm:8', '--epochs', '1', '--test-fraction', '0.25',
                  '--validation-fraction', '0.25', '--threads', '1',
@@ -168,6 +170,13 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
     assert '| lstm-8 |' in table
     assert 'test part' in table
     assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
+    # Both models start from one encoder pretraining: the second reuses the first's.
+    ltc, ltc_metadata = load_checkpoint(tmp_path / 'cmp' / 'ncp_ltc-s0.lcm')
+    lstm, lstm_metadata = load_checkpoint(tmp_path / 'cmp' / 'lstm-8-s0.lcm')
+    assert 'reused' not in ltc_metadata['pretraining']
+    assert lstm_metadata['pretraining']['reused'] is True
+    for name, value in ltc.encoder.state_dict().items():  # frozen after pretraining
+        assert torch.equal(value, lstm.encoder.state_dict()[name]), name
 
 
 def test_encoder_pretraining_runs_first(subset, tmp_path):

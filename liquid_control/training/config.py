@@ -41,7 +41,9 @@ class TrainConfig:
     epochs: int = 30
     max_minutes: Optional[float] = None
     max_batches_per_epoch: Optional[int] = None
+    init_encoder: Optional[str] = None
     pretrain_epochs: int = 0
+    pretrain_lr_encoder: Optional[float] = None
     pretrain_minutes: float = 0.0
     pretrain_batch_size: int = 64
     pretrain_patience: int = 4
@@ -101,6 +103,9 @@ class TrainConfig:
         if not (isinstance(self.pretrain_epochs, int) and self.pretrain_epochs >= 0):
             raise ConfigError(f'pretrain_epochs={self.pretrain_epochs!r} is invalid: use an '
                               'integer >= 0 (0 with pretrain_minutes 0 skips pretraining)')
+        if self.pretrain_lr_encoder is not None and not self.pretrain_lr_encoder > 0:
+            raise ConfigError(f'pretrain_lr_encoder={self.pretrain_lr_encoder} is invalid: '
+                              'use a value > 0, or null for lr_encoder')
         if self.pretrain_minutes < 0:
             raise ConfigError(f'pretrain_minutes={self.pretrain_minutes} is invalid: use '
                               'minutes >= 0 (0 skips encoder pretraining)')

@@ -184,8 +184,8 @@ class PreparedData:
 
 
 # Settings that decide the pretrained encoder; the recurrent core is not among them.
-PRETRAINING_SETTINGS = ('pretrain_epochs', 'pretrain_minutes', 'pretrain_batch_size',
-                        'pretrain_patience', 'pretrain_ema_decay', 'lr_encoder',
+PRETRAINING_SETTINGS = ('init_encoder', 'pretrain_epochs', 'pretrain_minutes',
+                        'pretrain_batch_size', 'pretrain_patience', 'pretrain_ema_decay',
                         'lr_recurrent', 'weight_decay', 'augment', 'seed', 'threads')
 
 
@@ -194,6 +194,7 @@ def pretraining_key(config: TrainConfig) -> str:
     values = config.to_dict()
     chosen = {name: values[name] for name in PRETRAINING_SETTINGS}
     chosen['encoder'] = values['model'].get('encoder')
+    chosen['lr_encoder'] = config.pretrain_lr_encoder or config.lr_encoder
     return json.dumps(chosen, sort_keys=True)
 
 
@@ -272,6 +273,8 @@ class Trainer:
             resume_state = self._load_resume_state()
         if resume_state is None:
             encoder = getattr(self.policy, 'encoder', None)
+            if self.config.init_encoder:
+                self._load_initial_encoder(Path(self.config.init_encoder))
             self.statistics = measure_statistics(
                 encoder if encoder is not None else torch.nn.Identity(), self.episodes,
                 self.split.train_windows, self.use_imu, seed=self.config.seed)
@@ -300,6 +303,21 @@ class Trainer:
             self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
         return start_epoch, best_score, best_epoch, stale, trained_s
 
+    def _load_initial_encoder(self, path: Path) -> None:
+        """Start from the encoder weights of the checkpoint at ``path``."""
+        policy, _ = load_checkpoint(path)
+        ours, theirs = self.policy.config, policy.config
+        if (ours.input_height, ours.input_width, ours.encoder) != \
+                (theirs.input_height, theirs.input_width, theirs.encoder):
+            raise ConfigError(
+                f'init_encoder {path} has a {theirs.input_width}x{theirs.input_height} '
+                f'encoder with settings {theirs.encoder}, but this run builds a '
+                f'{ours.input_width}x{ours.input_height} one with {ours.encoder}; use the '
+                'same preprocessing size and encoder settings as that model')
+        self.policy.encoder.load_state_dict(policy.encoder.state_dict())
+        if self.context.is_main:
+            LOGGER.info('starting from the encoder of %s', path)
+
     def _pretrain(self) -> float:
         """Pretrain the encoder on single frames, or reuse an equal pretraining of the data.
 
@@ -322,7 +340,8 @@ class Trainer:
             self.policy, self.episodes, self.split.train_windows,
             self.split.validation_segments, epochs=config.pretrain_epochs,
             minutes=config.pretrain_minutes or None, batch_size=config.pretrain_batch_size,
-            lr_encoder=config.lr_encoder, lr_readout=config.lr_recurrent,
+            lr_encoder=config.pretrain_lr_encoder or config.lr_encoder,
+            lr_readout=config.lr_recurrent,
             weight_decay=config.weight_decay, ema_decay=config.pretrain_ema_decay,
             patience=config.pretrain_patience, augmentation=config.augmentation(),
             seed=config.seed, context=self.context, progress=self.progress)
@@ -561,10 +580,13 @@ class Trainer:
         log = EpochLog(self.paths.logs, enabled=self.context.is_main)
         counts = self.policy.parameter_counts()
         if self.context.is_main:
+            encoder = f'{counts.get("encoder", 0):,}'
+            if config.freeze_encoder:
+                frozen = sum(p.numel() for p in self.policy.encoder.parameters())
+                encoder = f'0, {frozen:,} frozen'
             LOGGER.info('training %s: %s parameters (encoder %s, recurrent %s), %d epochs '
-                        'at most', config.family, f'{counts.get("total", 0):,}',
-                        f'{counts.get("encoder", 0):,}', f'{counts.get("recurrent", 0):,}',
-                        config.epochs)
+                        'at most', config.family, f'{counts.get("total", 0):,}', encoder,
+                        f'{counts.get("recurrent", 0):,}', config.epochs)
 
         stop_reason = 'epochs'
         epoch = start_epoch - 1
