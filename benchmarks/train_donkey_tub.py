@@ -47,8 +47,9 @@ def main() -> int:
                         metavar='FAMILY[:UNITS]', help='models to train and compare')
     parser.add_argument('--seeds', nargs='+', type=int, default=[0],
                         help='seeds per model; the table adds the mean')
-    parser.add_argument('--minutes', type=float, default=15.0,
-                        help='training time limit per model and seed (default: 15)')
+    parser.add_argument('--minutes', type=float, default=None,
+                        help='training time limit per model and seed (default: the '
+                             'config\'s max_minutes)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='where the imported tub is kept')
@@ -59,8 +60,10 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     logging.info('machine: %s, %d CPU cores, torch %s, %d threads', platform.processor() or
                  platform.machine(), os.cpu_count() or 0, torch.__version__, args.threads)
-    config = load_train_config(args.config, {'max_minutes': args.minutes,
-                                             'threads': args.threads})
+    overrides = {'threads': args.threads}
+    if args.minutes is not None:
+        overrides['max_minutes'] = args.minutes
+    config = load_train_config(args.config, overrides)
     episodes = load_episodes(args.data, cache_dir=args.cache_dir)
     specs = [ModelSpec.parse(text) for text in args.models]
 

@@ -247,3 +247,28 @@ def test_frozen_encoder_keeps_its_weights(subset, tmp_path):
     core_changed = any(not torch.equal(value, after_one.core.state_dict()[name])
                        for name, value in pretrained.core.state_dict().items())
     assert core_changed
+
+
+def test_train_command_starts_from_another_models_encoder(subset, tmp_path, capsys):
+    settings = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+                '--set', 'stride=2', '--set', 'warmup_frames=2', '--set', 'batch_size=8',
+                '--sequence-length', '8', '--validation-fraction', '0.25', '--threads', '1',
+                '--no-progress', '--epochs', '1']
+    assert main(['train', str(subset), '--out', str(tmp_path / 'first.lcm'),
+                 '--pretrain-epochs', '2', *settings]) == 0
+    assert main(['train', str(subset), '--out', str(tmp_path / 'second.lcm'),
+                 '--pretrain-epochs', '0', '--freeze-encoder',
+                 '--init-encoder', str(tmp_path / 'first.lcm'), *settings]) == 0
+    first = load_checkpoint(tmp_path / 'first.lcm')[0]
+    second = load_checkpoint(tmp_path / 'second.lcm')[0]
+    for name, value in first.encoder.state_dict().items():
+        assert torch.equal(value, second.encoder.state_dict()[name]), name
+    capsys.readouterr()
+
+    # An encoder of another input size cannot start this run.
+    code = main(['train', str(subset), '--out', str(tmp_path / 'third.lcm'),
+                 '--init-encoder', str(tmp_path / 'first.lcm'), *settings,
+                 '--set', 'preprocessing={crop_top: 0.4, height: 32, width: 64}'])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert 'first.lcm' in error and '48x24' in error and '64x32' in error

@@ -17,6 +17,7 @@ OPTION_FIELDS = {
     'lr_encoder': 'lr_encoder', 'lr_recurrent': 'lr_recurrent', 'seed': 'seed',
     'split': 'split', 'validation_fraction': 'validation_fraction',
     'test_fraction': 'test_fraction', 'patience': 'patience', 'threads': 'threads',
+    'pretrain_epochs': 'pretrain_epochs', 'freeze_encoder': 'freeze_encoder',
 }
 
 
@@ -41,6 +42,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='stop after this many minutes of training (checked every batch)')
     parser.add_argument('--batch-size', type=int, help='sequences per batch')
     parser.add_argument('--sequence-length', type=int, help='frames per training sequence')
+    parser.add_argument('--pretrain-epochs', type=int,
+                        help='passes of encoder pretraining on single frames (0 skips it)')
+    parser.add_argument('--init-encoder', type=Path, metavar='MODEL',
+                        help='start from the encoder of this checkpoint, e.g. a model of '
+                             'another track (same input size)')
+    parser.add_argument('--freeze-encoder', action='store_true', default=None,
+                        help='train only the recurrent core after pretraining')
     parser.add_argument('--lr-encoder', type=float, help='learning rate of the encoder')
     parser.add_argument('--lr-recurrent', type=float,
                         help='learning rate of the recurrent core and output layer')
@@ -77,6 +85,8 @@ def collect_overrides(args: argparse.Namespace) -> dict:
         value = getattr(args, option, None)  # compare lacks some of these options
         if value is not None:
             overrides[key] = value
+    if getattr(args, 'init_encoder', None) is not None:
+        overrides['init_encoder'] = str(args.init_encoder)
     if getattr(args, 'units', None) is not None:
         overrides['model.units'] = args.units
     overrides.update(parse_overrides(args.overrides))

@@ -183,14 +183,14 @@ class PreparedData:
     pretrained: Dict[str, dict] = field(default_factory=dict)
 
 
-# Settings that decide the pretrained encoder; the recurrent core is not among them.
+# Settings that decide the pretrained encoder. The recurrent core is not among them.
 PRETRAINING_SETTINGS = ('init_encoder', 'pretrain_epochs', 'pretrain_minutes',
                         'pretrain_batch_size', 'pretrain_patience', 'pretrain_ema_decay',
                         'lr_recurrent', 'weight_decay', 'augment', 'seed', 'threads')
 
 
 def pretraining_key(config: TrainConfig) -> str:
-    """Return a text that equals for runs whose encoder pretraining is the same."""
+    """Return a key that is equal for runs with the same encoder pretraining."""
     values = config.to_dict()
     chosen = {name: values[name] for name in PRETRAINING_SETTINGS}
     chosen['encoder'] = values['model'].get('encoder')
