@@ -42,6 +42,9 @@ def test_two_process_training_writes_one_checkpoint(subset, tmp_path):
     _, metadata = load_checkpoint(out.with_name('ddp.last.lcm'))
     assert metadata['world_size'] == 2
     assert metadata['epoch'] == 2
+    # The packaged config pretrains the encoder first, with both ranks.
+    assert metadata['pretraining']['steps'] > 0
+    assert metadata['pretraining']['validation_mae'] > 0
     # Only rank 0 writes logs: one row per epoch, not one per process.
     with open(tmp_path / 'ddp_logs' / 'log.csv', newline='') as stream:
         assert [int(row['epoch']) for row in csv.DictReader(stream)] == [1, 2]
