@@ -263,3 +263,16 @@ def test_sharp_turn_weights_grow_with_steering():
     np.testing.assert_allclose(weights.numpy(), [1.0, 3.0, 5.0])
     unweighted = sharp_turn_weights(torch.tensor([0.0, 1.0]), scale=0.5, weight=0.0)
     np.testing.assert_allclose(unweighted.numpy(), [1.0, 1.0])
+
+
+def test_comparison_means_keep_counts_whole():
+    from liquid_control.training.compare import markdown_table, mean_rows
+    rows = [{'model': 'ncp_ltc', 'family': 'ncp_ltc', 'seed': seed, 'encoder_parameters': 74780,
+             'recurrent_parameters': 885, 'pretrain_steps': steps, 'mae': mae, 'pearson': r,
+             'mae_ratio': mae / 0.28, 'train_minutes': 16.0, 'realtime_factor': 60.0}
+            for seed, steps, mae, r in ((0, 2450, 0.196, 0.786), (1, 2275, 0.204, 0.771))]
+    table = markdown_table(mean_rows(rows), 'angular_z', ())
+    mean_line = table.splitlines()[2]
+    assert '| 74,780 | 885 |' in mean_line
+    assert '| 2,362 |' in mean_line
+    assert '0.200 ± 0.004' in mean_line

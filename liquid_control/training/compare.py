@@ -192,6 +192,13 @@ def _cell(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _count(value) -> str:
+    # Counts stay whole numbers with separators, also as a mean over seeds.
+    if isinstance(value, float) and math.isfinite(value):
+        return f'{round(value):,}'
+    return _cell(value)
+
+
 def markdown_table(rows: Sequence[Dict[str, object]], output: str,
                    perturbations: Sequence[str]) -> str:
     """Return a Markdown table: parameters, accuracy and robustness, one row per entry."""
@@ -210,11 +217,11 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
         epochs = '-'
         if isinstance(row.get('epochs'), int):
             epochs = f'{row["epochs"]} ({row.get("best_epoch")})'
-        cells = [row['model'], str(row.get('seed')), _cell(row.get('encoder_parameters')),
-                 _cell(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
+        cells = [row['model'], str(row.get('seed')), _count(row.get('encoder_parameters')),
+                 _count(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
                  _cell(row.get('rmse')), pearson]
         cells += [_cell(row.get(f'{name} pearson')) for name in noise]
-        cells += [_cell(row.get('train_minutes'), 1), _cell(row.get('pretrain_steps')), epochs,
+        cells += [_cell(row.get('train_minutes'), 1), _count(row.get('pretrain_steps')), epochs,
                   _cell(row.get('realtime_factor'), 0)]
         lines.append('| ' + ' | '.join(cells) + ' |')
     return '\n'.join(lines) + '\n'
