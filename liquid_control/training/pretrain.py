@@ -18,6 +18,7 @@ frames show when.
 """
 
 import copy
+import gc
 import logging
 import math
 import time
@@ -238,6 +239,11 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     finally:
         if bar is not None:
             bar.close()
+    if trained is not model:
+        # Free the DDP wrapper and its reducer now, while the process group exists,
+        # rather than whenever the garbage collector finds them.
+        del trained
+        gc.collect()
     model.load_state_dict(best_state if best_state is not None
                           else average.module.state_dict())
     tenth = max(len(losses) // 10, 1)
