@@ -50,8 +50,8 @@ def start(backend: str = 'gloo') -> Context:
 def stop(context: Context) -> None:
     """Leave the process group if this process joined one, after every rank got here."""
     if context.distributed and dist.is_initialized():
-        # Wait for every rank, rank 0 may still be writing checkpoints, before the gloo
-        # connections close.
+        # Rank 0 may still be writing checkpoints, so every rank waits for the others
+        # before the gloo connections close.
         dist.barrier()
         dist.destroy_process_group()
 
