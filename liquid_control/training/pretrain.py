@@ -225,7 +225,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
             last_epoch = out_of_time or epoch == epochs
             if len(validation_frames) == 0 or not (epoch % validate_every == 0 or last_epoch):
                 continue
-            # Every rank holds the same averaged weights, so every rank gets this score.
+            # Every rank has the same averaged weights, so every rank computes this score.
             score = score_frames(average.module, episodes, validation_episodes,
                                  validation_frames, mean, scale)
             scores.append(score)
