@@ -6,7 +6,7 @@ which no model trains on; early stopping uses the part just before it. The table
 lands in ``OUT/compare.md`` and ``OUT/compare.json``; checkpoints and per-model
 evaluations stay in OUT, outside the repository.
 
-Run it in the background. One seed of the four models took about 70 minutes with
+Run it in the background. One seed of the four models took 41-49 minutes with
 two thirds of a core, 8 of them for the shared encoder pretraining:
 
     nohup .venv/bin/python benchmarks/train_donkey_tub.py --out /tmp/donkey_bench &
