@@ -69,8 +69,8 @@ def main() -> int:
     specs = [ModelSpec.parse(text) for text in args.models]
 
     started = time.perf_counter()
-    # One model at a time, all sharing one encoder pretraining per seed; reuse=True
-    # loads the models whose checkpoint is already in OUT.
+    # Models train one at a time and share one encoder pretraining per seed. With
+    # reuse=True, models whose checkpoint is already in OUT are loaded instead.
     compare(config, episodes, args.out, specs, seeds=args.seeds, reuse=True,
             sources=[str(args.data)], progress=False)
     logging.info('finished in %.1f minutes', (time.perf_counter() - started) / 60.0)

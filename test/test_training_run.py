@@ -209,9 +209,8 @@ def test_pretraining_is_reproducible(subset, tmp_path):
 
 
 def test_pretraining_stops_on_validation(subset):
-    # Validation frames whose steering is mirrored: the better the encoder fits the
-    # training frames, the worse it scores there, so the score soon stops improving
-    # and patience ends the pretraining.
+    # Validation steering is mirrored, so a better fit of the training frames scores
+    # worse there and patience soon ends the pretraining.
     torch.set_num_threads(1)
     config = tiny_config(outputs=['angular_z'])
     data = prepare_data(config, find_episodes(subset))

@@ -133,13 +133,14 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     improvement. The encoder ends with the best-scoring weight average, or with the last
     one when there are no validation frames. Targets are divided by
     ``policy.output_std`` after subtracting ``policy.output_mean``, so
-    ``set_normalization`` must have run. The summary holds the steps, epochs, seconds,
+    ``set_normalization`` must have run. The summary contains the steps, epochs, seconds,
     the mean loss of the first and last tenth of the steps, and the best validation MAE
     in training std units.
     """
     context = context or distributed.Context()
     if epochs <= 0 and not minutes:
-        raise ValueError('pretraining needs epochs > 0 or a time limit in minutes')
+        raise ValueError(f'pretraining with epochs={epochs} and minutes={minutes} is invalid: '
+                         'give epochs > 0 or a time limit in minutes')
     episode_index, frame_index = training_frames(episodes, windows)
     valid = np.array([episodes[e].valid[i] for e, i in zip(episode_index, frame_index)],
                      dtype=bool)

@@ -319,7 +319,7 @@ class Trainer:
             LOGGER.info('starting from the encoder of %s', path)
 
     def _pretrain(self) -> float:
-        """Pretrain the encoder on single frames, or reuse an equal pretraining of the data.
+        """Pretrain the encoder on single frames, or reuse an earlier run's equal pretraining.
 
         Returns the seconds the pretraining took, also when reused, so every model of a
         comparison reports its full training time.
