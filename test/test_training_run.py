@@ -195,7 +195,7 @@ def test_encoder_pretraining_runs_first(subset, tmp_path):
     assert metadata['train_seconds'] >= pretraining['seconds'] > 0
 
 
-def test_pretraining_is_reproducible_and_independent_of_the_core(subset, tmp_path):
+def test_pretraining_is_reproducible_across_cores(subset, tmp_path):
     torch.set_num_threads(1)
     episodes = find_episodes(subset)
     config = tiny_config(pretrain_epochs=4, pretrain_batch_size=16, pretrain_patience=50,
