@@ -4,7 +4,8 @@ import argparse
 import logging
 from pathlib import Path
 
-from liquid_control.cli.train import load_config, load_data
+from liquid_control.cli.train import (check_init_encoder, check_sources, check_writable_folder,
+                                      load_config, load_data)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,10 +55,29 @@ def run(args: argparse.Namespace) -> int:
     """Run the comparison and print the table."""
     import torch
 
+    from liquid_control.errors import ConfigError
+    from liquid_control.evaluation.perturbations import parse_perturbations
     from liquid_control.training.compare import ModelSpec, compare
 
     specs = [ModelSpec.parse(text) for text in args.models]
+    # Equal entries would train into the same files and count twice in the means.
+    names = [spec.name.replace('-', ':') for spec in specs]
+    for entries, option in ((names, '--models'), (args.seeds, '--seeds')):
+        repeated = sorted({str(entry) for entry in entries if entries.count(entry) > 1})
+        if repeated:
+            raise ConfigError(f'{option} lists {", ".join(repeated)} more than once; list '
+                              'each once')
+    for seed in args.seeds:
+        if not 0 <= seed < 2**32:
+            raise ConfigError(f'--seeds {seed} is invalid: use integers from 0 to 2**32 - 1')
+    if args.out.exists() and not args.out.is_dir():
+        raise ConfigError(f'--out {args.out} is a file, not a folder: name a folder for the '
+                          'comparison')
+    check_writable_folder(args.out, f'--out {args.out}')
+    parse_perturbations(args.perturbations)  # reject bad names before the slow part
     config = load_config(args)
+    check_init_encoder(config)
+    check_sources(args.data, args.cache_dir)
     if config.threads:
         torch.set_num_threads(config.threads)
     episodes = load_data(args.data, args.cache_dir)

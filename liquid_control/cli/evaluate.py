@@ -6,9 +6,11 @@ The output folder receives metrics.json, predictions.csv, PNG plots and report.h
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 from liquid_control.cli.import_data import add_label_arguments, label_options_from_args
+from liquid_control.cli.train import check_sources, check_writable_folder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -78,19 +80,23 @@ def _validate(args: argparse.Namespace) -> None:
         if value < minimum:
             raise ConfigError(f'--{option.replace("_", "-")} {value} is invalid: use an '
                               f'integer >= {minimum}')
-    if not args.trace_seconds > 0:
-        raise ConfigError(f'--trace-seconds {args.trace_seconds} is invalid: use seconds > 0')
+    if not 0 < args.trace_seconds < math.inf:
+        raise ConfigError(f'--trace-seconds {args.trace_seconds} is invalid: use a finite '
+                          'number of seconds > 0')
     if args.threads < 1:
         raise ConfigError(f'--threads {args.threads} is invalid: use 1 or more')
     if args.out.exists() and not args.out.is_dir():
         raise ConfigError(f'--out {args.out} is a file, not a folder: name a folder for the '
                           'evaluation output')
+    check_writable_folder(args.out, f'--out {args.out}')
+    check_sources(args.sources, args.cache_dir)
 
 
 def run(args: argparse.Namespace) -> int:
     """Evaluate the model on the sources and write the report; return the exit code."""
     from liquid_control.data.sources import load_episodes
     from liquid_control.data.sync import LabelOptions
+    from liquid_control.errors import LiquidControlError
     from liquid_control.evaluation.perturbations import parse_perturbations
     from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
     from liquid_control.model.checkpoint import load_checkpoint
@@ -132,7 +138,11 @@ def run(args: argparse.Namespace) -> int:
         chunk_length=args.chunk_length, saliency_frames=args.saliency_frames,
         ssim_frames=args.ssim_frames, trace_seconds=args.trace_seconds, seed=args.seed,
         torch_threads=args.threads, plots=not args.no_plots, info=info)
-    metrics = run_evaluation(policy, episodes, args.out, metadata, options)
+    try:
+        metrics = run_evaluation(policy, episodes, args.out, metadata, options)
+    except OSError as error:
+        raise LiquidControlError(f'evaluation failed: {error}; check that --out {args.out} '
+                                 'is a writable folder and the sources are readable') from error
 
     for name in policy.output_names:
         values = metrics[name]

@@ -6,6 +6,7 @@ Run it under ``torchrun --nproc_per_node=N`` to train with distributed data para
 
 import argparse
 import logging
+import tempfile
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -105,6 +106,78 @@ def load_config(args: argparse.Namespace):
     return load_train_config(path, collect_overrides(args))
 
 
+def check_writable_folder(folder: Path, option: str) -> None:
+    """Raise ConfigError unless ``folder`` is, or can be created as, a writable folder.
+
+    Runs before the data is loaded, so a bad ``--out`` fails in seconds, not after an
+    epoch. It creates no folder, but writes and removes a temporary file in the nearest
+    existing ancestor: unlike permission bits, that also detects read-only mounts and
+    works for root.
+    """
+    from liquid_control.errors import ConfigError
+
+    existing = Path(folder)
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise ConfigError(f'{option}: {existing} is a file, not a folder; choose another '
+                          'path')
+    try:
+        with tempfile.TemporaryFile(dir=existing):
+            pass
+    except OSError as error:
+        raise ConfigError(f'{option}: cannot write into {existing} ({error.strerror}); '
+                          'choose a writable folder') from error
+
+
+def check_output(out: Path) -> None:
+    """Raise ConfigError when the checkpoints or logs of ``--out`` cannot be written."""
+    from liquid_control.errors import ConfigError
+    from liquid_control.training.trainer import OutputPaths
+
+    paths = OutputPaths.from_out(out)
+    for path in (paths.best, paths.last):
+        if path.is_dir():
+            raise ConfigError(f'--out {out}: {path} is a folder; name a checkpoint file, '
+                              f'e.g. {path / "model.lcm"}')
+    if paths.logs.exists() and not paths.logs.is_dir():
+        raise ConfigError(f'--out {out}: the log folder {paths.logs} is a file; move it away '
+                          'or choose another --out')
+    check_writable_folder(paths.best.parent, f'--out {out}')
+
+
+def check_init_encoder(config) -> None:
+    """Raise CheckpointError now when ``init_encoder`` is not a readable checkpoint."""
+    from liquid_control.errors import CheckpointError
+    from liquid_control.model.checkpoint import read_header
+
+    if config.init_encoder is None:
+        return
+    try:
+        read_header(config.init_encoder)
+    except CheckpointError as error:
+        raise CheckpointError(f'init_encoder: {error}; name a .lcm file written by '
+                              'liquid-control train') from error
+
+
+def check_sources(sources, cache_dir=None) -> None:
+    """Raise ConfigError for a source listed twice or a ``--cache-dir`` that is not a folder.
+
+    A repeated source would put copies of training frames into the validation part.
+    """
+    from liquid_control.errors import ConfigError
+
+    seen = {}
+    for source in sources:
+        resolved = Path(source).resolve()
+        if resolved in seen:
+            raise ConfigError(f'{source} is the same data as {seen[resolved]}; list each '
+                              'source once')
+        seen[resolved] = source
+    if cache_dir is not None:
+        check_writable_folder(cache_dir, f'--cache-dir {cache_dir}')
+
+
 def load_data(sources, cache_dir=None) -> list:
     """Load the episodes of every source, importing bags and tubs on the fly."""
     from liquid_control.data.sources import load_episodes
@@ -124,6 +197,9 @@ def run(args: argparse.Namespace) -> int:
     from liquid_control.training.trainer import train
 
     config = load_config(args)
+    check_output(args.out)
+    check_init_encoder(config)
+    check_sources(args.data, args.cache_dir)
     context = distributed.start()
     try:
         episodes = load_data(args.data, args.cache_dir)

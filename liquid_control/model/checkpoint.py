@@ -61,6 +61,9 @@ def save_checkpoint(path: PathLike, policy: Policy, metadata: Dict[str, Any]) ->
     half-written checkpoint under ``path``.
     """
     path = Path(path)
+    if path.is_dir():
+        raise CheckpointError(f'cannot save a checkpoint to {path}: it is a folder; name a '
+                              '.lcm file')
     tensors = []
     chunks = []
     offset = 0

@@ -16,7 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
-from liquid_control.errors import ConfigError
+from liquid_control.errors import CheckpointError, ConfigError
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
@@ -45,11 +45,11 @@ class ModelSpec:
     @classmethod
     def parse(cls, text: str) -> 'ModelSpec':
         """Parse ``FAMILY`` or ``FAMILY:UNITS``."""
-        family, _, units = text.partition(':')
+        family, separator, units = text.partition(':')
         if family not in FAMILIES:
             raise ConfigError(f'model {text!r} is invalid: use FAMILY or FAMILY:UNITS with '
                               f'FAMILY one of {FAMILIES}, e.g. lstm:64')
-        if not units:
+        if not separator:
             return cls(family)
         try:
             count = int(units)
@@ -77,15 +77,27 @@ def scored_part(data: PreparedData):
 
 def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, path: Path,
                    reuse: bool, sources: Sequence[str], progress: bool):
-    if reuse and path.is_file():
+    if reuse and (path.exists() or path.is_symlink()):
         LOGGER.info('%s: loading %s (--reuse)', spec.name, path)
-        policy, metadata = load_checkpoint(path)
-        if metadata.get('train_config', {}).get('family') != spec.family:
-            raise ConfigError(f'{path} contains a {metadata.get("train_config", {}).get("family")}'
-                              f' model, not {spec.family}; delete it or drop --reuse')
         # The best checkpoint records the time up to its epoch; the last one the whole run.
         last = OutputPaths.from_out(path).last
-        totals = load_checkpoint(last)[1] if last.is_file() else metadata
+        try:
+            policy, metadata = load_checkpoint(path)
+            totals = load_checkpoint(last)[1] if last.is_file() else metadata
+        except CheckpointError as error:
+            raise CheckpointError(f'{error}; with --reuse, delete the damaged file to train '
+                                  'that model again') from error
+        saved = metadata.get('train_config', {})
+        if saved.get('family') != spec.family:
+            raise ConfigError(f'{path} contains a {saved.get("family")} model, not '
+                              f'{spec.family}; delete it or drop --reuse')
+        # A checkpoint of other settings would put another model's scores in the table.
+        expected = config.to_dict()
+        for key in ('model', 'preprocessing', 'outputs', 'seed'):
+            if key in saved and saved[key] != expected[key]:
+                raise ConfigError(f'{path} was trained with {key} {saved[key]!r}, but this '
+                                  f'comparison uses {expected[key]!r}; delete it or drop '
+                                  '--reuse')
         return (policy, metadata, float(totals.get('train_seconds', math.nan)),
                 int(totals.get('epoch', metadata.get('epoch', 0))))
     trainer = Trainer(config, [], path, sources=sources, progress=progress, data=data)

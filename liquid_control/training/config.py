@@ -1,6 +1,8 @@
 """Training settings: one dataclass, loaded from YAML and overridden from the command line."""
 
-from dataclasses import asdict, dataclass, field
+import math
+import typing
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Dict, Iterable, Optional, Tuple
 
@@ -65,6 +67,9 @@ class TrainConfig:
     augment: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # Types first, so that the range checks below never compare a string with a number.
+        for setting in fields(self):
+            _check_type(setting.name, getattr(self, setting.name), setting.type)
         if self.family not in FAMILIES:
             raise ConfigError(f'family {self.family!r} is unknown; use one of {FAMILIES}')
         if self.split not in SPLITS:
@@ -117,6 +122,23 @@ class TrainConfig:
                               'or false')
         if self.max_minutes is not None and self.max_minutes <= 0:
             raise ConfigError(f'max_minutes={self.max_minutes} is invalid: use minutes > 0')
+        if self.max_batches_per_epoch is not None and self.max_batches_per_epoch < 1:
+            raise ConfigError(f'max_batches_per_epoch={self.max_batches_per_epoch} is invalid: '
+                              'use an integer >= 1, or null for every batch')
+        if self.threads is not None and self.threads < 1:
+            raise ConfigError(f'threads={self.threads} is invalid: use an integer >= 1, or '
+                              "null for torch's default")
+        # numpy's generators take no negative seed, and the trainer's seed * 100003 + epoch
+        # must stay within torch.manual_seed's 64 bits.
+        if not 0 <= self.seed < 2**32:
+            raise ConfigError(f'seed={self.seed} is invalid: use an integer from 0 to 2**32 - 1')
+        for name in ('weight_decay', 'gradient_clip'):
+            if getattr(self, name) < 0:
+                raise ConfigError(f'{name}={getattr(self, name)} is invalid: use a value >= 0 '
+                                  '(0 turns it off)')
+        if any(weight < 0 for weight in self.output_weights):
+            raise ConfigError(f'output_weights {list(self.output_weights)} is invalid: use '
+                              'weights >= 0')
         if self.output_weights and len(self.output_weights) != len(self.outputs):
             raise ConfigError(f'output_weights {list(self.output_weights)} must have one '
                               f'weight for each output {list(self.outputs)}')
@@ -146,6 +168,10 @@ class TrainConfig:
         values = dict(values)
         for name in ('outputs', 'output_weights'):
             if name in values:
+                if not isinstance(values[name], (list, tuple, type(None))):
+                    raise ConfigError(f'{name}={values[name]!r} is invalid: use a list, e.g. '
+                                      '[angular_z, linear_x] for outputs or [2.0, 1.0] for '
+                                      'output_weights')
                 values[name] = tuple(values[name] or ())
         for name in ('model', 'preprocessing', 'augment'):
             if name in values and values[name] is None:
@@ -161,6 +187,66 @@ class TrainConfig:
         for key, value in overrides.items():
             _set_dotted(values, key, value)
         return TrainConfig.from_dict(values)
+
+
+def _check_type(name: str, value: Any, annotation: Any) -> None:
+    """Raise ConfigError when ``value`` does not have the type of the field ``name``."""
+    optional = False
+    if typing.get_origin(annotation) is typing.Union:  # Optional[X]
+        if value is None:
+            return
+        optional = True
+        annotation = next(arg for arg in typing.get_args(annotation) if arg is not type(None))
+    origin = typing.get_origin(annotation)
+    if origin is tuple:
+        element = typing.get_args(annotation)[0]
+        valid = isinstance(value, (list, tuple)) and all(
+            _has_type(item, element) for item in value)
+        expected = 'a list of strings' if element is str else 'a list of finite numbers'
+    else:
+        valid = _has_type(value, origin or annotation)
+        expected = _describe(origin or annotation)
+    if valid:
+        return
+    if optional:
+        expected += ', or null'
+    hint = ''
+    if annotation is float and isinstance(value, str) and _parses_as_float(value):
+        hint = f' (YAML reads {value} as text; write a decimal point, e.g. 1.0e-3)'
+    raise ConfigError(f'{name}={value!r} is invalid: use {expected}{hint}')
+
+
+def _has_type(value: Any, expected: Any) -> bool:
+    if expected is bool:
+        return isinstance(value, bool)
+    if expected is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if expected is float:
+        # NaN and infinity are rejected because the checkpoint's JSON header, which
+        # stores these settings, cannot hold them.
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            return False
+        try:
+            return math.isfinite(value)
+        except OverflowError:  # an int beyond the float range
+            return False
+    if expected is Any:
+        return True
+    return isinstance(value, expected)
+
+
+def _parses_as_float(text: str) -> bool:
+    try:
+        float(text)
+    except ValueError:
+        return False
+    return True
+
+
+def _describe(expected: Any) -> str:
+    return {bool: 'true or false', int: 'an integer', float: 'a finite number',
+            str: 'a string', dict: 'a mapping of settings, e.g. {units: 19}'}.get(
+                expected, getattr(expected, '__name__', str(expected)))
 
 
 def _set_dotted(values: Dict[str, Any], key: str, value: Any) -> None:
@@ -198,7 +284,10 @@ def load_train_config(path: Optional[Path] = None,
     if path is not None:
         path = Path(path)
         try:
-            values = yaml.safe_load(path.read_text()) or {}
+            values = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
+        except UnicodeDecodeError as error:
+            raise ConfigError(f'training config {path} is not UTF-8 text ({error}); name '
+                              'a YAML file') from error
         except OSError as error:
             raise ConfigError(f'cannot read the training config {path}: {error}') from error
         except yaml.YAMLError as error:

@@ -288,7 +288,13 @@ class Trainer:
         self.optimizer = torch.optim.AdamW(parameter_groups(self.policy, self.config),
                                            weight_decay=self.config.weight_decay)
         if resume_state is not None:
-            self.optimizer.load_state_dict(resume_state['optimizer'])
+            try:
+                self.optimizer.load_state_dict(resume_state['optimizer'])
+            except (ValueError, KeyError, TypeError, RuntimeError) as error:
+                raise CheckpointError(
+                    f'cannot resume: the optimizer state in {self.paths.logs / RESUME_FILE} '
+                    f'does not fit this run ({error}); train without --resume, or with the '
+                    'settings of the first run') from error
             start_epoch = int(resume_state['epoch']) + 1
             best_score = float(resume_state['best_score'])
             best_epoch = int(resume_state['best_epoch'])
@@ -305,7 +311,11 @@ class Trainer:
 
     def _load_initial_encoder(self, path: Path) -> None:
         """Start from the encoder weights of the checkpoint at ``path``."""
-        policy, _ = load_checkpoint(path)
+        try:
+            policy, _ = load_checkpoint(path)
+        except CheckpointError as error:
+            raise CheckpointError(f'init_encoder: {error}; name a .lcm file written by '
+                                  'liquid-control train') from error
         ours, theirs = self.policy.config, policy.config
         if (ours.input_height, ours.input_width, ours.encoder) != \
                 (theirs.input_height, theirs.input_width, theirs.encoder):
@@ -376,8 +386,16 @@ class Trainer:
         try:
             state = torch.load(resume_path, weights_only=True)
         except Exception as error:  # torch raises several types for damaged files
-            raise CheckpointError(f'{resume_path} is unreadable ({error}); delete it and '
-                                  'train without --resume') from error
+            # torch's own text can be pages long and suggests weights_only=False, which
+            # would let the file run code, so the message gives only the type.
+            LOGGER.debug('torch.load(%s) failed: %s', resume_path, error)
+            raise CheckpointError(f'{resume_path} is damaged or not a resume state of '
+                                  f'liquid-control train ({type(error).__name__}); delete it '
+                                  'and train without --resume') from error
+        problem = _resume_state_problem(state)
+        if problem is not None:
+            raise CheckpointError(f'{resume_path} is not a resume state of liquid-control '
+                                  f'train ({problem}); delete it and train without --resume')
         self._output_mean = metadata.get('training_output_mean', {})
         self._output_std = metadata.get('training_output_std', {})
         return state
@@ -555,17 +573,29 @@ class Trainer:
         }
 
     def _save(self, path: Path, metadata: dict) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_checkpoint(path, self.policy, metadata)
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            save_checkpoint(path, self.policy, metadata)
+        except OSError as error:
+            raise CheckpointError(f'cannot write checkpoint {path}: {error}; free disk space '
+                                  'or choose a writable --out') from error
 
     def _save_resume_state(self, epoch: int, best_score: float, best_epoch: int,
                            stale: int, train_seconds: float) -> None:
-        self.paths.logs.mkdir(parents=True, exist_ok=True)
         temporary = self.paths.logs / (RESUME_FILE + '.tmp')
-        torch.save({'optimizer': self.optimizer.state_dict(), 'epoch': epoch,
-                    'best_score': best_score, 'best_epoch': best_epoch,
-                    'stale_epochs': stale, 'train_seconds': train_seconds}, temporary)
-        temporary.replace(self.paths.logs / RESUME_FILE)
+        try:
+            self.paths.logs.mkdir(parents=True, exist_ok=True)
+            torch.save({'optimizer': self.optimizer.state_dict(), 'epoch': epoch,
+                        'best_score': best_score, 'best_epoch': best_epoch,
+                        'stale_epochs': stale, 'train_seconds': train_seconds}, temporary)
+            temporary.replace(self.paths.logs / RESUME_FILE)
+        except (OSError, RuntimeError) as error:  # torch.save raises RuntimeError on I/O
+            try:
+                temporary.unlink(missing_ok=True)
+            except OSError:
+                pass  # the write error above is the one to report
+            raise CheckpointError(f'cannot write the resume state {temporary}: {error}; free '
+                                  'disk space or choose a writable --out') from error
 
     # -- the run -------------------------------------------------------------------------
 
@@ -643,6 +673,22 @@ class Trainer:
                            best_metrics=best_metrics, train_seconds=train_seconds,
                            stop_reason=stop_reason, parameter_counts=dict(counts),
                            history=list(self.history))
+
+
+def _resume_state_problem(state) -> Optional[str]:
+    """Return what is missing or mistyped in a loaded ``resume.pt``, or None."""
+    if not isinstance(state, dict):
+        return f'it contains a {type(state).__name__}, not a dict'
+    if not isinstance(state.get('optimizer'), dict):
+        return 'the optimizer state is missing'
+    for key in ('epoch', 'best_epoch', 'stale_epochs'):
+        value = state.get(key)
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            return f'{key} is {value!r}, not a count'
+    for key in ('best_score', 'train_seconds'):
+        if not isinstance(state.get(key), (int, float)):
+            return f'{key} is {state.get(key)!r}, not a number'
+    return None
 
 
 def train(config: TrainConfig, episodes: Sequence, out: Path, **options) -> TrainResult:

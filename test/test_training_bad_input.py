@@ -1,0 +1,325 @@
+"""Bad input to train, evaluate and compare: a clear error and exit code 2, no traceback.
+
+Every case runs the real command line through ``main`` on a small real subset of the
+donkeycar tub and checks that the files already written stay as they were.
+"""
+
+import os
+import pickle
+import shutil
+
+import pytest
+import torch
+
+from conftest import SHARED_DATA
+from training_data import write_subset
+
+from liquid_control.cli.main import main
+
+# Tiny settings so that the one training run of this file takes seconds on one core.
+SETTINGS = ['--epochs', '1', '--threads', '1', '--no-progress', '--sequence-length', '8',
+            '--batch-size', '8', '--validation-fraction', '0.25', '--pretrain-epochs', '0',
+            '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+            '--set', 'stride=2', '--set', 'warmup_frames=2', '--set', 'max_batches_per_epoch=2']
+COMPARE_SETTINGS = ['--epochs', '1', '--threads', '1', '--no-progress',
+                    '--validation-fraction', '0.25', '--test-fraction', '0.25',
+                    '--perturbations', 'noise:0.1', '--set', 'pretrain_epochs=0',
+                    '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+                    '--set', 'sequence_length=8', '--set', 'stride=2',
+                    '--set', 'warmup_frames=2', '--set', 'max_batches_per_epoch=2']
+
+
+class RunsCode:
+    """Unpickling this object runs ``touch MARKER``, as a malicious checkpoint would."""
+
+    def __init__(self, marker):
+        self.marker = str(marker)
+
+    def __reduce__(self):
+        return (os.system, (f'touch {self.marker}',))
+
+
+@pytest.fixture(scope='module')
+def subset(tmp_path_factory):
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
+    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('subset'))
+
+
+@pytest.fixture(scope='module')
+def trained(subset, tmp_path_factory):
+    """Return the --out of one finished tiny run, with its resume files."""
+    out = tmp_path_factory.mktemp('trained') / 'model.lcm'
+    assert main(['train', str(subset), '--out', str(out), *SETTINGS]) == 0
+    return out
+
+
+def run_failing(capsys, command, *arguments) -> str:
+    """Run ``liquid-control COMMAND ARGUMENTS``; check exit code 2 and return the error."""
+    capsys.readouterr()
+    code = main([command, *[str(argument) for argument in arguments]])
+    error = capsys.readouterr().err
+    assert code == 2, error
+    assert f'liquid-control {command}: error:' in error
+    assert 'Traceback' not in error
+    return error
+
+
+def copy_run(trained, folder):
+    """Copy the checkpoints and logs of the trained run into ``folder``; return its --out."""
+    folder.mkdir()
+    for name in ('model.lcm', 'model.last.lcm'):
+        shutil.copy(trained.parent / name, folder / name)
+    shutil.copytree(trained.parent / 'model_logs', folder / 'model_logs')
+    return folder / 'model.lcm'
+
+
+# -- train: settings ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('setting, words', [
+    ('lr_encoder=abc', ['lr_encoder', 'finite number']),
+    ('lr_encoder=1e-3', ['lr_encoder', 'decimal point']),
+    ('lr_recurrent=.inf', ['lr_recurrent', 'finite number']),
+    ('max_minutes=.nan', ['max_minutes', 'finite number']),
+    ('validation_fraction=abc', ['validation_fraction', 'finite number']),
+    ('weight_decay=abc', ['weight_decay', 'finite number']),
+    ('gradient_clip=-1.0', ['gradient_clip', '>= 0']),
+    ('seed=abc', ['seed', 'integer']),
+    ('seed=-1', ['seed', '2**32']),
+    ('epochs=true', ['epochs', 'integer']),
+    ('threads=abc', ['threads', 'integer']),
+    ('threads=-1', ['threads', '>= 1']),
+    ('max_batches_per_epoch=-1', ['max_batches_per_epoch', '>= 1']),
+    ('model=abc', ['model', 'mapping']),
+    ('init_encoder=5', ['init_encoder', 'string']),
+    ('outputs=angular_z', ['outputs', 'list']),
+    ('output_weights=[-1.0, 1.0]', ['output_weights', '>= 0']),
+])
+def test_train_set_rejects_value(subset, tmp_path, capsys, setting, words):
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--set', setting)
+    for word in words:
+        assert word in error
+    assert not (tmp_path / 'm.lcm').exists()
+
+
+def test_train_threads_option_rejects_negative(subset, tmp_path, capsys):
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--threads', '-1')
+    assert 'threads=-1' in error
+
+
+def test_train_config_not_utf8(subset, tmp_path, capsys):
+    config = tmp_path / 'binary.yaml'
+    config.write_bytes(bytes(range(128, 256)))
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm',
+                        '--config', config)
+    assert 'binary.yaml' in error
+    assert 'UTF-8' in error
+
+
+def test_train_same_data_twice(subset, tmp_path, capsys):
+    error = run_failing(capsys, 'train', subset, f'{subset}/', '--out', tmp_path / 'm.lcm',
+                        *SETTINGS)
+    assert 'is the same data as' in error
+    assert not (tmp_path / 'm.lcm').exists()
+
+
+def test_train_cache_dir_is_file(subset, tmp_path, capsys):
+    (tmp_path / 'cache').write_text('kept\n')
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--cache-dir', tmp_path / 'cache')
+    assert '--cache-dir' in error
+    assert 'is a file, not a folder' in error
+    assert (tmp_path / 'cache').read_text() == 'kept\n'
+
+
+# -- train: --out -------------------------------------------------------------------------
+
+def test_train_out_parent_is_file(subset, tmp_path, capsys):
+    (tmp_path / 'plain').write_text('not a folder\n')
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'plain' / 'm.lcm',
+                        *SETTINGS)
+    assert 'is a file, not a folder' in error
+    assert (tmp_path / 'plain').read_text() == 'not a folder\n'
+
+
+def test_train_out_is_folder(subset, tmp_path, capsys):
+    (tmp_path / 'model.lcm').mkdir()
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'model.lcm', *SETTINGS)
+    assert 'is a folder' in error
+    assert not list((tmp_path / 'model.lcm').iterdir())
+
+
+def test_train_log_folder_is_file(subset, tmp_path, capsys):
+    (tmp_path / 'model_logs').write_text('kept\n')
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'model.lcm', *SETTINGS)
+    assert 'model_logs' in error
+    assert not (tmp_path / 'model.lcm').exists()
+    assert (tmp_path / 'model_logs').read_text() == 'kept\n'
+
+
+# -- train: --init-encoder ----------------------------------------------------------------
+
+def test_init_encoder_pickle_not_run(subset, tmp_path, capsys):
+    marker = tmp_path / 'PWNED'
+    raw = tmp_path / 'raw.lcm'
+    raw.write_bytes(pickle.dumps(RunsCode(marker)))
+    zipped = tmp_path / 'zipped.lcm'
+    torch.save({'encoder': RunsCode(marker)}, zipped)
+    for path in (raw, zipped, tmp_path / 'missing.lcm'):
+        error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                            '--init-encoder', path)
+        # The temporary folder's name contains the test name, so look for the prefix.
+        assert 'error: init_encoder: ' in error
+        assert path.name in error
+    assert not marker.exists()
+    assert not (tmp_path / 'm.lcm').exists()
+
+
+# -- train: --resume ----------------------------------------------------------------------
+
+@pytest.mark.parametrize('content, words', [
+    ('truncated', ['is damaged or not a resume state']),
+    ('list', ['contains a list']),
+    ('no optimizer', ['optimizer state is missing']),
+    ('text epoch', ["epoch is 'x'"]),
+    ('pickle', ['is damaged or not a resume state']),
+])
+def test_resume_damaged_state(subset, trained, tmp_path, capsys, content, words):
+    out = copy_run(trained, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    marker = tmp_path / 'PWNED'
+    if content == 'truncated':
+        resume.write_bytes(resume.read_bytes()[:500])
+    elif content == 'list':
+        torch.save([1, 2], resume)
+    elif content == 'no optimizer':
+        torch.save({'epoch': 1}, resume)
+    elif content == 'text epoch':
+        state = torch.load(resume, weights_only=True)
+        state['epoch'] = 'x'
+        torch.save(state, resume)
+    else:
+        torch.save({'optimizer': RunsCode(marker)}, resume)
+    checkpoints = [out, out.with_name('model.last.lcm')]
+    before = [path.read_bytes() for path in checkpoints]
+
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert 'resume.pt' in error
+    for word in words:
+        assert word in error
+    assert not marker.exists()
+    assert [path.read_bytes() for path in checkpoints] == before
+
+
+def test_resume_other_optimizer_groups(subset, trained, tmp_path, capsys):
+    # The first run trained the encoder too, so its optimizer has one group more.
+    out = copy_run(trained, tmp_path / 'run')
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume', '--freeze-encoder')
+    assert 'optimizer state' in error
+    assert 'does not fit this run' in error
+
+
+# -- evaluate -----------------------------------------------------------------------------
+
+def test_evaluate_trace_seconds_infinite(subset, trained, tmp_path, capsys):
+    error = run_failing(capsys, 'evaluate', subset, '--model', trained,
+                        '--out', tmp_path / 'evaluation', '--trace-seconds', 'inf')
+    assert '--trace-seconds inf' in error
+    assert not (tmp_path / 'evaluation').exists()
+
+
+def test_evaluate_out_parent_is_file(subset, trained, tmp_path, capsys):
+    (tmp_path / 'plain').write_text('not a folder\n')
+    error = run_failing(capsys, 'evaluate', subset, '--model', trained,
+                        '--out', tmp_path / 'plain' / 'evaluation', '--no-plots')
+    assert 'is a file, not a folder' in error
+    assert (tmp_path / 'plain').read_text() == 'not a folder\n'
+
+
+def test_evaluate_same_source_twice(subset, trained, tmp_path, capsys):
+    error = run_failing(capsys, 'evaluate', subset, f'{subset}/.', '--model', trained,
+                        '--out', tmp_path / 'evaluation', '--no-plots')
+    assert 'is the same data as' in error
+    assert not (tmp_path / 'evaluation').exists()
+
+
+def test_evaluate_output_file_is_folder(subset, trained, tmp_path, capsys):
+    (tmp_path / 'evaluation' / 'metrics.json').mkdir(parents=True)
+    error = run_failing(capsys, 'evaluate', subset, '--model', trained,
+                        '--out', tmp_path / 'evaluation', '--no-plots', '--perturbations')
+    assert 'metrics.json' in error
+
+
+# -- compare ------------------------------------------------------------------------------
+
+@pytest.mark.parametrize('arguments, words', [
+    (['--models', 'cnn:8', 'lstm', 'cnn:8'], ['--models', 'cnn:8', 'more than once']),
+    (['--models', 'cnn:8', '--seeds', '1', '1'], ['--seeds', 'more than once']),
+    (['--models', 'cnn:8', '--seeds', '-1'], ['--seeds -1']),
+    (['--models', 'lstm:'], ['lstm:', 'unit count']),
+    (['--models', 'cnn:8', '--perturbations', 'noise:abc'], ['noise:abc']),
+])
+def test_compare_rejects_arguments(subset, tmp_path, capsys, arguments, words):
+    error = run_failing(capsys, 'compare', subset, '--out', tmp_path / 'cmp',
+                        *COMPARE_SETTINGS, *arguments)
+    for word in words:
+        assert word in error
+    assert not (tmp_path / 'cmp').exists()
+
+
+def test_compare_out_is_file(subset, tmp_path, capsys):
+    (tmp_path / 'cmp').write_text('kept\n')
+    error = run_failing(capsys, 'compare', subset, '--out', tmp_path / 'cmp',
+                        *COMPARE_SETTINGS, '--models', 'cnn:8')
+    assert 'is a file, not a folder' in error
+    assert (tmp_path / 'cmp').read_text() == 'kept\n'
+
+
+def test_compare_reuse_damaged_checkpoint(subset, trained, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    (folder / 'ncp_ltc-s0.lcm').write_bytes(trained.read_bytes()[:2000])
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'ncp_ltc-s0.lcm is truncated' in error
+    assert 'delete the damaged file' in error
+
+
+def test_compare_reuse_other_settings(subset, trained, tmp_path, capsys):
+    # The trained model has a 48x24 input; this comparison uses 64x32.
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    shutil.copy(trained, folder / 'ncp_ltc-s0.lcm')
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--set', 'preprocessing={crop_top: 0.4, height: 32, width: 64}',
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'was trained with preprocessing' in error
+    assert "'height': 32" in error
+    assert not (folder / 'compare.md').exists()
+
+
+# -- writing during training --------------------------------------------------------------
+
+def test_trainer_write_errors_named(trained, tmp_path):
+    # The early --out check cannot foresee a folder that breaks during the run, so the
+    # writes themselves must turn OSError into CheckpointError.
+    from types import SimpleNamespace
+
+    from liquid_control.errors import CheckpointError
+    from liquid_control.model.checkpoint import load_checkpoint
+    from liquid_control.training.trainer import OutputPaths, Trainer
+
+    (tmp_path / 'plain').write_text('not a folder\n')
+    policy, metadata = load_checkpoint(trained)
+    trainer = SimpleNamespace(policy=policy,
+                              paths=OutputPaths.from_out(tmp_path / 'plain' / 'model.lcm'),
+                              optimizer=torch.optim.AdamW(policy.parameters()))
+    with pytest.raises(CheckpointError, match='cannot write checkpoint'):
+        Trainer._save(trainer, trainer.paths.best, metadata)
+    with pytest.raises(CheckpointError, match='cannot write the resume state'):
+        Trainer._save_resume_state(trainer, 1, 0.5, 1, 0, 1.0)
+    assert (tmp_path / 'plain').read_text() == 'not a folder\n'
