@@ -7,6 +7,7 @@ donkeycar tub and checks that the files already written stay as they were.
 import os
 import pickle
 import shutil
+import threading
 
 import pytest
 import torch
@@ -132,6 +133,37 @@ def test_train_cache_dir_is_file(subset, tmp_path, capsys):
     assert '--cache-dir' in error
     assert 'is a file, not a folder' in error
     assert (tmp_path / 'cache').read_text() == 'kept\n'
+
+
+def feed_fifo(fifo, stop):
+    """Write broken YAML to the first reader of ``fifo`` until ``stop`` is set.
+
+    Should the command read the FIFO again, this unblocks it, so the test fails with a
+    message instead of hanging.
+    """
+    while not stop.wait(0.2):
+        try:
+            descriptor = os.open(fifo, os.O_WRONLY | os.O_NONBLOCK)
+        except OSError:  # ENXIO: no reader has opened it yet
+            continue
+        os.write(descriptor, b'epochs: [\n')
+        os.close(descriptor)
+        return
+
+
+def test_train_config_is_fifo(subset, tmp_path, capsys):
+    fifo = tmp_path / 'config.yaml'
+    os.mkfifo(fifo)
+    stop = threading.Event()
+    feeder = threading.Thread(target=feed_fifo, args=(fifo, stop), daemon=True)
+    feeder.start()
+    try:
+        error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm',
+                            '--config', fifo)
+    finally:
+        stop.set()
+        feeder.join()
+    assert 'not a regular file' in error
 
 
 # -- train: --out -------------------------------------------------------------------------

@@ -283,6 +283,10 @@ def load_train_config(path: Optional[Path] = None,
     config = TrainConfig()
     if path is not None:
         path = Path(path)
+        # Reading a FIFO or a device such as /dev/zero would block or never end.
+        if path.exists() and not path.is_file():
+            raise ConfigError(f'training config {path} is not a regular file; name a YAML '
+                              'file')
         try:
             values = yaml.safe_load(path.read_text(encoding='utf-8')) or {}
         except UnicodeDecodeError as error:
