@@ -355,3 +355,39 @@ def test_trainer_write_errors_named(trained, tmp_path):
     with pytest.raises(CheckpointError, match='cannot write the resume state'):
         Trainer._save_resume_state(trainer, 1, 0.5, 1, 0, 1.0)
     assert (tmp_path / 'plain').read_text() == 'not a folder\n'
+
+
+# -- checkpoints with a valid checksum but a foreign training record ----------------------
+
+def write_foreign_checkpoint(trained, path, **metadata_changes):
+    """Save the trained policy to ``path`` with its metadata changed as given."""
+    from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+
+    policy, metadata = load_checkpoint(trained)
+    save_checkpoint(path, policy, {**metadata, **metadata_changes})
+
+
+@pytest.mark.parametrize('changes, words', [
+    ({'train_config': [1]}, 'train_config is not a mapping'),
+    ({'train_seconds': 'x'}, "train_seconds is 'x'"),
+    ({'training_output_mean': {'angular_z': 'x'}}, 'not a number'),
+])
+def test_compare_reuse_foreign_metadata(subset, trained, tmp_path, capsys, changes, words):
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    write_foreign_checkpoint(trained, folder / 'ncp_ltc-s0.lcm', **changes)
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert words in error
+    assert 'not written by liquid-control train' in error
+
+
+def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):
+    out = copy_run(trained, tmp_path / 'run')
+    last = out.with_name('model.last.lcm')
+    write_foreign_checkpoint(trained, last, train_config=[1])
+    before = last.read_bytes()
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert 'train_config is not a mapping' in error
+    assert last.read_bytes() == before

@@ -21,7 +21,8 @@ from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.training.dataset import segment_slices
-from liquid_control.training.trainer import OutputPaths, PreparedData, Trainer, prepare_data
+from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer, prepare_data,
+                                             training_metadata_problem)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -84,6 +85,11 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         try:
             policy, metadata = load_checkpoint(path)
             totals = load_checkpoint(last)[1] if last.is_file() else metadata
+            for checked, checked_metadata in ((path, metadata), (last, totals)):
+                problem = training_metadata_problem(checked_metadata)
+                if problem is not None:
+                    raise CheckpointError(f'checkpoint {checked} was not written by '
+                                          f'liquid-control train: {problem}')
         except CheckpointError as error:
             raise CheckpointError(f'{error}; with --reuse, delete the damaged file to train '
                                   'that model again') from error

@@ -373,6 +373,10 @@ class Trainer:
                 f'cannot resume: {self.paths.last} or {resume_path} is missing; train '
                 'without --resume first, with the same --out')
         policy, metadata = load_checkpoint(self.paths.last)
+        problem = training_metadata_problem(metadata)
+        if problem is not None:
+            raise CheckpointError(f'cannot resume {self.paths.last}: {problem}, so it was not '
+                                  'written by liquid-control train; train without --resume')
         saved_config = metadata.get('train_config', {})
         if saved_config.get('family') != self.config.family:
             raise CheckpointError(
@@ -673,6 +677,28 @@ class Trainer:
                            best_metrics=best_metrics, train_seconds=train_seconds,
                            stop_reason=stop_reason, parameter_counts=dict(counts),
                            history=list(self.history))
+
+
+def training_metadata_problem(metadata: dict) -> Optional[str]:
+    """Return which training record in a checkpoint's metadata has the wrong type, or None.
+
+    The checksum proves only that the file is intact, not that its writer was this trainer.
+    """
+    for key in ('train_config', 'training_output_mean', 'training_output_std',
+                'pretraining'):
+        if not isinstance(metadata.get(key, {}), (dict, type(None))):
+            return f'its metadata {key} is not a mapping'
+    for key in ('training_output_mean', 'training_output_std'):
+        values = (metadata.get(key) or {}).values()
+        if not all(isinstance(value, (int, float)) for value in values):
+            return f'its metadata {key} contains a value that is not a number'
+    for key in ('epoch', 'best_epoch'):
+        value = metadata.get(key, 0)
+        if not isinstance(value, int) or isinstance(value, bool):
+            return f'its metadata {key} is {value!r}, not an integer'
+    if not isinstance(metadata.get('train_seconds', 0.0), (int, float)):
+        return f'its metadata train_seconds is {metadata["train_seconds"]!r}, not a number'
+    return None
 
 
 def _resume_state_problem(state) -> Optional[str]:
