@@ -126,6 +126,17 @@ def test_train_same_data_twice(subset, tmp_path, capsys):
     assert not (tmp_path / 'm.lcm').exists()
 
 
+def test_train_no_labelled_frame(subset, tmp_path, capsys):
+    dataset = tmp_path / 'unlabelled'
+    shutil.copytree(subset, dataset)
+    for rows in dataset.glob('*/rows.csv'):
+        lines = rows.read_text().splitlines()
+        assert lines[0].endswith(',valid')
+        rows.write_text('\n'.join([lines[0]] + [line[:-1] + '0' for line in lines[1:]]) + '\n')
+    error = run_failing(capsys, 'train', dataset, '--out', tmp_path / 'm.lcm', *SETTINGS)
+    assert 'has a valid command label' in error
+
+
 def test_train_cache_dir_is_file(subset, tmp_path, capsys):
     (tmp_path / 'cache').write_text('kept\n')
     error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,

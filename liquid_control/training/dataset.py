@@ -203,6 +203,12 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
         test_segments += _runs(cached, index, role == TEST, max_gap_s)
 
     if not train_windows:
+        labelled = sum(int(np.count_nonzero(cached.valid)) for cached in episodes)
+        if labelled == 0:
+            raise DataError(
+                f'no frame of the data ({sum(len(e) for e in episodes)} frames) has a valid '
+                'command label, so there is nothing to train on; check the rows.csv valid '
+                'column or the command topic of the import')
         raise DataError(
             f'no training windows of {sequence_length} frames fit the data '
             f'({sum(len(e) for e in episodes)} frames); record more, or lower '
