@@ -2,6 +2,8 @@
 
 import hashlib
 import json
+import os
+import stat
 import struct
 
 import pytest
@@ -59,6 +61,16 @@ def test_round_trip_keeps_wiring(tmp_path):
     path = save_checkpoint(tmp_path / 'model.lcm', policy, {})
     loaded, _ = load_checkpoint(path)
     assert loaded.wiring == policy.wiring
+
+
+@pytest.mark.parametrize('umask, mode', [(0o022, 0o644), (0o077, 0o600)])
+def test_saved_file_follows_umask(tmp_path, umask, mode):
+    previous = os.umask(umask)
+    try:
+        path = save_checkpoint(tmp_path / 'model.lcm', _policy(), {})
+    finally:
+        os.umask(previous)
+    assert stat.S_IMODE(path.stat().st_mode) == mode
 
 
 def test_header_is_readable_json(tmp_path):

@@ -110,6 +110,9 @@ def save_checkpoint(path: PathLike, policy: Policy, metadata: Dict[str, Any]) ->
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=path.name + '.', suffix='.tmp', dir=path.parent)
     try:
+        # mkstemp makes the file readable by its owner only. A new file's usual permissions
+        # let a node that runs under another account load the model.
+        os.fchmod(handle, 0o666 & ~_current_umask())
         with os.fdopen(handle, 'wb') as file:
             for part in parts:
                 file.write(part)
@@ -120,6 +123,14 @@ def save_checkpoint(path: PathLike, policy: Policy, metadata: Dict[str, Any]) ->
         Path(temporary).unlink(missing_ok=True)
         raise
     return path
+
+
+def _current_umask() -> int:
+    # os.umask can only be read by setting it; this sets it back at once. Another thread
+    # creating a file between the two calls would get 0o022.
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 def read_header(path: PathLike) -> Tuple[Dict[str, Any], bytes]:
