@@ -176,6 +176,13 @@ def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, epis
         assert values['r2'] == pytest.approx(1 - residual / total, rel=1e-4, abs=1e-6)
         assert values['baseline_mae'] == pytest.approx(
             np.mean(np.abs(OUTPUT_MEAN[name] - target)), rel=1e-5)
+        # Frame-to-frame changes never span the pause, where the state was reset.
+        pairs = np.arange(FRAMES - 1) != PAUSE_AFTER
+        steps = np.abs(np.diff(predictions[:, column]))[pairs]
+        assert values['mean_abs_change'] == pytest.approx(steps.mean(), rel=1e-4, abs=1e-7)
+        human = np.abs(np.diff(targets[:, column]))[pairs]
+        assert values['target_mean_abs_change'] == pytest.approx(
+            np.nanmean(human), rel=1e-5)
 
     predictions_csv = (out / 'predictions.csv').read_text().splitlines()
     assert len(predictions_csv) == FRAMES + 1

@@ -7,7 +7,7 @@ import pytest
 from scipy import stats
 
 from liquid_control.errors import ConfigError
-from liquid_control.evaluation.metrics import regression_metrics
+from liquid_control.evaluation.metrics import change_metrics, regression_metrics
 from liquid_control.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS, parse_perturbation, parse_perturbations)
 from liquid_control.evaluation.ssim import mean_ssim, ssim
@@ -58,6 +58,28 @@ def test_metrics_reject_mismatched_lengths():
 def test_metrics_reject_non_finite_predictions():
     with pytest.raises(ValueError, match='not finite'):
         regression_metrics(np.array([np.nan, 1.0]), np.array([0.0, 1.0]))
+
+
+def test_change_stays_inside_segments():
+    prediction = np.array([0.0, 1.0, 3.0, 10.0, 10.5])
+    target = np.array([0.0, 0.5, np.nan, 4.0, 4.0])
+    segment = np.array([0, 0, 0, 1, 1])
+    result = change_metrics(prediction, target, segment)
+    # Pairs (0, 1), (1, 2) and (3, 4): the jump from 3 to 10 is a new segment.
+    assert result['mean_abs_change'] == pytest.approx((1.0 + 2.0 + 0.5) / 3)
+    # The human's pairs with a NaN are left out: (0, 1) and (3, 4).
+    assert result['target_mean_abs_change'] == pytest.approx((0.5 + 0.0) / 2)
+
+
+def test_change_without_pairs_is_nan():
+    result = change_metrics(np.array([1.0, 2.0]), np.array([1.0, 2.0]), np.array([0, 1]))
+    assert math.isnan(result['mean_abs_change'])
+    assert math.isnan(result['target_mean_abs_change'])
+
+
+def test_change_rejects_mismatched_lengths():
+    with pytest.raises(ValueError, match='one a frame'):
+        change_metrics(np.zeros(3), np.zeros(3), np.zeros(2))
 
 
 def test_noise_has_requested_variance():

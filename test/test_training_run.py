@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import json
 import math
 
 import numpy as np
@@ -169,6 +170,10 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
     assert '| ncp_ltc |' in table
     assert '| lstm-8 |' in table
     assert 'test part' in table
+    assert 'change / frame' in table
+    ltc_row = next(line for line in table.splitlines() if line.startswith('| ncp_ltc |'))
+    evaluation = json.loads((tmp_path / 'cmp' / 'ncp_ltc-s0' / 'metrics.json').read_text())
+    assert f"| {evaluation['angular_z']['mean_abs_change']:.3f} |" in ltc_row
     assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
     # Both models start from one encoder pretraining: the second reuses the first's.
     ltc, ltc_metadata = load_checkpoint(tmp_path / 'cmp' / 'ncp_ltc-s0.lcm')

@@ -148,7 +148,8 @@ def run(args: argparse.Namespace) -> int:
         values = metrics[name]
         print(f'{name}: MAE {values["mae"]:.4f}  RMSE {values["rmse"]:.4f}  '
               f'R2 {values["r2"]:.3f}  r {values["pearson"]:.3f}  '
-              f'baseline MAE {values["baseline_mae"]:.4f}')
+              f'baseline MAE {values["baseline_mae"]:.4f}  change/frame '
+              f'{values["mean_abs_change"]:.4f} (human {values["target_mean_abs_change"]:.4f})')
     if metrics['scored_frames'] == 0:
         LOGGER.warning('no frame has a human command, so no metric could be computed; '
                        'check the command topic (--command-topic) of the source')

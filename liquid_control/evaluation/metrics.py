@@ -3,6 +3,8 @@
 Every function takes 1-D arrays of equal length. ``regression_metrics`` drops the frames
 whose target is NaN (no human command was recorded) before scoring. Its result includes
 the count of scored frames, so a reader can see how much data a number rests on.
+``change_metrics`` measures how much a command moves from one frame to the next, which
+an actuator feels as jitter and the accuracy metrics do not show.
 """
 
 import math
@@ -81,3 +83,30 @@ def regression_metrics(prediction: np.ndarray, target: np.ndarray,
     if baseline_value is not None:
         result['baseline_mae'] = mae(np.full_like(target, float(baseline_value)), target)
     return result
+
+
+def change_metrics(prediction: np.ndarray, target: np.ndarray,
+                   segment: np.ndarray) -> Dict[str, float]:
+    """Return the mean absolute change between consecutive frames of a segment.
+
+    ``mean_abs_change`` is the policy's, over every pair of consecutive frames in one
+    segment (a replay that the state carries through). ``target_mean_abs_change`` is the
+    human's, over the pairs whose two targets are not NaN. Both are NaN without such pairs.
+    """
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    segment = np.asarray(segment).reshape(-1)
+    if not prediction.shape == target.shape == segment.shape:
+        raise ValueError(f'prediction, target and segment have {prediction.size}, '
+                         f'{target.size} and {segment.size} values; each must have one a '
+                         'frame')
+    same_segment = segment[1:] == segment[:-1]
+    prediction_change = np.abs(np.diff(prediction))[same_segment]
+    target_change = np.abs(np.diff(target))[same_segment]
+    target_change = target_change[~np.isnan(target_change)]
+    return {
+        'mean_abs_change': float(np.mean(prediction_change)) if prediction_change.size
+        else math.nan,
+        'target_mean_abs_change': float(np.mean(target_change)) if target_change.size
+        else math.nan,
+    }

@@ -23,7 +23,7 @@ import torch
 
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import DataError
-from liquid_control.evaluation.metrics import regression_metrics
+from liquid_control.evaluation.metrics import change_metrics, regression_metrics
 from liquid_control.evaluation.perturbations import Perturbation
 
 LOGGER = logging.getLogger(__name__)
@@ -43,7 +43,8 @@ class EvaluationResult:
     between state resets. ``predictions`` and ``targets`` (N, O) are in the outputs'
     physical units, with NaN targets where no human command was recorded. ``scored``
     (N, O) bool marks a valid frame with that output's target present. ``metrics`` maps
-    each output name to ``regression_metrics`` of its scored frames.
+    each output name to ``regression_metrics`` of its scored frames and to
+    ``change_metrics`` of its segments.
     """
 
     output_names: Tuple[str, ...]
@@ -327,19 +328,21 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
     predictions = np.concatenate(columns['predictions'])
     targets = np.concatenate(columns['targets'])
     scored = np.concatenate(columns['scored'])
+    segments = np.concatenate(columns['segment'])
     baseline_values = _baseline_values(baseline, output_names)
     metrics = {}
     for index, name in enumerate(output_names):
         masked_target = np.where(scored[:, index], targets[:, index], np.nan)
         metrics[name] = regression_metrics(predictions[:, index], masked_target,
                                            baseline_values[name])
+        metrics[name].update(change_metrics(predictions[:, index], masked_target, segments))
     return EvaluationResult(
         output_names=output_names,
         output_units=tuple(getattr(policy, 'output_units', ('',) * len(output_names))),
         perturbation=None if perturbation is None else perturbation.name,
         timestamps=np.concatenate(columns['timestamps']),
         episode_index=np.concatenate(columns['episode']),
-        segment_index=np.concatenate(columns['segment']),
+        segment_index=segments,
         predictions=predictions, targets=targets, scored=scored, metrics=metrics,
         duration_s=duration, eval_seconds=elapsed, baseline=baseline_values)
 

@@ -21,7 +21,8 @@ figcaption { color: #555; font-size: 0.9em; }
 .note { color: #555; font-size: 0.9em; }
 """
 
-METRIC_COLUMNS = ('mae', 'rmse', 'r2', 'pearson', 'baseline_mae')
+METRIC_COLUMNS = ('mae', 'rmse', 'r2', 'pearson', 'baseline_mae', 'mean_abs_change',
+                  'target_mean_abs_change')
 
 
 def _number(value, digits: int = 3) -> str:
@@ -56,7 +57,7 @@ def _accuracy_table(metrics: Mapping, output_names: Sequence[str]) -> str:
             ratio = values['mae'] / baseline
         rows.append([name] + [values.get(key) for key in METRIC_COLUMNS] + [ratio])
     return _table(['output', 'MAE', 'RMSE', 'R²', 'Pearson r', 'baseline MAE',
-                   'MAE / baseline'], rows)
+                   'change / frame', 'human change / frame', 'MAE / baseline'], rows)
 
 
 def _robustness_table(metrics: Mapping, output_names: Sequence[str]) -> str:
@@ -107,7 +108,9 @@ def write_report(out_dir: Path, metrics: Mapping, output_names: Sequence[str],
 
     parts.append('<h2>Accuracy</h2>')
     parts.append('<p class="note">The baseline is a constant predictor at the training '
-                 'mean of each output. MAE / baseline below 1 means the policy beats it.</p>')
+                 'mean of each output. MAE / baseline below 1 means the policy beats it. '
+                 'Change / frame is the mean absolute change of a command between '
+                 'consecutive frames, the policy\'s and the human\'s.</p>')
     parts.append(_accuracy_table(metrics, output_names))
     if metrics.get('robustness'):
         parts.append('<h2>Robustness</h2>')

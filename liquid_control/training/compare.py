@@ -127,6 +127,8 @@ def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: floa
         'pretrain_steps': (metadata.get('pretraining') or {}).get('steps'),
         'mae': clean.get('mae'), 'rmse': clean.get('rmse'), 'pearson': clean.get('pearson'),
         'r2': clean.get('r2'), 'baseline_mae': clean.get('baseline_mae'),
+        'mean_abs_change': clean.get('mean_abs_change'),
+        'target_mean_abs_change': clean.get('target_mean_abs_change'),
         'realtime_factor': metrics.get('realtime_factor'),
     }
     baseline = clean.get('baseline_mae')
@@ -222,7 +224,8 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
     """Return a Markdown table: parameters, accuracy and robustness, one row per entry."""
     noise = [name for name in perturbations if name.startswith('noise')]
     header = ['model', 'seed', 'encoder params', 'recurrent params', f'{output} MAE',
-              'MAE / constant', 'RMSE', 'Pearson r'] + [f'r @ {n}' for n in noise] + [
+              'MAE / constant', 'RMSE', 'Pearson r', 'change / frame'] + [
+              f'r @ {n}' for n in noise] + [
               'train min', 'pretrain steps', 'epochs (best)', 'eval x real time']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
     for row in rows:
@@ -237,7 +240,7 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
             epochs = f'{row["epochs"]} ({row.get("best_epoch")})'
         cells = [row['model'], str(row.get('seed')), _count(row.get('encoder_parameters')),
                  _count(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
-                 _cell(row.get('rmse')), pearson]
+                 _cell(row.get('rmse')), pearson, _cell(row.get('mean_abs_change'))]
         cells += [_cell(row.get(f'{name} pearson')) for name in noise]
         cells += [_cell(row.get('train_minutes'), 1), _count(row.get('pretrain_steps')), epochs,
                   _cell(row.get('realtime_factor'), 0)]
@@ -260,8 +263,11 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
     (out_dir / 'compare.json').write_text(json.dumps(payload, indent=2) + '\n')
     part = rows[0].get('scored_part', 'validation') if rows else 'validation'
     frames = rows[0].get('scored_frames', 0) if rows else 0
+    first = rows[0] if rows else {}
     text = (f'# Model comparison\n\nScored on the {part} part ({frames} frames); '
-            f'constant predictor MAE {_cell(rows[0].get("baseline_mae")) if rows else "-"}.'
+            f'constant predictor MAE {_cell(first.get("baseline_mae"))}. "change / frame" '
+            'is the mean absolute change of the command between consecutive frames; the '
+            f'human\'s is {_cell(first.get("target_mean_abs_change"))}.'
             '\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
     if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
         text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
