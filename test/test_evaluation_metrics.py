@@ -78,7 +78,7 @@ def test_change_without_pairs_is_nan():
 
 
 def test_change_rejects_mismatched_lengths():
-    with pytest.raises(ValueError, match='one a frame'):
+    with pytest.raises(ValueError, match='one value per frame'):
         change_metrics(np.zeros(3), np.zeros(3), np.zeros(2))
 
 

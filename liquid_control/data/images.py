@@ -83,6 +83,8 @@ def decode_compressed(data: Buffer, format: str = '') -> np.ndarray:
     buffer = _as_uint8(data)
     if buffer.size == 0:
         raise DataError(f'compressed image ({format or "unknown format"}) is empty')
+    # NOTE: a JPEG cut in its scan data but still ending in an end-of-image marker decodes
+    # with a grey lower part. OpenCV only prints a libjpeg warning, so no error is raised.
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
     if image is None:
         raise DataError(

@@ -87,7 +87,7 @@ def regression_metrics(prediction: np.ndarray, target: np.ndarray,
 
 def change_metrics(prediction: np.ndarray, target: np.ndarray,
                    segment: np.ndarray) -> Dict[str, float]:
-    """Return the mean absolute change between consecutive frames of a segment.
+    """Compute the mean absolute change of a command between consecutive frames.
 
     ``mean_abs_change`` is the policy's, over every pair of consecutive frames in one
     segment (a replay that the state carries through). ``target_mean_abs_change`` is the
@@ -98,8 +98,8 @@ def change_metrics(prediction: np.ndarray, target: np.ndarray,
     segment = np.asarray(segment).reshape(-1)
     if not prediction.shape == target.shape == segment.shape:
         raise ValueError(f'prediction, target and segment have {prediction.size}, '
-                         f'{target.size} and {segment.size} values; each must have one a '
-                         'frame')
+                         f'{target.size} and {segment.size} values, but each needs one '
+                         'value per frame')
     same_segment = segment[1:] == segment[:-1]
     prediction_change = np.abs(np.diff(prediction))[same_segment]
     target_change = np.abs(np.diff(target))[same_segment]
