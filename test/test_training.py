@@ -67,7 +67,8 @@ def test_config_round_trips_through_dict():
 @pytest.mark.parametrize('values, word', [
     ({'family': 'transformer'}, 'family'),
     ({'warmup_frames': 16, 'sequence_length': 16}, 'warmup_frames'),
-    ({'validation_fraction': 0.0}, 'validation_fraction'),
+    ({'validation_fraction': -0.1}, 'validation_fraction'),
+    ({'validation_fraction': 0.9}, 'validation_fraction'),
     ({'test_fraction': 0.8}, 'test_fraction'),
     ({'output_weights': [1.0]}, 'output_weights'),
     ({'epoch': 3}, 'unknown'),
@@ -190,6 +191,21 @@ def test_validation_segments_break_at_gaps():
     assert bounds == [(50, 60), (60, 100)]
     for _, window in split.train_windows:
         assert not (window[0] < 60 <= window[-1])
+
+
+def test_split_without_validation_trains_on_every_frame():
+    episode = cached(np.arange(200) * 0.05)
+    split = split_episodes([episode], 'time', 0.0, sequence_length=10, stride=1,
+                           max_gap_s=0.5)
+    assert split.validation_segments == [] and split.test_segments == []
+    assert max(int(window[-1]) for _, window in split.train_windows) == 199
+
+
+def test_split_with_empty_validation_part_raises():
+    # 0.001 of 200 frames rounds to no frame at all.
+    with pytest.raises(DataError, match='validation_fraction=0.001'):
+        split_episodes([cached(np.arange(200) * 0.05)], 'time', 0.001, sequence_length=10,
+                       stride=1, max_gap_s=0.5)
 
 
 def test_split_without_room_for_windows_raises():

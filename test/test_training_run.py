@@ -280,3 +280,52 @@ def test_train_command_init_encoder(subset, tmp_path, capsys):
     assert 'first.lcm' in error
     assert '48x24' in error
     assert '64x32' in error
+
+
+def test_training_without_validation_runs_every_epoch(subset, tmp_path, capsys):
+    torch.set_num_threads(1)
+    # patience 1 would stop a validated run after two epochs without improvement.
+    config = tiny_config(validation_fraction=0.0, epochs=3, patience=1, pretrain_epochs=1,
+                         pretrain_batch_size=16)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    assert result.epochs_run == 3
+    assert result.best_epoch == 3
+    assert result.stop_reason == 'epochs'
+    assert all(math.isnan(row['val/loss']) for row in result.history)
+    best, best_metadata = load_checkpoint(result.paths.best)
+    last, last_metadata = load_checkpoint(result.paths.last)
+    assert best_metadata['validation'] == []
+    assert not [key for key in best_metadata['validation_metrics'] if key.startswith('val/')]
+    assert best_metadata['epoch'] == last_metadata['epoch'] == 3
+    for name, value in best.state_dict().items():
+        assert torch.equal(value, last.state_dict()[name]), name
+    # Every frame of the subset trains: none is kept back for validation.
+    validated = train(tiny_config(epochs=1), find_episodes(subset), tmp_path / 'v.lcm',
+                      progress=False)
+    assert best_metadata['training_windows'] > load_checkpoint(
+        validated.paths.best)[1]['training_windows']
+    assert 'validation MAE' not in best_metadata['pretraining']
+
+
+def test_train_command_without_validation(subset, tmp_path, capsys):
+    code = main(['train', str(subset), '--out', str(tmp_path / 'cli.lcm'), '--epochs', '1',
+                 '--sequence-length', '8', '--batch-size', '8', '--threads', '1',
+                 '--validation-fraction', '0', '--no-progress', '--set', 'stride=2',
+                 '--set', 'warmup_frames=2', '--set', 'pretrain_epochs=0',
+                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}'])
+    assert code == 0
+    out = capsys.readouterr().out
+    assert 'best checkpoint' in out
+    assert 'validation angular_z' not in out
+    assert (tmp_path / 'cli.lcm').is_file()
+
+
+def test_compare_without_any_held_out_part_raises(subset, tmp_path, capsys):
+    code = main(['compare', str(subset), '--out', str(tmp_path / 'cmp'), '--models',
+                 'ncp_ltc', '--epochs', '1', '--validation-fraction', '0',
+                 '--test-fraction', '0', '--threads', '1', '--no-progress',
+                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}'])
+    assert code == 2
+    error = capsys.readouterr().err
+    assert 'test_fraction' in error
+    assert not (tmp_path / 'cmp' / 'ncp_ltc-s0.lcm').exists()

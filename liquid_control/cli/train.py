@@ -57,7 +57,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='validation split: the last part of the recording (time), the '
                              'end of every episode, or whole episodes')
     parser.add_argument('--validation-fraction', type=float,
-                        help='share of frames kept for validation (0..0.9)')
+                        help='share of frames kept for validation (0..0.9); 0 trains on '
+                             'every frame for the full --epochs, without early stopping')
     parser.add_argument('--test-fraction', type=float,
                         help='last share of the recording never used in training, kept for '
                              'a final score (default 0)')
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace) -> int:
         output = config.outputs[0]
         print(f'best checkpoint: {result.paths.best} (epoch {result.best_epoch} of '
               f'{result.epochs_run}, {result.stop_reason})')
-        if metrics:
+        if f'val/{output}/mae' in metrics:
             print(f'validation {output}: MAE {metrics.get(f"val/{output}/mae", float("nan")):.4f}'
                   f' (constant predictor '
                   f'{metrics.get(f"val/{output}/baseline_mae", float("nan")):.4f}), '

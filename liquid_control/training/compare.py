@@ -73,7 +73,10 @@ def scored_part(data: PreparedData):
     """Return (name, segments) of the part that the comparison scores."""
     if data.split.test_segments:
         return 'test', data.split.test_segments
-    return 'validation', data.split.validation_segments
+    if data.split.validation_segments:
+        return 'validation', data.split.validation_segments
+    raise ConfigError('compare has no frames to score the models on: validation_fraction '
+                      'and test_fraction are both 0; set test_fraction above 0')
 
 
 def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, path: Path,

@@ -93,9 +93,10 @@ class TrainConfig:
         if not 0 <= self.warmup_frames < self.sequence_length:
             raise ConfigError(f'warmup_frames={self.warmup_frames} is invalid: use 0 <= '
                               f'warmup_frames < sequence_length ({self.sequence_length})')
-        if not 0.0 < self.validation_fraction < 0.9:
+        if not 0.0 <= self.validation_fraction < 0.9:
             raise ConfigError(f'validation_fraction={self.validation_fraction} is invalid: '
-                              'use a value between 0 and 0.9')
+                              'use a value from 0 (no validation: train for a fixed number '
+                              'of epochs) to below 0.9')
         if not 0.0 <= self.test_fraction < 0.9 - self.validation_fraction:
             raise ConfigError(f'test_fraction={self.test_fraction} is invalid: use 0 <= '
                               'test_fraction and keep test_fraction + validation_fraction '

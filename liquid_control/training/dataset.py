@@ -213,8 +213,10 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
             f'no training windows of {sequence_length} frames fit the data '
             f'({sum(len(e) for e in episodes)} frames); record more, or lower '
             'sequence_length, validation_fraction or test_fraction')
-    if not validation_segments:
-        raise DataError('the validation part is empty; raise validation_fraction')
+    if validation_fraction > 0 and not validation_segments:
+        raise DataError(f'the validation part of validation_fraction={validation_fraction} '
+                        'is empty; raise validation_fraction, or set it to 0 to train for a '
+                        'fixed number of epochs without validation')
     return Split(train_windows, validation_segments, test_segments)
 
 

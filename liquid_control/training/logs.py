@@ -73,9 +73,10 @@ def _format(value) -> str:
 def summary_line(epoch: int, epochs: int, values: Dict[str, float], output: str,
                  improved: bool) -> str:
     """Return a one-line epoch summary, e.g. ``epoch 3/30 train 0.41 val 0.38 ...``."""
-    parts = [f'epoch {epoch}/{epochs}',
-             f'train loss {values["train/loss"]:.4f}',
-             f'val loss {values["val/loss"]:.4f}']
+    parts = [f'epoch {epoch}/{epochs}', f'train loss {values["train/loss"]:.4f}']
+    validation = values.get('val/loss', math.nan)
+    parts.append(f'val loss {validation:.4f}' if math.isfinite(validation) else
+                 'no validation')
     mae = values.get(f'val/{output}/mae')
     if mae is not None:
         parts.append(f'{output} MAE {mae:.4f} '

@@ -257,8 +257,8 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
         summary['validation_mae'] = best_score
     if context.is_main:
         LOGGER.info('pretrained the encoder on %d frames: %d epochs (%d steps) in %.0f s, '
-                    'frame MSE %.4f -> %.4f; kept epoch %d (validation MAE %s std)',
+                    'frame MSE %.4f -> %.4f; kept epoch %d (%s)',
                     len(frame_index), epoch, summary['steps'], summary['seconds'],
                     summary['first_loss'], summary['last_loss'], summary['best_epoch'],
-                    f'{best_score:.3f}' if scores else 'not measured')
+                    f'validation MAE {best_score:.3f} std' if scores else 'no validation')
     return summary

@@ -498,7 +498,13 @@ class Trainer:
 
     @torch.no_grad()
     def validate(self) -> Dict[str, float]:
-        """Replay every validation segment from a fresh state; return loss and metrics."""
+        """Replay every validation segment from a fresh state; return loss and metrics.
+
+        Without validation segments (``validation_fraction: 0``) the loss is NaN and there
+        are no metrics.
+        """
+        if not self.split.validation_segments:
+            return {'val/loss': math.nan}
         self.policy.eval()
         predictions, targets, masks = [], [], []
         losses, weights = 0.0, 0.0
@@ -569,7 +575,8 @@ class Trainer:
             'train_config': self.config.to_dict(),
             'epoch': epoch,
             'best_epoch': best_epoch,
-            'validation_metrics': {key: float(value) for key, value in values.items()},
+            'validation_metrics': {key: float(value) for key, value in values.items()
+                                   if math.isfinite(value)},
             'train_seconds': round(train_seconds, 1),
             'pretraining': self.pretrain_summary,
             'world_size': self.context.world_size,
@@ -632,12 +639,15 @@ class Trainer:
                 improved = False
                 if self.context.is_main:
                     values = {'train/loss': train_loss, **self.validate()}
+                    validated = bool(self.split.validation_segments)
                     values['time/epoch_s'] = time.perf_counter() - epoch_started
                     values['time/total_s'] = trained_s + time.perf_counter() - session_started
                     for group in self.optimizer.param_groups:
                         values[f'lr/{group.get("name", "group")}'] = group['lr']
                     score = values['val/loss']
-                    improved = math.isfinite(score) and score < best_score
+                    # Without validation the latest epoch counts as the best, and the run
+                    # ends only when the epochs or the time limit run out.
+                    improved = not validated or (math.isfinite(score) and score < best_score)
                     if improved:
                         best_score, best_epoch, stale = score, epoch, 0
                     else:
@@ -645,7 +655,7 @@ class Trainer:
                     self.history.append({'epoch': epoch, **values})
                     log.write(epoch, values)
                     LOGGER.info(summary_line(epoch, config.epochs, values, config.outputs[0],
-                                             improved))
+                                             improved and validated))
                     total_s = values['time/total_s']
                     if improved:
                         self._save(self.paths.best, self.metadata(
@@ -669,10 +679,14 @@ class Trainer:
         for row in self.history:
             if row['epoch'] == best_epoch:
                 best_metrics = {k: v for k, v in row.items() if k != 'epoch'}
-        if self.context.is_main:
+        if self.context.is_main and self.split.validation_segments:
             LOGGER.info('stopped after epoch %d (%s); best epoch %d, val loss %.4f; '
                         '%.1f minutes; best checkpoint %s', epoch, stop_reason, best_epoch,
                         best_score, train_seconds / 60.0, self.paths.best)
+        elif self.context.is_main:
+            LOGGER.info('stopped after epoch %d (%s), without validation; %.1f minutes; '
+                        'the best checkpoint %s is the last epoch\'s', epoch, stop_reason,
+                        train_seconds / 60.0, self.paths.best)
         return TrainResult(paths=self.paths, epochs_run=epoch, best_epoch=best_epoch,
                            best_metrics=best_metrics, train_seconds=train_seconds,
                            stop_reason=stop_reason, parameter_counts=dict(counts),
