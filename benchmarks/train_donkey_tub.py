@@ -11,8 +11,8 @@ two thirds of a core, 8 of them for the shared encoder pretraining:
 
     nohup .venv/bin/python benchmarks/train_donkey_tub.py --out /tmp/donkey_bench &
 
-A second run with the same OUT reuses the checkpoints already there, so an interrupted
-run continues with the next model.
+A second run with the same OUT reuses the checkpoints and the pretrained encoders
+already there, so an interrupted run continues with the next model.
 """
 
 import argparse

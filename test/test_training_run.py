@@ -282,7 +282,7 @@ def test_train_command_init_encoder(subset, tmp_path, capsys):
     assert '64x32' in error
 
 
-def test_training_without_validation_runs_every_epoch(subset, tmp_path, capsys):
+def test_no_validation_trains_all_epochs(subset, tmp_path, capsys):
     torch.set_num_threads(1)
     # patience 1 would stop a validated run after two epochs without improvement.
     config = tiny_config(validation_fraction=0.0, epochs=3, patience=1, pretrain_epochs=1,
@@ -320,7 +320,7 @@ def test_train_command_without_validation(subset, tmp_path, capsys):
     assert (tmp_path / 'cli.lcm').is_file()
 
 
-def test_compare_without_any_held_out_part_raises(subset, tmp_path, capsys):
+def test_compare_without_held_out_part_raises(subset, tmp_path, capsys):
     code = main(['compare', str(subset), '--out', str(tmp_path / 'cmp'), '--models',
                  'ncp_ltc', '--epochs', '1', '--validation-fraction', '0',
                  '--test-fraction', '0', '--threads', '1', '--no-progress',
@@ -329,3 +329,70 @@ def test_compare_without_any_held_out_part_raises(subset, tmp_path, capsys):
     error = capsys.readouterr().err
     assert 'test_fraction' in error
     assert not (tmp_path / 'cmp' / 'ncp_ltc-s0.lcm').exists()
+
+
+COMPARE_SETTINGS = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+                    '--set', 'sequence_length=8', '--set', 'stride=2',
+                    '--set', 'warmup_frames=2', '--set', 'batch_size=8',
+                    '--set', 'max_batches_per_epoch=2', '--set', 'pretrain_batch_size=16',
+                    '--set', 'freeze_encoder=true', '--epochs', '1', '--test-fraction', '0.25',
+                    '--validation-fraction', '0.25', '--threads', '1',
+                    '--perturbations', 'noise:0.1', '--no-progress']
+
+
+def test_compare_reuses_saved_pretrained_encoder(subset, tmp_path, caplog):
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
+                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    saved = out / 'pretrained-s0.lcm'
+    _, metadata = load_checkpoint(saved)
+    assert metadata['kind'] == 'pretrained encoder'
+    assert metadata['pretraining']['epochs'] == 2
+
+    # A later run that adds a family loads that encoder instead of pretraining again.
+    caplog.set_level('INFO')
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc', 'lstm:8',
+                 '--reuse', '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert 'loaded the pretrained encoder' in caplog.text
+    assert 'pretrained the encoder on' not in caplog.text
+    ltc, _ = load_checkpoint(out / 'ncp_ltc-s0.lcm')
+    lstm, lstm_metadata = load_checkpoint(out / 'lstm-8-s0.lcm')
+    assert lstm_metadata['pretraining']['reused'] is True
+    for name, value in ltc.encoder.state_dict().items():  # frozen after pretraining
+        assert torch.equal(value, lstm.encoder.state_dict()[name]), name
+    # The statistics measured again on the loaded encoder are the ones the first run used.
+    assert torch.equal(ltc.feature_mean, lstm.feature_mean)
+    assert torch.equal(ltc.feature_std, lstm.feature_std)
+
+
+def test_compare_replaces_unfitting_pretrained_encoder(subset, tmp_path, caplog):
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    caplog.set_level('INFO')
+    # Other pretraining settings: the file is not used, and the new encoder replaces it.
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
+                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert 'pretrained with other settings' in caplog.text
+    assert load_checkpoint(out / 'pretrained-s0.lcm')[1]['pretraining']['epochs'] == 2
+    # A damaged file: a warning, then pretraining as if it were not there.
+    (out / 'pretrained-s0.lcm').write_bytes(b'not a checkpoint')
+    caplog.clear()
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'gru:8',
+                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert 'not reusing the pretrained encoder' in caplog.text
+    assert 'pretrained the encoder on' in caplog.text
+    assert load_checkpoint(out / 'pretrained-s0.lcm')[1]['kind'] == 'pretrained encoder'
+
+
+def test_compare_pretrains_again_on_other_data(subset, tmp_path, caplog):
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    caplog.set_level('INFO')
+    # The same settings on one episode of the two: the saved encoder saw other frames.
+    one_episode = find_episodes(subset)[0].folder
+    assert main(['compare', str(one_episode), '--out', str(out), '--models', 'lstm:8',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert 'pretrained on other frames' in caplog.text
+    assert 'pretrained the encoder on' in caplog.text

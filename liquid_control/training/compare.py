@@ -21,7 +21,9 @@ from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.training.dataset import segment_slices
-from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer, prepare_data,
+from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer,
+                                             load_pretrained, prepare_data,
+                                             pretraining_key, save_pretrained,
                                              training_metadata_problem)
 
 LOGGER = logging.getLogger(__name__)
@@ -109,8 +111,20 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
                                   '--reuse')
         return (policy, metadata, float(totals.get('train_seconds', math.nan)),
                 int(totals.get('epoch', metadata.get('epoch', 0))))
+    # The encoder pretraining of a seed is shared by every family and kept on disk, so a
+    # run that stopped after it, or one that adds a family later, does not repeat it.
+    pretrained = path.parent / f'pretrained-s{config.seed}.lcm'
+    pretrains = config.pretrain_epochs > 0 or config.pretrain_minutes > 0
+    known = pretraining_key(config) in data.pretrained
+    if pretrains and not known:
+        try:
+            known = load_pretrained(data, config, pretrained)
+        except CheckpointError as error:
+            LOGGER.warning('not reusing the pretrained encoder: %s; pretraining again', error)
     trainer = Trainer(config, [], path, sources=sources, progress=progress, data=data)
     result = trainer.run()
+    if pretrains and not known:
+        save_pretrained(data, config, pretrained)
     policy, metadata = load_checkpoint(result.paths.best)
     return policy, metadata, result.train_seconds, result.epochs_run
 

@@ -12,6 +12,7 @@ event files and ``resume.pt`` (optimizer state for ``resume``).
 
 import copy
 import datetime
+import hashlib
 import json
 import logging
 import math
@@ -196,6 +197,79 @@ def pretraining_key(config: TrainConfig) -> str:
     chosen['encoder'] = values['model'].get('encoder')
     chosen['lr_encoder'] = config.pretrain_lr_encoder or config.lr_encoder
     return json.dumps(chosen, sort_keys=True)
+
+
+def training_data_digest(data: PreparedData) -> str:
+    """Return a SHA-256 digest of the training frames, their labels and the split."""
+    digest = hashlib.sha256()
+    for cached in data.episodes:
+        for array in (cached.frames, cached.timestamps, cached.targets, cached.valid):
+            digest.update(np.ascontiguousarray(array).tobytes())
+    for index, window in data.split.train_windows:
+        digest.update(np.asarray([index, *window], np.int64).tobytes())
+    return digest.hexdigest()
+
+
+def save_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool:
+    """Write the encoder pretrained for ``config`` to ``path`` as a ``.lcm`` checkpoint.
+
+    The checkpoint contains a policy with that encoder and an untrained core, and its
+    metadata records the pretraining settings. Returns False when ``data`` has no such
+    encoder.
+    """
+    key = pretraining_key(config)
+    pretrained = data.pretrained.get(key)
+    if pretrained is None:
+        return False
+    policy = build_policy(build_policy_config(config, data.preprocessing, data.use_imu,
+                                              data.units))
+    policy.encoder.load_state_dict(pretrained['encoder'])
+    pretrained['statistics'].apply(policy)
+    summary = {name: value for name, value in pretrained['summary'].items()
+               if name != 'reused'}
+    try:
+        save_checkpoint(path, policy, {'kind': 'pretrained encoder', 'pretraining_key': key,
+                                       'training_data_sha256': training_data_digest(data),
+                                       'pretraining': summary,
+                                       'train_config': config.to_dict()})
+    except OSError as error:
+        raise CheckpointError(f'cannot write the pretrained encoder {path}: {error}; free '
+                              'disk space or choose a writable output folder') from error
+    return True
+
+
+def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool:
+    """Make the encoder that ``save_pretrained`` wrote to ``path`` available to runs.
+
+    Returns False when the file is missing, or was pretrained with other settings or on
+    other frames. ``data`` then stays as it was, and runs pretrain again.
+    """
+    if not path.is_file():
+        return False
+    key = pretraining_key(config)
+    policy, metadata = load_checkpoint(path)
+    summary = metadata.get('pretraining')
+    if metadata.get('pretraining_key') != key or not isinstance(summary, dict):
+        LOGGER.info('not reusing the pretrained encoder %s: it was pretrained with other '
+                    'settings', path)
+        return False
+    if metadata.get('training_data_sha256') != training_data_digest(data):
+        LOGGER.info('not reusing the pretrained encoder %s: it was pretrained on other '
+                    'frames or another split', path)
+        return False
+    ours = build_policy(build_policy_config(config, data.preprocessing, data.use_imu,
+                                            data.units))
+    try:
+        ours.encoder.load_state_dict(policy.encoder.state_dict())
+    except (AttributeError, RuntimeError) as error:
+        LOGGER.info('not reusing the pretrained encoder %s: it does not fit (%s)', path, error)
+        return False
+    statistics = measure_statistics(ours.encoder, data.episodes, data.split.train_windows,
+                                    data.use_imu, seed=config.seed)
+    data.pretrained[key] = {'encoder': copy.deepcopy(ours.encoder.state_dict()),
+                            'statistics': statistics, 'summary': summary}
+    LOGGER.info('loaded the pretrained encoder %s', path)
+    return True
 
 
 def prepare_data(config: TrainConfig, episodes: Sequence,
