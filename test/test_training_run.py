@@ -396,3 +396,19 @@ def test_compare_pretrains_again_on_other_data(subset, tmp_path, caplog):
                  '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
     assert 'pretrained on other frames' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
+
+
+def test_compare_pretrains_again_on_other_validation(subset, tmp_path, caplog):
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    caplog.set_level('INFO')
+    # Validation 0 and test 0.5 keep the training windows of validation 0.25 and test
+    # 0.25, but the saved pretraining chose its epoch by scores on this run's test frames.
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS,
+                 '--validation-fraction', '0', '--test-fraction', '0.5']) == 0
+    assert '21 training windows' in caplog.text
+    assert 'loaded the pretrained encoder' not in caplog.text
+    assert 'pretrained on other frames or another split' in caplog.text
+    assert 'pretrained the encoder on' in caplog.text

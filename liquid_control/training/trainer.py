@@ -200,13 +200,21 @@ def pretraining_key(config: TrainConfig) -> str:
 
 
 def training_data_digest(data: PreparedData) -> str:
-    """Return a SHA-256 digest of the training frames, their labels and the split."""
+    """Return a SHA-256 digest of the frames, their labels and the split.
+
+    The split part covers the training windows and the validation segments, because
+    pretraining keeps the epoch that scores best on the validation frames.
+    """
     digest = hashlib.sha256()
     for cached in data.episodes:
         for array in (cached.frames, cached.timestamps, cached.targets, cached.valid):
             digest.update(np.ascontiguousarray(array).tobytes())
     for index, window in data.split.train_windows:
         digest.update(np.asarray([index, *window], np.int64).tobytes())
+    digest.update(b'validation')
+    for segment in data.split.validation_segments:
+        digest.update(np.asarray([segment.episode_index, segment.start, segment.stop],
+                                 np.int64).tobytes())
     return digest.hexdigest()
 
 
@@ -241,8 +249,9 @@ def save_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool
 def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool:
     """Make the encoder that ``save_pretrained`` wrote to ``path`` available to runs.
 
-    Returns False when the file is missing, or was pretrained with other settings or on
-    other frames. ``data`` then stays as it was, and runs pretrain again.
+    Returns False when the file is missing, or was pretrained with other settings, on
+    other frames or with other training and validation parts. ``data`` then stays as it
+    was, and runs pretrain again.
     """
     if not path.is_file():
         return False
