@@ -96,6 +96,20 @@ def test_resume_continues_after_last_epoch(subset, tmp_path):
         assert [int(row['epoch']) for row in csv.DictReader(stream)] == [1, 2]
 
 
+def test_resume_adds_validation(subset, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / 'model.lcm'
+    train(tiny_config(validation_fraction=0.0, epochs=1), find_episodes(subset), out,
+          progress=False)
+    # Epoch 2 is the first with validation, so it must replace epoch 1 as the best.
+    result = train(tiny_config(epochs=3, patience=1), find_episodes(subset), out,
+                   progress=False, resume=True)
+    assert result.best_epoch >= 2
+    _, metadata = load_checkpoint(result.paths.best)
+    assert metadata['epoch'] == result.best_epoch
+    assert 'val/loss' in metadata['validation_metrics']
+
+
 def test_resume_without_previous_run_raises(subset, tmp_path):
     with pytest.raises(CheckpointError, match='cannot resume'):
         train(tiny_config(), find_episodes(subset), tmp_path / 'model.lcm', progress=False,

@@ -380,6 +380,10 @@ class Trainer:
                     'settings of the first run') from error
             start_epoch = int(resume_state['epoch']) + 1
             best_score = float(resume_state['best_score'])
+            if math.isnan(best_score):
+                # A run without validation stores NaN, so the first validated epoch after
+                # it counts as an improvement.
+                best_score = math.inf
             best_epoch = int(resume_state['best_epoch'])
             stale = int(resume_state['stale_epochs'])
             trained_s = float(resume_state['train_seconds'])
