@@ -2,6 +2,7 @@
 
 import csv
 import dataclasses
+import hashlib
 import json
 import math
 
@@ -15,7 +16,7 @@ from training_data import TINY_SETTINGS, write_subset
 from liquid_control.cli.main import main
 from liquid_control.data.episodes import find_episodes
 from liquid_control.errors import CheckpointError
-from liquid_control.model.checkpoint import load_checkpoint
+from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.model.policy import build_policy
 from liquid_control.training.dataset import Segment
@@ -426,3 +427,36 @@ def test_compare_pretrains_again_on_other_validation(subset, tmp_path, caplog):
     assert 'loaded the pretrained encoder' not in caplog.text
     assert 'pretrained on other frames or another split' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
+
+
+def replace_in_header(path, old: bytes, new: bytes) -> None:
+    """Replace ``old`` by ``new`` (same length) in a checkpoint and write its checksum again."""
+    assert len(old) == len(new)
+    content = path.read_bytes()
+    assert content.count(old) == 1
+    body = content[:-32].replace(old, new)
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+@pytest.mark.parametrize('summary, text', [
+    ({'seconds': 'abc'}, None), ({'seconds': None}, None), ({'steps': 'x'}, None),
+    ({'epochs': True}, None), ({'seconds': 123456.5}, b'NaN     '),
+])
+def test_compare_ignores_invalid_pretraining_summary(subset, tmp_path, caplog, summary, text):
+    out = tmp_path / 'cmp'
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    saved = out / 'pretrained-s0.lcm'
+    policy, metadata = load_checkpoint(saved)
+    metadata['pretraining'] = {**metadata['pretraining'], **summary}
+    save_checkpoint(saved, policy, metadata)
+    if text is not None:
+        # Python's json.loads accepts NaN, but save_checkpoint never writes it.
+        replace_in_header(saved, b'123456.5', text)
+    caplog.set_level('INFO')
+    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
+                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert 'loaded the pretrained encoder' not in caplog.text
+    assert 'invalid pretraining summary' in caplog.text
+    assert 'pretrained the encoder on' in caplog.text
+    assert isinstance(load_checkpoint(saved)[1]['pretraining']['seconds'], float)

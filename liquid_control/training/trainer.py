@@ -249,9 +249,9 @@ def save_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool
 def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool:
     """Make the encoder that ``save_pretrained`` wrote to ``path`` available to runs.
 
-    Returns False when the file is missing, or was pretrained with other settings, on
-    other frames or with other training and validation parts. ``data`` then stays as it
-    was, and runs pretrain again.
+    Returns False when the file is missing, has an invalid pretraining summary, or was
+    pretrained with other settings, on other frames or with other training and validation
+    parts. ``data`` then stays as it was, and runs pretrain again.
     """
     if not path.is_file():
         return False
@@ -261,6 +261,15 @@ def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool
     if metadata.get('pretraining_key') != key or not isinstance(summary, dict):
         LOGGER.info('not reusing the pretrained encoder %s: it was pretrained with other '
                     'settings', path)
+        return False
+    # The checksum shows only that the file is intact, and later runs report these values.
+    invalid = [str(name) for name, value in summary.items()
+               if not isinstance(value, (int, float)) or isinstance(value, bool)
+               or not math.isfinite(value)]
+    if invalid:
+        LOGGER.warning('not reusing the pretrained encoder %s: it has an invalid pretraining '
+                       'summary (%s not a finite number); pretraining again', path,
+                       ', '.join(invalid))
         return False
     if metadata.get('training_data_sha256') != training_data_digest(data):
         LOGGER.info('not reusing the pretrained encoder %s: it was pretrained on other '
