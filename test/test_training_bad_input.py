@@ -322,6 +322,17 @@ def test_compare_out_is_file(subset, tmp_path, capsys):
     assert (tmp_path / 'cmp').read_text() == 'kept\n'
 
 
+def test_compare_pretrained_file_is_folder(subset, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    (folder / 'pretrained-s0.lcm').mkdir(parents=True)
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--set', 'pretrain_epochs=1', '--models', 'cnn:8')
+    assert 'pretrained-s0.lcm is not a file' in error
+    assert 'remove or rename it' in error
+    # The check comes before training, so no model was trained in vain.
+    assert not (folder / 'cnn-8-s0.lcm').exists()
+
+
 def test_compare_reuse_damaged_checkpoint(subset, trained, tmp_path, capsys):
     folder = tmp_path / 'cmp'
     folder.mkdir()

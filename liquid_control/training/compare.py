@@ -115,6 +115,11 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
     # run that stopped after it, or one that adds a family later, does not repeat it.
     pretrained = path.parent / f'pretrained-s{config.seed}.lcm'
     pretrains = config.pretrain_epochs > 0 or config.pretrain_minutes > 0
+    if pretrains and pretrained.exists() and not pretrained.is_file():
+        # Checked before training, because the file is written only after it.
+        raise ConfigError(f'{pretrained} is not a file, but compare keeps the pretrained '
+                          f'encoder of seed {config.seed} in a file of that name; remove or '
+                          'rename it')
     known = pretraining_key(config) in data.pretrained
     if pretrains and not known:
         try:
