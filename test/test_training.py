@@ -13,6 +13,7 @@ from liquid_control.training.dataset import (TEST, TRAIN, VALIDATION, CachedEpis
                                              EpisodeSlice, assign_roles, collate,
                                              split_episodes)
 from liquid_control.training.loss import sequence_loss, sharp_turn_weights
+from liquid_control.training.pretrain import WARMUP_STEPS, WeightAverage, rate_factor
 
 
 class FakeEpisode:
@@ -193,11 +194,12 @@ def test_validation_segments_break_at_gaps():
         assert not (window[0] < 60 <= window[-1])
 
 
-def test_split_without_validation_trains_on_every_frame():
+def test_split_without_validation_trains_everything():
     episode = cached(np.arange(200) * 0.05)
     split = split_episodes([episode], 'time', 0.0, sequence_length=10, stride=1,
                            max_gap_s=0.5)
-    assert split.validation_segments == [] and split.test_segments == []
+    assert split.validation_segments == []
+    assert split.test_segments == []
     assert max(int(window[-1]) for _, window in split.train_windows) == 199
 
 
@@ -292,3 +294,37 @@ def test_comparison_means_keep_counts_whole():
     assert '| 74,780 | 885 |' in mean_line
     assert '| 2,362 |' in mean_line
     assert '0.200 ± 0.004' in mean_line
+
+
+# -- pretraining weight average ------------------------------------------------------------
+
+def test_weight_average_ignores_starting_weights():
+    module = torch.nn.Linear(1, 1, bias=False)
+    with torch.no_grad():
+        module.weight.fill_(100.0)                  # the random start, far from the updates
+    average = WeightAverage(module, decay=0.9)
+    for value in (1.0, 2.0, 3.0):
+        with torch.no_grad():
+            module.weight.fill_(value)
+        average.update(module)
+    # Weights 0.9 ** 2, 0.9 and 1 on the three updates, divided by their sum.
+    expected = (0.81 * 1.0 + 0.9 * 2.0 + 1.0 * 3.0) / (0.81 + 0.9 + 1.0)
+    assert average.module.weight.item() == pytest.approx(expected, rel=1e-6)
+
+
+def test_weight_average_first_update_copies_weights():
+    module = torch.nn.Linear(2, 1)
+    average = WeightAverage(module, decay=0.998)
+    with torch.no_grad():
+        module.weight.fill_(0.5)
+    average.update(module)
+    assert torch.equal(average.module.weight, module.weight)
+
+
+def test_pretraining_rate_warms_up_then_decays():
+    assert rate_factor(0, 0.0) == pytest.approx(1.0 / WARMUP_STEPS)
+    assert rate_factor(WARMUP_STEPS // 2 - 1, 0.0) == pytest.approx(0.5)
+    assert rate_factor(WARMUP_STEPS - 1, 0.0) == pytest.approx(1.0)
+    assert rate_factor(10 * WARMUP_STEPS, 0.5) == pytest.approx(0.525)
+    assert rate_factor(10 * WARMUP_STEPS, 1.0) == pytest.approx(0.05)
+    assert rate_factor(10 * WARMUP_STEPS, 3.0) == pytest.approx(0.05)

@@ -460,3 +460,38 @@ def test_compare_ignores_invalid_pretraining_summary(subset, tmp_path, caplog, s
     assert 'invalid pretraining summary' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
     assert isinstance(load_checkpoint(saved)[1]['pretraining']['seconds'], float)
+
+
+def test_max_minutes_bounds_pretraining(subset, tmp_path):
+    torch.set_num_threads(1)
+    # 1,000 pretraining epochs would take minutes; max_minutes 0.1 leaves them 3 s.
+    config = tiny_config(pretrain_epochs=1000, pretrain_batch_size=16, pretrain_patience=1000,
+                         max_minutes=0.1, epochs=2)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.best)
+    pretraining = metadata['pretraining']
+    assert pretraining['epochs'] < 1000
+    assert pretraining['seconds'] < 0.1 * 60 * 0.5 + 1.0
+    assert result.history
+
+
+def test_pretraining_warns_near_constant_predictor(subset, tmp_path, caplog):
+    torch.set_num_threads(1)
+    config = tiny_config(pretrain_epochs=1, pretrain_batch_size=16)
+    caplog.set_level('INFO')
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.best)
+    pretraining = metadata['pretraining']
+    # The constant predictor's MAE, computed here from the validation frames' labels.
+    data = prepare_data(config, find_episodes(subset))
+    mean = np.array([metadata['training_output_mean'][name] for name in config.outputs])
+    std = np.array([metadata['training_output_std'][name] for name in config.outputs])
+    labels = np.concatenate([data.episodes[s.episode_index].targets[s.start:s.stop][
+        data.episodes[s.episode_index].valid[s.start:s.stop]]
+        for s in data.split.validation_segments])
+    expected = float(np.mean(np.abs(np.nan_to_num(labels) - mean) / std))
+    assert pretraining['validation_constant_mae'] == pytest.approx(expected, rel=1e-4)
+    # One epoch on the 96 frames does not beat it by much: the log reports it and what to do.
+    assert pretraining['validation_mae'] > 0.9 * expected
+    assert 'hardly better than a constant predictor' in caplog.text
+    assert 'raise pretrain_epochs' in caplog.text

@@ -39,6 +39,11 @@ LOGGER = logging.getLogger(__name__)
 
 # Frames per forward pass when scoring the validation frames.
 SCORE_BATCH = 256
+# Steps over which the pretraining learning rates rise linearly to their full value.
+WARMUP_STEPS = 100
+# A pretrained encoder whose validation MAE is above this share of the constant
+# predictor's gets a warning.
+CONSTANT_MARGIN = 0.9
 
 
 class FrameReadout(nn.Module):
@@ -58,22 +63,47 @@ class FrameReadout(nn.Module):
 
 
 class WeightAverage:
-    """Exponential moving average of a module's parameters, kept in a copy of the module."""
+    """Exponential moving average of a module's parameters, kept in a copy of the module.
+
+    The average is bias-corrected: it weighs only the weights passed to ``update``, never
+    the starting weights of the copy. Without the correction a short run keeps mostly its
+    random initial weights (a share of ``decay ** steps``: 65 % after 215 steps at 0.998).
+    """
 
     def __init__(self, module: nn.Module, decay: float):
         if not 0.0 <= decay < 1.0:
             raise ValueError(f'EMA decay {decay} is invalid: use 0 <= decay < 1')
         self.decay = decay
+        self.updates = 0
         self.module = copy.deepcopy(module)
         for parameter in self.module.parameters():
             parameter.requires_grad_(False)
 
     @torch.no_grad()
     def update(self, module: nn.Module) -> None:
+        # After n updates the plain average has total weight 1 - decay ** n on the updates.
+        # Rescaling by it gives this step's decay; the first update copies the weights.
+        self.updates += 1
+        before = 1.0 - self.decay ** (self.updates - 1)
+        after = 1.0 - self.decay ** self.updates
+        decay = self.decay * before / after
         for average, current in zip(self.module.parameters(), module.parameters()):
-            average.mul_(self.decay).add_(current.detach(), alpha=1.0 - self.decay)
+            average.mul_(decay).add_(current.detach(), alpha=1.0 - decay)
         for average, current in zip(self.module.buffers(), module.buffers()):
             average.copy_(current)
+
+
+def rate_factor(step: int, done: float) -> float:
+    """Return the learning-rate factor of pretraining step ``step`` (counted from 0).
+
+    ``done`` is the finished share of the epochs, or of the time limit without them. The
+    rate decays along a cosine to 0.05 of its value. It also rises linearly over the
+    first ``WARMUP_STEPS`` steps, because a full first Adam step moves every weight of
+    the random encoder by the whole rate. In one trial that made the frame loss jump
+    50-fold.
+    """
+    cosine = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(max(done, 0.0), 1.0)))
+    return cosine * min(1.0, (step + 1) / WARMUP_STEPS)
 
 
 def frame_targets(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
@@ -196,9 +226,8 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 targets = torch.from_numpy(frame_targets(
                     episodes, episode_index[chosen], frame_index[chosen]))  # (B, O)
                 elapsed = time.perf_counter() - started
-                # Cosine decay over the epochs, or over the time limit without them.
                 done = len(losses) / total_steps if total_steps else elapsed / limit_s
-                factor = 0.05 + 0.95 * 0.5 * (1.0 + math.cos(math.pi * min(done, 1.0)))
+                factor = rate_factor(len(losses), done)
                 if context.distributed:
                     factor = distributed.broadcast_value(context, factor)
                 for group, base in zip(optimizer.param_groups, base_rates):
@@ -253,12 +282,23 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                'seconds': time.perf_counter() - started,
                'first_loss': float(np.mean(losses[:tenth])),
                'last_loss': float(np.mean(losses[-tenth:]))}
+    constant = math.nan
     if scores:
         summary['validation_mae'] = best_score
+        # The constant predictor outputs the training mean, which is 0 in these units.
+        targets = frame_targets(episodes, validation_episodes, validation_frames)
+        constant = float((np.abs(targets - mean.numpy()) / scale.numpy()).mean())
+        summary['validation_constant_mae'] = constant
     if context.is_main:
         LOGGER.info('pretrained the encoder on %d frames: %d epochs (%d steps) in %.0f s, '
                     'frame MSE %.4f -> %.4f; kept epoch %d (%s)',
                     len(frame_index), epoch, summary['steps'], summary['seconds'],
                     summary['first_loss'], summary['last_loss'], summary['best_epoch'],
-                    f'validation MAE {best_score:.3f} std' if scores else 'no validation')
+                    f'validation MAE {best_score:.3f} std, constant predictor '
+                    f'{constant:.3f}' if scores else 'no validation')
+        if scores and best_score > CONSTANT_MARGIN * constant:
+            LOGGER.warning('the pretrained encoder is hardly better than a constant predictor '
+                           'on the validation frames (MAE %.3f against %.3f std), so the '
+                           'policy will barely react to the camera; raise pretrain_epochs '
+                           '(%d here)', best_score, constant, epoch)
     return summary

@@ -184,8 +184,11 @@ class PreparedData:
     pretrained: Dict[str, dict] = field(default_factory=dict)
 
 
+# The largest share of max_minutes that encoder pretraining may take.
+PRETRAIN_SHARE_OF_MAX_MINUTES = 0.5
+
 # Settings that decide the pretrained encoder. The recurrent core is not among them.
-PRETRAINING_SETTINGS = ('init_encoder', 'pretrain_epochs', 'pretrain_minutes',
+PRETRAINING_SETTINGS = ('init_encoder', 'pretrain_epochs', 'pretrain_minutes', 'max_minutes',
                         'pretrain_batch_size', 'pretrain_patience', 'pretrain_ema_decay',
                         'lr_recurrent', 'weight_decay', 'augment', 'seed', 'threads')
 
@@ -442,10 +445,19 @@ class Trainer:
                 LOGGER.info('reusing the encoder pretrained for an earlier run with the same '
                             'pretraining settings')
             return float(reused['summary'].get('seconds', 0.0))
+        minutes = config.pretrain_minutes or None
+        if config.max_minutes is not None:
+            # Pretraining counts toward max_minutes but leaves the sequence training its share.
+            share = config.max_minutes * PRETRAIN_SHARE_OF_MAX_MINUTES
+            if minutes is None or share < minutes:
+                minutes = share
+                if self.context.is_main:
+                    LOGGER.info('pretraining stops after %.1f minutes at the latest, half of '
+                                'max_minutes', minutes)
         summary = pretrain_encoder(
             self.policy, self.episodes, self.split.train_windows,
             self.split.validation_segments, epochs=config.pretrain_epochs,
-            minutes=config.pretrain_minutes or None, batch_size=config.pretrain_batch_size,
+            minutes=minutes, batch_size=config.pretrain_batch_size,
             lr_encoder=config.pretrain_lr_encoder or config.lr_encoder,
             lr_readout=config.lr_recurrent,
             weight_decay=config.weight_decay, ema_decay=config.pretrain_ema_decay,
