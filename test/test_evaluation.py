@@ -386,3 +386,37 @@ def test_imu_policy_rejects_episode_without_imu():
     episode = _InMemoryEpisode(frames, np.full((4, 6), np.nan, np.float32), has_imu=False)
     with pytest.raises(DataError, match='needs IMU readings'):
         evaluate_episodes(_imu_policy(), [episode])
+
+
+def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_path,
+                                                     caplog):
+    _, jpegs, _ = known_bag
+    store = get_typestore(Stores.ROS2_KILTED)
+    types = store.types
+    bag = tmp_path / 'camera_only'
+    with Writer(bag, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
+        connection = writer.add_connection('/camera/image_raw/compressed',
+                                           'sensor_msgs/msg/CompressedImage', typestore=store)
+        for index in range(20):
+            stamp = START_NS + index * PERIOD_NS
+            header = types['std_msgs/msg/Header'](
+                stamp=types['builtin_interfaces/msg/Time'](sec=stamp // 10**9,
+                                                           nanosec=stamp % 10**9),
+                frame_id='camera')
+            image = types['sensor_msgs/msg/CompressedImage'](
+                header=header, format='jpeg', data=np.frombuffer(jpegs[index], np.uint8))
+            writer.write(connection, stamp,
+                         store.serialize_cdr(image, 'sensor_msgs/msg/CompressedImage'))
+
+    caplog.set_level('INFO')
+    out = tmp_path / 'out'
+    code = main(['evaluate', str(bag), '--model', str(checkpoint), '--out', str(out),
+                 '--no-commands', '--perturbations', '--saliency-frames', '1',
+                 '--ssim-frames', '0', '--cache-dir', str(tmp_path / 'cache')])
+    assert code == 0
+    assert '--no-commands' in caplog.text
+    assert 'check the command topic' not in caplog.text
+    assert (out / 'angular_z_time.png').is_file()
+    assert not (out / 'angular_z_scatter.png').exists()
+    assert not (out / 'angular_z_errors.png').exists()
+    assert 'angular_z_scatter.png' not in (out / 'report.html').read_text()

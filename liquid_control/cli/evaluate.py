@@ -150,7 +150,10 @@ def run(args: argparse.Namespace) -> int:
               f'R2 {values["r2"]:.3f}  r {values["pearson"]:.3f}  '
               f'baseline MAE {values["baseline_mae"]:.4f}  change/frame '
               f'{values["mean_abs_change"]:.4f} (human {values["target_mean_abs_change"]:.4f})')
-    if metrics['scored_frames'] == 0:
+    if metrics['scored_frames'] == 0 and args.no_commands:
+        LOGGER.info('no human commands (--no-commands), so the accuracy metrics are NaN; '
+                    'the report shows the policy outputs, neuron activity and saliency')
+    elif metrics['scored_frames'] == 0:
         LOGGER.warning('no frame has a human command, so no metric could be computed; '
                        'check the command topic (--command-topic) of the source')
     print(f'{metrics["frames"]} frames ({metrics["unscored_frames"]} not scored), '

@@ -251,6 +251,8 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
         plots.plot_time_series(result, name, out_dir / f'{name}_time.png')
         figures.append((f'{name}_time.png', f'{name}: the policy (red) and the human '
                         '(grey) over the recording; dotted lines mark state resets.'))
+        if not metrics.get('scored_frames'):
+            continue  # without human commands a scatter or an error histogram is empty
         plots.plot_scatter(result, name, out_dir / f'{name}_scatter.png')
         figures.append((f'{name}_scatter.png', f'{name}: policy against human on scored '
                         'frames; points on the diagonal are exact.'))
