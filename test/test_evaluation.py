@@ -44,6 +44,17 @@ def _frame_stamps_ns() -> np.ndarray:
     return stamps
 
 
+def _jpeg_message(store, stamp: int, jpeg: bytes) -> bytes:
+    """Return a serialised CompressedImage with the JPEG ``jpeg``, stamped ``stamp`` ns."""
+    types = store.types
+    header = types['std_msgs/msg/Header'](
+        stamp=types['builtin_interfaces/msg/Time'](sec=stamp // 10**9, nanosec=stamp % 10**9),
+        frame_id='camera')
+    image = types['sensor_msgs/msg/CompressedImage'](
+        header=header, format='jpeg', data=np.frombuffer(jpeg, np.uint8))
+    return store.serialize_cdr(image, 'sensor_msgs/msg/CompressedImage')
+
+
 @pytest.fixture(scope='module')
 def known_bag(tmp_path_factory):
     """Write the bag; return (path, JPEG bytes a frame, (angular_z, linear_x) a frame)."""
@@ -71,14 +82,7 @@ def known_bag(tmp_path_factory):
             '/cmd_vel', 'geometry_msgs/msg/Twist', typestore=store)
         for index, stamp in enumerate(_frame_stamps_ns()):
             stamp = int(stamp)
-            header = types['std_msgs/msg/Header'](
-                stamp=types['builtin_interfaces/msg/Time'](sec=stamp // 10**9,
-                                                           nanosec=stamp % 10**9),
-                frame_id='camera')
-            image = types['sensor_msgs/msg/CompressedImage'](
-                header=header, format='jpeg', data=np.frombuffer(jpegs[index], np.uint8))
-            writer.write(image_connection, stamp,
-                         store.serialize_cdr(image, 'sensor_msgs/msg/CompressedImage'))
+            writer.write(image_connection, stamp, _jpeg_message(store, stamp, jpegs[index]))
             if index < COMMANDED:
                 vector = types['geometry_msgs/msg/Vector3']
                 twist = types['geometry_msgs/msg/Twist'](
@@ -392,21 +396,13 @@ def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_
                                                      caplog):
     _, jpegs, _ = known_bag
     store = get_typestore(Stores.ROS2_KILTED)
-    types = store.types
     bag = tmp_path / 'camera_only'
     with Writer(bag, version=8, storage_plugin=StoragePlugin.SQLITE3) as writer:
         connection = writer.add_connection('/camera/image_raw/compressed',
                                            'sensor_msgs/msg/CompressedImage', typestore=store)
         for index in range(20):
             stamp = START_NS + index * PERIOD_NS
-            header = types['std_msgs/msg/Header'](
-                stamp=types['builtin_interfaces/msg/Time'](sec=stamp // 10**9,
-                                                           nanosec=stamp % 10**9),
-                frame_id='camera')
-            image = types['sensor_msgs/msg/CompressedImage'](
-                header=header, format='jpeg', data=np.frombuffer(jpegs[index], np.uint8))
-            writer.write(connection, stamp,
-                         store.serialize_cdr(image, 'sensor_msgs/msg/CompressedImage'))
+            writer.write(connection, stamp, _jpeg_message(store, stamp, jpegs[index]))
 
     caplog.set_level('INFO')
     out = tmp_path / 'out'

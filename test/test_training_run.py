@@ -355,10 +355,15 @@ COMPARE_SETTINGS = ['--set', 'preprocessing={crop_top: 0.4, height: 24, width: 4
                     '--perturbations', 'noise:0.1', '--no-progress']
 
 
+def run_compare(source, out, models, pretrain_epochs, *options) -> int:
+    """Run ``liquid-control compare`` with the tiny settings; return its exit code."""
+    return main(['compare', str(source), '--out', str(out), '--models', *models,
+                 '--set', f'pretrain_epochs={pretrain_epochs}', *COMPARE_SETTINGS, *options])
+
+
 def test_compare_reuses_saved_pretrained_encoder(subset, tmp_path, caplog):
     out = tmp_path / 'cmp'
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
-                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc'], 2) == 0
     saved = out / 'pretrained-s0.lcm'
     _, metadata = load_checkpoint(saved)
     assert metadata['kind'] == 'pretrained encoder'
@@ -366,8 +371,7 @@ def test_compare_reuses_saved_pretrained_encoder(subset, tmp_path, caplog):
 
     # A later run that adds a family loads that encoder instead of pretraining again.
     caplog.set_level('INFO')
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc', 'lstm:8',
-                 '--reuse', '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc', 'lstm:8'], 2, '--reuse') == 0
     assert 'loaded the pretrained encoder' in caplog.text
     assert 'pretrained the encoder on' not in caplog.text
     ltc, _ = load_checkpoint(out / 'ncp_ltc-s0.lcm')
@@ -382,19 +386,16 @@ def test_compare_reuses_saved_pretrained_encoder(subset, tmp_path, caplog):
 
 def test_compare_replaces_unfitting_pretrained_encoder(subset, tmp_path, caplog):
     out = tmp_path / 'cmp'
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc'], 1) == 0
     caplog.set_level('INFO')
     # Other pretraining settings: the file is not used, and the new encoder replaces it.
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
-                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['lstm:8'], 2) == 0
     assert 'pretrained with other settings' in caplog.text
     assert load_checkpoint(out / 'pretrained-s0.lcm')[1]['pretraining']['epochs'] == 2
     # A damaged file: a warning, then pretraining as if it were not there.
     (out / 'pretrained-s0.lcm').write_bytes(b'not a checkpoint')
     caplog.clear()
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'gru:8',
-                 '--set', 'pretrain_epochs=2', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['gru:8'], 2) == 0
     assert 'not reusing the pretrained encoder' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
     assert load_checkpoint(out / 'pretrained-s0.lcm')[1]['kind'] == 'pretrained encoder'
@@ -402,27 +403,23 @@ def test_compare_replaces_unfitting_pretrained_encoder(subset, tmp_path, caplog)
 
 def test_compare_pretrains_again_on_other_data(subset, tmp_path, caplog):
     out = tmp_path / 'cmp'
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc'], 1) == 0
     caplog.set_level('INFO')
     # The same settings on one episode of the two: the saved encoder saw other frames.
     one_episode = find_episodes(subset)[0].folder
-    assert main(['compare', str(one_episode), '--out', str(out), '--models', 'lstm:8',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(one_episode, out, ['lstm:8'], 1) == 0
     assert 'pretrained on other frames' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
 
 
 def test_compare_pretrains_again_on_other_validation(subset, tmp_path, caplog):
     out = tmp_path / 'cmp'
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc'], 1) == 0
     caplog.set_level('INFO')
     # Validation 0 and test 0.5 keep the training windows of validation 0.25 and test
     # 0.25, but the saved pretraining chose its epoch by scores on this run's test frames.
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS,
-                 '--validation-fraction', '0', '--test-fraction', '0.5']) == 0
+    assert run_compare(subset, out, ['lstm:8'], 1, '--validation-fraction', '0',
+                       '--test-fraction', '0.5') == 0
     assert '21 training windows' in caplog.text
     assert 'loaded the pretrained encoder' not in caplog.text
     assert 'pretrained on other frames or another split' in caplog.text
@@ -444,8 +441,7 @@ def replace_in_header(path, old: bytes, new: bytes) -> None:
 ])
 def test_compare_ignores_invalid_pretraining_summary(subset, tmp_path, caplog, summary, text):
     out = tmp_path / 'cmp'
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'ncp_ltc',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['ncp_ltc'], 1) == 0
     saved = out / 'pretrained-s0.lcm'
     policy, metadata = load_checkpoint(saved)
     metadata['pretraining'] = {**metadata['pretraining'], **summary}
@@ -454,8 +450,7 @@ def test_compare_ignores_invalid_pretraining_summary(subset, tmp_path, caplog, s
         # Python's json.loads accepts NaN, but save_checkpoint never writes it.
         replace_in_header(saved, b'123456.5', text)
     caplog.set_level('INFO')
-    assert main(['compare', str(subset), '--out', str(out), '--models', 'lstm:8',
-                 '--set', 'pretrain_epochs=1', *COMPARE_SETTINGS]) == 0
+    assert run_compare(subset, out, ['lstm:8'], 1) == 0
     assert 'loaded the pretrained encoder' not in caplog.text
     assert 'invalid pretraining summary' in caplog.text
     assert 'pretrained the encoder on' in caplog.text
