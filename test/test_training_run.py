@@ -490,3 +490,10 @@ def test_pretraining_warns_near_constant_predictor(subset, tmp_path, caplog):
     assert pretraining['validation_mae'] > 0.9 * expected
     assert 'hardly better than a constant predictor' in caplog.text
     assert 'raise pretrain_epochs' in caplog.text
+
+
+def test_compare_table_explains_undefined_values(subset, tmp_path):
+    out = tmp_path / 'cmp'
+    assert run_compare(subset, out, ['cnn:8'], 1) == 0
+    table = (out / 'compare.md').read_text()
+    assert 'A "-" marks a value that is not defined' in table

@@ -289,8 +289,9 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
     text = (f'# Model comparison\n\nScored on the {part} part ({frames} frames); '
             f'constant predictor MAE {_cell(first.get("baseline_mae"))}. "change / frame" '
             'is the mean absolute change of the command between consecutive frames; the '
-            f'human\'s is {_cell(first.get("target_mean_abs_change"))}.'
-            '\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
+            f'human\'s is {_cell(first.get("target_mean_abs_change"))}. A "-" marks a '
+            'value that is not defined, such as Pearson r of a model whose output does not '
+            'change.\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
     if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
         text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
     (out_dir / 'compare.md').write_text(text)
