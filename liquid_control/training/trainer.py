@@ -265,7 +265,8 @@ def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool
         LOGGER.info('not reusing the pretrained encoder %s: it was pretrained with other '
                     'settings', path)
         return False
-    # The checksum shows only that the file is intact, and later runs report these values.
+    # The file's checksum proves only that it is intact, not that these values are numbers,
+    # and every run that reuses the encoder copies them into its own metadata.
     invalid = [str(name) for name, value in summary.items()
                if not isinstance(value, (int, float)) or isinstance(value, bool)
                or not math.isfinite(value)]
