@@ -6,14 +6,15 @@ import pytest
 import torch
 
 from liquid_control.data.augment import (Augmentation, add_gaussian_noise,
-                                         adjust_brightness_contrast, shift)
+                                         adjust_brightness_contrast, mirror, shift)
 from liquid_control.errors import ConfigError, DataError
 from liquid_control.training.config import TrainConfig, load_train_config, parse_overrides
 from liquid_control.training.dataset import (TEST, TRAIN, VALIDATION, CachedEpisode,
                                              EpisodeSlice, assign_roles, collate,
-                                             split_episodes)
+                                             mirror_signs, split_episodes)
 from liquid_control.training.loss import sequence_loss, sharp_turn_weights
-from liquid_control.training.pretrain import WARMUP_STEPS, WeightAverage, rate_factor
+from liquid_control.training.pretrain import (WARMUP_STEPS, WeightAverage, augment_frame,
+                                              rate_factor)
 
 
 class FakeEpisode:
@@ -75,6 +76,9 @@ def test_config_round_trips_through_dict():
     ({'epoch': 3}, 'unknown'),
     ({'augment': {'noise_variance_max': 2.0}}, 'noise_variance_max'),
     ({'augment': {'blur': 1.0}}, 'unknown augmentation'),
+    ({'ema_decay': 1.0}, 'ema_decay'),
+    ({'augment': {'mirror_probability': 1.5}}, 'mirror_probability'),
+    ({'loss': 'l3'}, 'loss'),
 ])
 def test_config_rejects_invalid_value(values, word):
     with pytest.raises(ConfigError, match=word):
@@ -230,6 +234,53 @@ def test_collate_carries_true_time_deltas():
     assert batch['imu'] is None
 
 
+# Augmentation that only mirrors, so the expected batch is known exactly.
+ONLY_MIRROR = Augmentation(probability=0.0, mirror_probability=1.0)
+
+
+def test_collate_mirrors_frames_commands_and_imu():
+    count = 4
+    episode = cached(np.arange(count) * 0.05,
+                     targets=np.tile(np.float32([[0.5, 0.8]]), (count, 1)))
+    episode.frames = np.random.default_rng(0).integers(0, 255, (count, 3, 8, 8), np.uint8)
+    episode.imu = np.tile(np.float32([[0.1, 0.2, 0.3, 1.0, 2.0, 9.8]]), (count, 1))
+    signs = mirror_signs(['angular_z', 'linear_x'])
+    batch = collate([episode], [(0, np.arange(count))], np.random.default_rng(1),
+                    ONLY_MIRROR, signs)
+    np.testing.assert_array_equal(batch['frames'][0],
+                                  episode.frames[:, :, :, ::-1].astype(np.float32) / 255.0)
+    np.testing.assert_allclose(batch['targets'][0], [[-0.5, 0.8]] * count)
+    np.testing.assert_allclose(batch['imu'][0], [[-0.1, 0.2, -0.3, 1.0, -2.0, 9.8]] * count)
+    # The cached episode itself is unchanged.
+    np.testing.assert_allclose(episode.targets[0], [0.5, 0.8])
+
+    with pytest.raises(ValueError, match='output_signs'):
+        collate([episode], [(0, np.arange(count))], np.random.default_rng(1), ONLY_MIRROR)
+
+
+def test_mirror_off_draws_no_random_numbers():
+    # Runs without mirroring keep the random draws, and so the results, of earlier versions.
+    rng = np.random.default_rng(3)
+    assert not Augmentation(mirror_probability=0.0).draws_mirror(rng)
+    assert rng.random() == np.random.default_rng(3).random()
+    mirrored = [Augmentation(mirror_probability=0.5).draws_mirror(rng) for _ in range(400)]
+    assert 150 < sum(mirrored) < 250
+
+
+def test_pretraining_frame_mirror_changes_its_targets():
+    frame = np.random.default_rng(0).random((1, 3, 6, 10), dtype=np.float32)
+    targets = np.float32([0.25, 0.6])
+    augmented = augment_frame(frame, targets, ONLY_MIRROR, np.random.default_rng(0),
+                              mirror_signs(['angular_z', 'linear_x']))
+    np.testing.assert_array_equal(augmented, mirror(frame))
+    np.testing.assert_allclose(targets, [-0.25, 0.6])
+
+
+def test_mirror_signs_reject_unknown_outputs():
+    with pytest.raises(ConfigError, match='linear_y'):
+        mirror_signs(['angular_z', 'linear_y'])
+
+
 def test_episode_slice_exposes_a_range():
     class Source:
         timestamps = np.arange(10) * 0.1
@@ -274,6 +325,14 @@ def test_loss_scales_by_output_std():
     mask = torch.ones(1, 2, dtype=torch.bool)
     loss = sequence_loss(predictions, targets, mask, torch.tensor([2.0]), kind='mse')
     assert math.isclose(float(loss), 1.0)
+
+
+def test_l1_loss_is_the_mean_absolute_error():
+    predictions = torch.zeros(1, 3, 1)
+    targets = torch.tensor([[[2.0], [-4.0], [8.0]]])
+    mask = torch.tensor([[True, True, False]])
+    loss = sequence_loss(predictions, targets, mask, torch.tensor([2.0]), kind='l1')
+    assert math.isclose(float(loss), 1.5)
 
 
 def test_sharp_turn_weights_grow_with_steering():

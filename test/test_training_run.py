@@ -497,3 +497,58 @@ def test_compare_table_explains_undefined_values(subset, tmp_path):
     assert run_compare(subset, out, ['cnn:8'], 1) == 0
     table = (out / 'compare.md').read_text()
     assert 'A "-" marks a value that is not defined' in table
+
+
+def test_weight_average_is_saved_and_resumed(subset, tmp_path):
+    torch.set_num_threads(1)
+    episodes = find_episodes(subset)
+    # A constant rate, so that a run of 1 epoch resumed to 2 takes the same steps as one
+    # run of 2 epochs (a cosine schedule depends on the number of epochs).
+    settings = {'epochs': 2, 'lr_schedule': 'constant'}
+    plain = train(tiny_config(**settings), episodes, tmp_path / 'plain.lcm', progress=False)
+    averaged = train(tiny_config(**settings, ema_decay=0.9), episodes,
+                     tmp_path / 'averaged.lcm', progress=False)
+    # The average does not change what the optimizer does: the weights it moved equal
+    # those of the run without an average, and the saved model is the average.
+    state = torch.load(averaged.paths.logs / 'resume.pt', weights_only=True)
+    plain_weights = load_checkpoint(plain.paths.last)[0].state_dict()
+    saved_weights = load_checkpoint(averaged.paths.last)[0].state_dict()
+    assert state['average_updates'] > 0
+    changed = []
+    for name, value in plain_weights.items():
+        torch.testing.assert_close(state['training_weights'][name], value)
+        if value.is_floating_point() and not torch.equal(saved_weights[name], value):
+            changed.append(name)
+    assert len(changed) > 10
+
+    # One epoch, then one more after --resume, gives the same average as two epochs.
+    out = tmp_path / 'resumed.lcm'
+    train(tiny_config(**settings, ema_decay=0.9).with_overrides({'epochs': 1}), episodes,
+          out, progress=False)
+    resumed = train(tiny_config(**settings, ema_decay=0.9), episodes, out, progress=False,
+                    resume=True)
+    resumed_weights = load_checkpoint(resumed.paths.last)[0].state_dict()
+    for name, value in saved_weights.items():
+        torch.testing.assert_close(resumed_weights[name], value)
+
+
+def test_resume_with_weight_average_after_run_without_raises(subset, tmp_path):
+    torch.set_num_threads(1)
+    out = tmp_path / 'model.lcm'
+    train(tiny_config(), find_episodes(subset), out, progress=False)
+    with pytest.raises(CheckpointError, match='ema_decay'):
+        train(tiny_config(epochs=2, ema_decay=0.9), find_episodes(subset), out,
+              progress=False, resume=True)
+
+
+def test_mirrored_training_differs_from_plain(subset, tmp_path):
+    torch.set_num_threads(1)
+    settings = {'pretrain_epochs': 1, 'pretrain_batch_size': 16}
+    plain = train(tiny_config(**settings), find_episodes(subset), tmp_path / 'plain.lcm',
+                  progress=False)
+    mirrored = train(tiny_config(**settings, augment={'mirror_probability': 0.5}),
+                     find_episodes(subset), tmp_path / 'mirrored.lcm', progress=False)
+    assert mirrored.history[0]['train/loss'] != plain.history[0]['train/loss']
+    _, metadata = load_checkpoint(mirrored.paths.best)
+    assert metadata['train_config']['augment']['mirror_probability'] == 0.5
+    assert metadata['pretraining']['steps'] > 0

@@ -4,6 +4,10 @@ Every function takes a sequence ``(T, 3, H, W)`` float32 in [0, 1] (the output o
 ``Preprocessing.apply``) and returns a new array of the same shape, clipped to [0, 1].
 Lighting, shadow and shift are drawn once per sequence, because a real camera sees the
 same light over a second of driving; the sensor noise is drawn per frame.
+
+Mirroring is drawn per sequence too, but it is not part of ``apply``: a mirrored frame
+needs mirrored labels, so the caller draws it with ``draws_mirror`` and changes the signs
+of the commands and IMU readings itself.
 """
 
 from dataclasses import asdict, dataclass
@@ -21,6 +25,10 @@ class Augmentation:
     ``noise_variance_max`` is the largest variance of the zero-mean Gaussian noise added
     to [0, 1] images; each noisy sequence draws its variance uniformly up to it.
     ``shift_pixels`` is the largest translation in pixels of the network input.
+    ``mirror_probability`` is the share of sequences flipped left to right, with the
+    signs of their lateral commands changed by the caller. It doubles the driving
+    situations a short recording shows, and it is right only when the camera looks
+    along the robot's centre line.
     """
 
     probability: float = 0.8
@@ -31,9 +39,11 @@ class Augmentation:
     noise_probability: float = 0.5
     noise_variance_max: float = 0.12
     shift_pixels: int = 4
+    mirror_probability: float = 0.0
 
     def __post_init__(self) -> None:
-        for name in ('probability', 'shadow_probability', 'noise_probability'):
+        for name in ('probability', 'shadow_probability', 'noise_probability',
+                     'mirror_probability'):
             value = getattr(self, name)
             if not 0.0 <= value <= 1.0:
                 raise ConfigError(f'augmentation {name}={value} is invalid: use 0..1')
@@ -58,6 +68,10 @@ class Augmentation:
         reject_unknown_keys(values, cls, 'augmentation')
         return cls(**values)
 
+    def draws_mirror(self, rng: np.random.Generator) -> bool:
+        """Return whether to mirror the next sequence; draws from ``rng`` only when enabled."""
+        return self.mirror_probability > 0 and bool(rng.random() < self.mirror_probability)
+
     def apply(self, frames: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Augment one ``(T, 3, H, W)`` float32 sequence with random draws from ``rng``."""
         if frames.ndim != 4 or frames.shape[1] != 3:
@@ -78,6 +92,11 @@ class Augmentation:
         if rng.random() < self.noise_probability and self.noise_variance_max > 0:
             output = add_gaussian_noise(output, rng, rng.uniform(0.0, self.noise_variance_max))
         return output
+
+
+def mirror(frames: np.ndarray) -> np.ndarray:
+    """Flip frames ``(..., H, W)`` left to right."""
+    return np.ascontiguousarray(frames[..., ::-1])
 
 
 def shift(frames: np.ndarray, dy: int, dx: int) -> np.ndarray:

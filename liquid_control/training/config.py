@@ -13,7 +13,7 @@ from liquid_control.errors import ConfigError, reject_unknown_keys
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 SPLITS = ('time', 'episode_end', 'episode')
-LOSSES = ('mse', 'huber')
+LOSSES = ('mse', 'huber', 'l1')
 SCHEDULES = ('constant', 'cosine')
 
 
@@ -50,6 +50,7 @@ class TrainConfig:
     pretrain_batch_size: int = 64
     pretrain_patience: int = 4
     pretrain_ema_decay: float = 0.998
+    ema_decay: float = 0.0
     freeze_encoder: bool = False
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
@@ -118,6 +119,9 @@ class TrainConfig:
         if not 0.0 <= self.pretrain_ema_decay < 1.0:
             raise ConfigError(f'pretrain_ema_decay={self.pretrain_ema_decay} is invalid: use '
                               '0 <= decay < 1 (0 keeps the latest weights)')
+        if not 0.0 <= self.ema_decay < 1.0:
+            raise ConfigError(f'ema_decay={self.ema_decay} is invalid: use 0 <= decay < 1 '
+                              '(0 validates and saves the latest weights)')
         if not isinstance(self.freeze_encoder, bool):
             raise ConfigError(f'freeze_encoder={self.freeze_encoder!r} is invalid: use true '
                               'or false')

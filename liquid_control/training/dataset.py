@@ -11,12 +11,19 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from liquid_control.data.augment import Augmentation
+from liquid_control.data.augment import Augmentation, mirror
 from liquid_control.data.preprocess import Preprocessing
-from liquid_control.errors import DataError
+from liquid_control.errors import ConfigError, DataError
 from liquid_control.evaluation.replay import frame_intervals, segment_starts
 
 LOGGER = logging.getLogger(__name__)
+
+# Sign of each command in a scene mirrored left to right (across the robot's x-z plane,
+# REP 103 axes): a turn rate is an axial vector, so its z part changes sign.
+MIRRORED_COMMANDS = {'linear_x': 1.0, 'angular_z': -1.0}
+# The same for IMU readings in IMU_FIELDS order: the angular velocity's x and z parts
+# and the linear acceleration's y part change sign.
+IMU_MIRROR_SIGNS = np.array([-1.0, 1.0, -1.0, 1.0, -1.0, 1.0], np.float32)
 
 
 @dataclass
@@ -220,22 +227,49 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
     return Split(train_windows, validation_segments, test_segments)
 
 
+def mirror_signs(outputs: Sequence[str]) -> np.ndarray:
+    """Return the factor (+1 or -1) of each output when the scene is mirrored left to right.
+
+    Mirroring across the robot's x-z plane turns a left turn into a right turn, so
+    ``angular_z`` changes sign; ``linear_x`` keeps it.
+    """
+    unknown = [name for name in outputs if name not in MIRRORED_COMMANDS]
+    if unknown:
+        raise ConfigError(f'cannot mirror output(s) {unknown}: only {sorted(MIRRORED_COMMANDS)} '
+                          'have a known mirror image; set augment.mirror_probability to 0')
+    return np.array([MIRRORED_COMMANDS[name] for name in outputs], np.float32)
+
+
 def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.ndarray]],
             rng: Optional[np.random.Generator],
-            augmentation: Optional[Augmentation]) -> Dict[str, np.ndarray]:
-    """Stack windows into one batch, augmenting each sequence when ``augmentation`` is set."""
+            augmentation: Optional[Augmentation],
+            output_signs: Optional[np.ndarray] = None) -> Dict[str, np.ndarray]:
+    """Stack windows into one batch, augmenting each sequence when ``augmentation`` is set.
+
+    A mirrored sequence has its targets multiplied by ``output_signs`` (from
+    ``mirror_signs``, needed when the augmentation mirrors) and its IMU readings by
+    ``IMU_MIRROR_SIGNS``.
+    """
     frames, dts, targets, masks, imus = [], [], [], [], []
     for episode_index, window in chosen:
         cached = episodes[episode_index]
         sequence = cached.frames[window].astype(np.float32) / np.float32(255.0)
+        target = np.nan_to_num(cached.targets[window])
+        imu = cached.imu[window] if cached.imu is not None else None
         if augmentation is not None:
+            if augmentation.draws_mirror(rng):
+                if output_signs is None:
+                    raise ValueError('collate needs output_signs to mirror a sequence')
+                sequence = mirror(sequence)
+                target = target * output_signs
+                imu = imu * IMU_MIRROR_SIGNS if imu is not None else None
             sequence = augmentation.apply(sequence, rng)
         frames.append(sequence)
         dts.append(cached.dt[window])
-        targets.append(np.nan_to_num(cached.targets[window]))
+        targets.append(target)
         masks.append(cached.valid[window])
-        if cached.imu is not None:
-            imus.append(cached.imu[window])
+        if imu is not None:
+            imus.append(imu)
     return {
         'frames': np.stack(frames),
         'dt': np.stack(dts),

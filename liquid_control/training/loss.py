@@ -34,8 +34,10 @@ def sequence_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.
         per_value = F.huber_loss(error, torch.zeros_like(error), reduction='none', delta=1.0)
     elif kind == 'mse':
         per_value = error.pow(2)
+    elif kind == 'l1':
+        per_value = error.abs()
     else:
-        raise ValueError(f'loss kind {kind!r} is unknown; use huber or mse')
+        raise ValueError(f'loss kind {kind!r} is unknown; use huber, mse or l1')
 
     if output_weights:
         weights = torch.as_tensor(output_weights, dtype=per_value.dtype,

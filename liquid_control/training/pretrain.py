@@ -28,7 +28,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from liquid_control.data.augment import Augmentation
+from liquid_control.data.augment import Augmentation, mirror
 from liquid_control.errors import LiquidControlError
 from liquid_control.training import distributed
 from liquid_control.training.dataset import CachedEpisode, Segment
@@ -127,6 +127,17 @@ def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment
     return np.concatenate(episode_index), np.concatenate(frame_index)
 
 
+def augment_frame(frame: np.ndarray, targets: np.ndarray, augmentation: Augmentation,
+                  rng: np.random.Generator, output_signs: Optional[np.ndarray]) -> np.ndarray:
+    """Return the augmented ``(1, 3, H, W)`` frame; mirroring changes ``targets`` in place."""
+    if augmentation.draws_mirror(rng):
+        if output_signs is None:
+            raise ValueError('pretraining needs output_signs to mirror frames')
+        frame = mirror(frame)
+        targets *= output_signs
+    return augmentation.apply(frame, rng)
+
+
 @torch.no_grad()
 def score_frames(model: FrameReadout, episodes: Sequence[CachedEpisode],
                  episode_index: np.ndarray, frame_index: np.ndarray,
@@ -153,7 +164,8 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                      lr_encoder: float = 1e-3, lr_readout: float = 5e-3,
                      weight_decay: float = 1e-4, ema_decay: float = 0.998,
                      validate_every: int = 5, patience: int = 4,
-                     augmentation: Optional[Augmentation] = None, seed: int = 0,
+                     augmentation: Optional[Augmentation] = None,
+                     output_signs: Optional[np.ndarray] = None, seed: int = 0,
                      context: Optional[distributed.Context] = None,
                      progress: bool = False) -> Dict[str, float]:
     """Train ``policy.encoder`` on the frames of ``windows``; return a summary.
@@ -165,7 +177,8 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     ``policy.output_std`` after subtracting ``policy.output_mean``, so
     ``set_normalization`` must have run. The summary contains the steps, epochs, seconds,
     the mean loss of the first and last tenth of the steps, and the best validation MAE
-    in training std units.
+    in training std units. ``output_signs`` (from ``dataset.mirror_signs``) is needed
+    when the augmentation mirrors frames.
     """
     context = context or distributed.Context()
     if epochs <= 0 and not minutes:
@@ -220,11 +233,13 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 frames = np.stack([episodes[e].frames[i] for e, i in zip(
                     episode_index[chosen], frame_index[chosen])]).astype(np.float32) \
                     / np.float32(255.0)                                 # (B, 3, H, W)
+                targets = frame_targets(episodes, episode_index[chosen],
+                                        frame_index[chosen])  # (B, O)
                 if augmentation is not None:
-                    frames = np.concatenate([augmentation.apply(frames[i:i + 1], rng)
-                                             for i in range(len(frames))])
-                targets = torch.from_numpy(frame_targets(
-                    episodes, episode_index[chosen], frame_index[chosen]))  # (B, O)
+                    frames = np.concatenate([
+                        augment_frame(frames[i:i + 1], targets[i], augmentation, rng,
+                                      output_signs) for i in range(len(frames))])
+                targets = torch.from_numpy(targets)
                 elapsed = time.perf_counter() - started
                 done = len(losses) / total_steps if total_steps else elapsed / limit_s
                 factor = rate_factor(len(losses), done)

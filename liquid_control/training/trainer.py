@@ -33,11 +33,11 @@ from liquid_control.model.policy import PolicyConfig, build_policy
 from liquid_control.training import distributed
 from liquid_control.training.config import TrainConfig
 from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode, collate,
-                                             segment_arrays, split_episodes)
+                                             mirror_signs, segment_arrays, split_episodes)
 from liquid_control.training.logs import EpochLog, summary_line
 from liquid_control.training.loss import sequence_loss, sharp_turn_weights
 from liquid_control.training.normalization import Statistics, measure_statistics
-from liquid_control.training.pretrain import pretrain_encoder
+from liquid_control.training.pretrain import WeightAverage, pretrain_encoder
 
 LOGGER = logging.getLogger(__name__)
 
@@ -345,6 +345,9 @@ class Trainer:
         self.units = self.data.units
         self.episodes: List[CachedEpisode] = self.data.episodes
         self.split: Split = self.data.split
+        # Sign changes of the outputs in mirrored frames; None when nothing is mirrored.
+        self.output_signs = (mirror_signs(config.outputs)
+                             if config.augmentation().mirror_probability > 0 else None)
 
         torch.manual_seed(config.seed)
         self.policy = build_policy(build_policy_config(
@@ -352,6 +355,9 @@ class Trainer:
         self.statistics: Optional[Statistics] = None
         self.model = self.policy
         self.optimizer: Optional[torch.optim.Optimizer] = None
+        # With ema_decay > 0, a moving average of the weights is what gets validated and
+        # saved; the policy itself keeps the weights the optimizer moves.
+        self.average: Optional[WeightAverage] = None
         self.history: List[Dict[str, float]] = []
         self.pretrain_summary: Dict[str, float] = {}
 
@@ -403,11 +409,41 @@ class Trainer:
             if self.context.is_main:
                 LOGGER.info('resuming after epoch %d (best epoch %d, val loss %.4f)',
                             start_epoch - 1, best_epoch, best_score)
+        if self.config.ema_decay > 0:
+            self._start_average(resume_state)
 
         if self.context.distributed:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
         return start_epoch, best_score, best_epoch, stale, trained_s
+
+    def _start_average(self, resume_state: Optional[dict]) -> None:
+        """Start the weight average, or continue the one a resumed run saved.
+
+        A resumed run's last checkpoint holds the average, so the weights the optimizer
+        moved come from the resume state.
+        """
+        self.average = WeightAverage(self.policy, self.config.ema_decay)
+        if resume_state is None:
+            return
+        weights = resume_state.get('training_weights')
+        if not isinstance(weights, dict):
+            raise CheckpointError(
+                f'cannot resume with ema_decay={self.config.ema_decay}: '
+                f'{self.paths.logs / RESUME_FILE} was written without a weight average; '
+                'resume with the first run\'s ema_decay, or train without --resume')
+        try:
+            self.policy.load_state_dict(weights)
+        except RuntimeError as error:
+            raise CheckpointError(f'cannot resume: the training weights in '
+                                  f'{self.paths.logs / RESUME_FILE} do not fit this model '
+                                  f'({error}); train without --resume') from error
+        self.average.updates = int(resume_state.get('average_updates', 0))
+
+    @property
+    def scored_policy(self) -> torch.nn.Module:
+        """Return the policy that is validated and saved: the weight average if there is one."""
+        return self.average.module if self.average is not None else self.policy
 
     def _load_initial_encoder(self, path: Path) -> None:
         """Start from the encoder weights of the checkpoint at ``path``."""
@@ -463,7 +499,8 @@ class Trainer:
             lr_readout=config.lr_recurrent,
             weight_decay=config.weight_decay, ema_decay=config.pretrain_ema_decay,
             patience=config.pretrain_patience, augmentation=config.augmentation(),
-            seed=config.seed, context=self.context, progress=self.progress)
+            output_signs=self.output_signs, seed=config.seed, context=self.context,
+            progress=self.progress)
         # The encoder changed, so its feature statistics must be measured again.
         self.statistics = measure_statistics(self.policy.encoder, self.episodes,
                                              self.split.train_windows, self.use_imu,
@@ -573,7 +610,8 @@ class Trainer:
                 chosen = [windows[i] for i in
                           order[batch_number * config.batch_size:
                                 (batch_number + 1) * config.batch_size]]
-                batch = to_tensors(collate(self.episodes, chosen, rng, augmentation))
+                batch = to_tensors(collate(self.episodes, chosen, rng, augmentation,
+                                           self.output_signs))
                 progress = self._progress(epoch, batch_number / batch_count, deadline)
                 # Every rank must use the same rate; rank 0's progress decides.
                 if self.context.distributed:
@@ -590,6 +628,8 @@ class Trainer:
                     torch.nn.utils.clip_grad_norm_(self.policy.parameters(),
                                                    config.gradient_clip)
                 self.optimizer.step()
+                if self.average is not None:
+                    self.average.update(self.policy)
                 total += float(loss.item()) * len(chosen)
                 seen += len(chosen)
                 if bar is not None:
@@ -614,7 +654,8 @@ class Trainer:
         """
         if not self.split.validation_segments:
             return {'val/loss': math.nan}
-        self.policy.eval()
+        policy = self.scored_policy
+        policy.eval()
         predictions, targets, masks = [], [], []
         losses, weights = 0.0, 0.0
         scale = self._output_scale()
@@ -622,7 +663,7 @@ class Trainer:
             for segment in self.split.validation_segments:
                 cached = self.episodes[segment.episode_index]
                 batch = to_tensors(segment_arrays(cached, segment))
-                outputs, _ = self.policy(batch['frames'], batch['imu'], batch['dt'])
+                outputs, _ = policy(batch['frames'], batch['imu'], batch['dt'])
                 mask = batch['mask']
                 count = float(mask.sum())
                 if count > 0:
@@ -635,7 +676,7 @@ class Trainer:
                 targets.append(batch['targets'][0].numpy())
                 masks.append(mask[0].numpy())
         finally:
-            self.policy.train()
+            policy.train()
         prediction = np.concatenate(predictions)
         target = np.concatenate(targets)
         mask = np.concatenate(masks)
@@ -695,7 +736,7 @@ class Trainer:
     def _save(self, path: Path, metadata: dict) -> None:
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, self.policy, metadata)
+            save_checkpoint(path, self.scored_policy, metadata)
         except OSError as error:
             raise CheckpointError(f'cannot write checkpoint {path}: {error}; free disk space '
                                   'or choose a writable --out') from error
@@ -705,9 +746,13 @@ class Trainer:
         temporary = self.paths.logs / (RESUME_FILE + '.tmp')
         try:
             self.paths.logs.mkdir(parents=True, exist_ok=True)
-            torch.save({'optimizer': self.optimizer.state_dict(), 'epoch': epoch,
-                        'best_score': best_score, 'best_epoch': best_epoch,
-                        'stale_epochs': stale, 'train_seconds': train_seconds}, temporary)
+            state = {'optimizer': self.optimizer.state_dict(), 'epoch': epoch,
+                     'best_score': best_score, 'best_epoch': best_epoch,
+                     'stale_epochs': stale, 'train_seconds': train_seconds}
+            if self.average is not None:
+                state['training_weights'] = self.policy.state_dict()
+                state['average_updates'] = self.average.updates
+            torch.save(state, temporary)
             temporary.replace(self.paths.logs / RESUME_FILE)
         except (OSError, RuntimeError) as error:  # torch.save raises RuntimeError on I/O
             try:
