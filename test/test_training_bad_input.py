@@ -55,6 +55,15 @@ def trained(subset, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='module')
+def averaged(subset, tmp_path_factory):
+    """Return the --out of one finished tiny run with a weight average (ema_decay 0.9)."""
+    out = tmp_path_factory.mktemp('averaged') / 'model.lcm'
+    assert main(['train', str(subset), '--out', str(out), *SETTINGS,
+                 '--set', 'ema_decay=0.9']) == 0
+    return out
+
+
 def run_failing(capsys, command, *arguments) -> str:
     """Run ``liquid-control COMMAND ARGUMENTS``; check exit code 2 and return the error."""
     capsys.readouterr()
@@ -255,6 +264,28 @@ def test_resume_damaged_state(subset, trained, tmp_path, capsys, content, words)
         assert word in error
     assert not marker.exists()
     assert [path.read_bytes() for path in checkpoints] == before
+
+
+@pytest.mark.parametrize('key, value, words', [
+    ('average_updates', 'abc', ["average_updates is 'abc'"]),
+    ('average_updates', -3, ['average_updates is -3']),
+    ('average_updates', None, ['average_updates is None']),
+    ('training_weights', {1: torch.zeros(1)}, ['training_weights is not a mapping']),
+    ('training_weights', [1, 2], ['training_weights is not a mapping']),
+])
+def test_resume_damaged_average_state(subset, averaged, tmp_path, capsys, key, value,
+                                      words):
+    out = copy_run(averaged, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    state = torch.load(resume, weights_only=True)
+    state[key] = value
+    torch.save(state, resume)
+
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume', '--set', 'ema_decay=0.9')
+    assert 'resume.pt is not a resume state' in error
+    for word in words:
+        assert word in error
 
 
 def test_resume_other_optimizer_groups(subset, trained, tmp_path, capsys):

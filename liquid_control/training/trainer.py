@@ -438,7 +438,7 @@ class Trainer:
             raise CheckpointError(f'cannot resume: the training weights in '
                                   f'{self.paths.logs / RESUME_FILE} do not fit this model '
                                   f'({error}); train without --resume') from error
-        self.average.updates = int(resume_state.get('average_updates', 0))
+        self.average.updates = resume_state['average_updates']
 
     @property
     def scored_policy(self) -> torch.nn.Module:
@@ -882,6 +882,16 @@ def _resume_state_problem(state) -> Optional[str]:
     for key in ('best_score', 'train_seconds'):
         if not isinstance(state.get(key), (int, float)):
             return f'{key} is {state.get(key)!r}, not a number'
+    # A run with ema_decay > 0 also saves the weights the optimizer moved.
+    if 'training_weights' in state:
+        weights = state['training_weights']
+        if not isinstance(weights, dict) or not all(
+                isinstance(name, str) and isinstance(value, torch.Tensor)
+                for name, value in weights.items()):
+            return 'training_weights is not a mapping of parameter names to tensors'
+        updates = state.get('average_updates')
+        if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
+            return f'average_updates is {updates!r}, not a count'
     return None
 
 
