@@ -532,6 +532,22 @@ def test_weight_average_is_saved_and_resumed(subset, tmp_path):
         torch.testing.assert_close(resumed_weights[name], value)
 
 
+def test_resume_without_average_continues_training_weights(subset, tmp_path):
+    torch.set_num_threads(1)
+    episodes = find_episodes(subset)
+    settings = {'epochs': 2, 'lr_schedule': 'constant'}
+    plain = train(tiny_config(**settings), episodes, tmp_path / 'plain.lcm', progress=False)
+    # An averaged first epoch resumed without the average continues from the weights
+    # the optimizer moved, so it ends where the run without any average ends.
+    out = tmp_path / 'resumed.lcm'
+    train(tiny_config(**settings, ema_decay=0.9).with_overrides({'epochs': 1}), episodes,
+          out, progress=False)
+    resumed = train(tiny_config(**settings), episodes, out, progress=False, resume=True)
+    resumed_weights = load_checkpoint(resumed.paths.last)[0].state_dict()
+    for name, value in load_checkpoint(plain.paths.last)[0].state_dict().items():
+        torch.testing.assert_close(resumed_weights[name], value)
+
+
 def test_resume_with_weight_average_after_run_without_raises(subset, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / 'model.lcm'

@@ -411,6 +411,10 @@ class Trainer:
                             start_epoch - 1, best_epoch, best_score)
         if self.config.ema_decay > 0:
             self._start_average(resume_state)
+        elif resume_state is not None and 'training_weights' in resume_state:
+            # The first run saved a weight average in MODEL.last.lcm, but the optimizer
+            # state belongs to the weights it moved, so training continues from those.
+            self._load_training_weights(resume_state)
 
         if self.context.distributed:
             from torch.nn.parallel import DistributedDataParallel
@@ -426,19 +430,22 @@ class Trainer:
         self.average = WeightAverage(self.policy, self.config.ema_decay)
         if resume_state is None:
             return
-        weights = resume_state.get('training_weights')
-        if not isinstance(weights, dict):
+        if 'training_weights' not in resume_state:
             raise CheckpointError(
                 f'cannot resume with ema_decay={self.config.ema_decay}: '
                 f'{self.paths.logs / RESUME_FILE} was written without a weight average; '
                 'resume with the first run\'s ema_decay, or train without --resume')
+        self._load_training_weights(resume_state)
+        self.average.updates = resume_state['average_updates']
+
+    def _load_training_weights(self, resume_state: dict) -> None:
+        """Load the weights the optimizer moved, which an averaged run saves in resume.pt."""
         try:
-            self.policy.load_state_dict(weights)
+            self.policy.load_state_dict(resume_state['training_weights'])
         except RuntimeError as error:
             raise CheckpointError(f'cannot resume: the training weights in '
                                   f'{self.paths.logs / RESUME_FILE} do not fit this model '
                                   f'({error}); train without --resume') from error
-        self.average.updates = resume_state['average_updates']
 
     @property
     def scored_policy(self) -> torch.nn.Module:
