@@ -78,6 +78,8 @@ def test_config_round_trips_through_dict():
     ({'augment': {'blur': 1.0}}, 'unknown augmentation'),
     ({'ema_decay': 1.0}, 'ema_decay'),
     ({'augment': {'mirror_probability': 1.5}}, 'mirror_probability'),
+    ({'augment': {'mirror_probability': 'abc'}}, "mirror_probability='abc' is invalid"),
+    ({'augment': {'mirror_probability': True}}, 'mirror_probability=True is invalid'),
     ({'loss': 'l3'}, 'loss'),
 ])
 def test_config_rejects_invalid_value(values, word):

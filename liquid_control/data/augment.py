@@ -10,7 +10,7 @@ needs mirrored labels, so the caller draws it with ``draws_mirror`` and changes 
 of the commands and IMU readings itself.
 """
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Dict
 
 import numpy as np
@@ -42,6 +42,12 @@ class Augmentation:
     mirror_probability: float = 0.0
 
     def __post_init__(self) -> None:
+        # Types first, so that the range checks below never compare a string with a number.
+        for setting in fields(self):
+            value = getattr(self, setting.name)
+            if isinstance(value, bool) or not isinstance(value, (int, float)):
+                raise ConfigError(f'augmentation {setting.name}={value!r} is invalid: use a '
+                                  'number')
         for name in ('probability', 'shadow_probability', 'noise_probability',
                      'mirror_probability'):
             value = getattr(self, name)
