@@ -6,6 +6,7 @@ a Twist command 1 ms after each of frames 0..59. Frames 60..79 have no command.
 """
 
 import json
+import math
 import subprocess
 
 import cv2
@@ -416,3 +417,13 @@ def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_
     assert not (out / 'angular_z_scatter.png').exists()
     assert not (out / 'angular_z_errors.png').exists()
     assert 'angular_z_scatter.png' not in (out / 'report.html').read_text()
+
+
+def test_robustness_without_saliency_frames(checkpoint, episodes, tmp_path):
+    policy, metadata = load_checkpoint(checkpoint)
+    options = EvaluationOptions(perturbations=('noise:0.1',), plots=False, ssim_frames=0,
+                                saliency_frames=0)
+    metrics = run_evaluation(policy, episodes, tmp_path, metadata, options)
+    summary = metrics['robustness']['noise:0.1']
+    assert math.isfinite(summary['angular_z']['mae'])
+    assert math.isnan(summary['saliency_ssim'])

@@ -209,8 +209,10 @@ def evaluate_robustness(policy, episodes: Sequence, perturbations: Sequence[Pert
         return {}, {}
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
     rows = _sample_rows(clean, options.ssim_frames)
-    clean_frames = _frames_at(rows, clean, episodes, frames, preprocessing)
-    clean_maps = visual_backprop(policy, clean_frames) if len(rows) else None
+    clean_frames, clean_maps = None, None
+    if len(rows):
+        clean_frames = _frames_at(rows, clean, episodes, frames, preprocessing)
+        clean_maps = visual_backprop(policy, clean_frames)
     summaries: Dict[str, dict] = {}
     results: Dict[str, EvaluationResult] = {}
     for perturbation in perturbations:
