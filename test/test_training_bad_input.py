@@ -288,6 +288,19 @@ def test_resume_damaged_average_state(subset, averaged, tmp_path, capsys, key, v
         assert word in error
 
 
+def test_resume_state_from_another_epoch(subset, trained, tmp_path, capsys):
+    # A run stopped between saving the last checkpoint and the resume state.
+    out = copy_run(trained, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    state = torch.load(resume, weights_only=True)
+    state['epoch'] -= 1
+    torch.save(state, resume)
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '3',
+                        '--resume')
+    assert 'stopped while saving' in error
+    assert f'from epoch {state["epoch"]}' in error
+
+
 def test_resume_other_optimizer_groups(subset, trained, tmp_path, capsys):
     # The first run trained the encoder too, so its optimizer has one group more.
     out = copy_run(trained, tmp_path / 'run')

@@ -553,6 +553,13 @@ class Trainer:
         if problem is not None:
             raise CheckpointError(f'{resume_path} is not a resume state of liquid-control '
                                   f'train ({problem}); delete it and train without --resume')
+        if metadata.get('epoch') != state['epoch']:
+            # Each epoch writes the last checkpoint first and the resume state second, so
+            # a run stopped between the two leaves a pair from different epochs.
+            raise CheckpointError(
+                f'cannot resume: {self.paths.last} is from epoch {metadata.get("epoch")} but '
+                f'{resume_path} from epoch {state["epoch"]}, so the run stopped while saving; '
+                'train without --resume')
         self._output_mean = metadata.get('training_output_mean', {})
         self._output_std = metadata.get('training_output_std', {})
         return state
