@@ -12,7 +12,8 @@ two thirds of a core, 8 of them for the shared encoder pretraining:
     nohup .venv/bin/python benchmarks/train_donkey_tub.py --out /tmp/donkey_bench &
 
 A second run with the same OUT reuses the checkpoints and the pretrained encoders
-already there, so an interrupted run continues with the next model.
+already there, so an interrupted run continues with the next model. The trial with the
+L1 loss in BENCHMARKS.md ran with ``--set loss=l1``.
 """
 
 import argparse
@@ -29,8 +30,9 @@ REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
 from liquid_control.data.sources import load_episodes  # noqa: E402
+from liquid_control.errors import ConfigError  # noqa: E402
 from liquid_control.training.compare import ModelSpec, compare  # noqa: E402
-from liquid_control.training.config import load_train_config  # noqa: E402
+from liquid_control.training.config import load_train_config, parse_overrides  # noqa: E402
 
 DEFAULT_DATA = REPO.parent / 'shared' / 'data' / 'donkey_indoor_train_tub'
 DEFAULT_MODELS = ('ncp_ltc', 'ncp_cfc', 'lstm:64', 'cnn:64')
@@ -52,6 +54,9 @@ def main() -> int:
                         help='training time limit per model and seed (default: the '
                              'config\'s max_minutes)')
     parser.add_argument('--threads', type=int, default=2, help='torch CPU threads')
+    parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
+                        help='override a setting of the config for every model, e.g. '
+                             '--set loss=l1')
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='where the imported tub is kept')
     args = parser.parse_args()
@@ -61,10 +66,13 @@ def main() -> int:
     torch.set_num_threads(args.threads)
     logging.info('machine: %s, %d CPU cores, torch %s, %d threads', platform.processor() or
                  platform.machine(), os.cpu_count() or 0, torch.__version__, args.threads)
-    overrides = {'threads': args.threads}
-    if args.minutes is not None:
-        overrides['max_minutes'] = args.minutes
-    config = load_train_config(args.config, overrides)
+    try:
+        overrides = {**parse_overrides(args.set), 'threads': args.threads}
+        if args.minutes is not None:
+            overrides['max_minutes'] = args.minutes
+        config = load_train_config(args.config, overrides)
+    except ConfigError as error:
+        parser.error(str(error))
     episodes = load_episodes(args.data, cache_dir=args.cache_dir)
     specs = [ModelSpec.parse(text) for text in args.models]
 
