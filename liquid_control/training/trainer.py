@@ -424,7 +424,7 @@ class Trainer:
     def _start_average(self, resume_state: Optional[dict]) -> None:
         """Start the weight average, or continue the one a resumed run saved.
 
-        A resumed run's last checkpoint holds the average, so the weights the optimizer
+        A resumed run's last checkpoint contains the average, so the weights the optimizer
         moved come from the resume state.
         """
         self.average = WeightAverage(self.policy, self.config.ema_decay)
