@@ -240,7 +240,7 @@ def test_collate_carries_true_time_deltas():
 ONLY_MIRROR = Augmentation(probability=0.0, mirror_probability=1.0)
 
 
-def test_collate_mirrors_frames_commands_and_imu():
+def test_collate_mirrors_frames_and_labels():
     count = 4
     episode = cached(np.arange(count) * 0.05,
                      targets=np.tile(np.float32([[0.5, 0.8]]), (count, 1)))
@@ -269,7 +269,7 @@ def test_mirror_off_draws_no_random_numbers():
     assert 150 < sum(mirrored) < 250
 
 
-def test_pretraining_frame_mirror_changes_its_targets():
+def test_pretraining_mirror_negates_targets():
     frame = np.random.default_rng(0).random((1, 3, 6, 10), dtype=np.float32)
     targets = np.float32([0.25, 0.6])
     augmented = augment_frame(frame, targets, ONLY_MIRROR, np.random.default_rng(0),

@@ -532,7 +532,7 @@ def test_weight_average_is_saved_and_resumed(subset, tmp_path):
         torch.testing.assert_close(resumed_weights[name], value)
 
 
-def test_resume_without_average_continues_training_weights(subset, tmp_path):
+def test_resume_unaveraged_uses_training_weights(subset, tmp_path):
     torch.set_num_threads(1)
     episodes = find_episodes(subset)
     settings = {'epochs': 2, 'lr_schedule': 'constant'}
@@ -548,7 +548,7 @@ def test_resume_without_average_continues_training_weights(subset, tmp_path):
         torch.testing.assert_close(resumed_weights[name], value)
 
 
-def test_resume_with_weight_average_after_run_without_raises(subset, tmp_path):
+def test_resume_averaged_after_plain_raises(subset, tmp_path):
     torch.set_num_threads(1)
     out = tmp_path / 'model.lcm'
     train(tiny_config(), find_episodes(subset), out, progress=False)

@@ -26,9 +26,9 @@ class Augmentation:
     to [0, 1] images; each noisy sequence draws its variance uniformly up to it.
     ``shift_pixels`` is the largest translation in pixels of the network input.
     ``mirror_probability`` is the share of sequences flipped left to right, with the
-    signs of their lateral commands changed by the caller. It doubles the driving
-    situations a short recording shows, and it is right only when the camera looks
-    along the robot's centre line.
+    signs of their lateral commands changed by the caller. It shows each curve in
+    both directions, and it is right only when the camera looks along the robot's
+    centre line and the scene looks the same in a mirror.
     """
 
     probability: float = 0.8

@@ -345,7 +345,7 @@ class Trainer:
         self.units = self.data.units
         self.episodes: List[CachedEpisode] = self.data.episodes
         self.split: Split = self.data.split
-        # Sign changes of the outputs in mirrored frames; None when nothing is mirrored.
+        # Sign of each output in mirrored frames, or None when nothing is mirrored.
         self.output_signs = (mirror_signs(config.outputs)
                              if config.augmentation().mirror_probability > 0 else None)
 
@@ -355,8 +355,8 @@ class Trainer:
         self.statistics: Optional[Statistics] = None
         self.model = self.policy
         self.optimizer: Optional[torch.optim.Optimizer] = None
-        # With ema_decay > 0, a moving average of the weights is what gets validated and
-        # saved; the policy itself keeps the weights the optimizer moves.
+        # With ema_decay > 0, a moving average of the weights is validated and saved,
+        # while the policy keeps the weights the optimizer moves.
         self.average: Optional[WeightAverage] = None
         self.history: List[Dict[str, float]] = []
         self.pretrain_summary: Dict[str, float] = {}
