@@ -122,6 +122,33 @@ def _frames_at(rows: np.ndarray, result: EvaluationResult, episodes: Sequence,
     return np.stack(picked).astype(np.float32)
 
 
+def _saliency_inputs(policy, rows: np.ndarray, result: EvaluationResult, episodes: Sequence,
+                     frames: Optional[Sequence[np.ndarray]], preprocessing: Preprocessing
+                     ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Return the frames at ``rows`` and, for a policy with a frame gap, the earlier frames.
+
+    The earlier frame of a row is ``frame_gap`` rows before it, or its episode's first.
+    """
+    picked = _frames_at(rows, result, episodes, frames, preprocessing)
+    gap = policy.config.frame_gap
+    if not gap:
+        return picked, None
+    offsets = np.concatenate([[0], np.cumsum([len(episode) for episode in episodes])])
+    starts = offsets[result.episode_index[rows]]
+    earlier_rows = np.maximum(rows - gap, starts)
+    return picked, _frames_at(earlier_rows, result, episodes, frames, preprocessing)
+
+
+def _perturb(perturbation: Perturbation, picked: np.ndarray, earlier: Optional[np.ndarray],
+             seed: int) -> Tuple[np.ndarray, Optional[np.ndarray]]:
+    """Apply ``perturbation`` to the frames and their earlier frames (if any)."""
+    rng = np.random.default_rng(seed)
+    if earlier is None:
+        return perturbation.apply(picked, rng), None
+    both = perturbation.apply(np.concatenate([picked, earlier]), rng)
+    return both[:len(picked)], both[len(picked):]
+
+
 def _find_wiring(policy):
     """Return the policy's Wiring if its recurrent cell has one, else None."""
     for module in policy.modules():
@@ -209,10 +236,11 @@ def evaluate_robustness(policy, episodes: Sequence, perturbations: Sequence[Pert
         return {}, {}
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
     rows = _sample_rows(clean, options.ssim_frames)
-    clean_frames, clean_maps = None, None
+    clean_frames, clean_earlier, clean_maps = None, None, None
     if len(rows):
-        clean_frames = _frames_at(rows, clean, episodes, frames, preprocessing)
-        clean_maps = visual_backprop(policy, clean_frames)
+        clean_frames, clean_earlier = _saliency_inputs(policy, rows, clean, episodes, frames,
+                                                       preprocessing)
+        clean_maps = visual_backprop(policy, clean_frames, clean_earlier)
     summaries: Dict[str, dict] = {}
     results: Dict[str, EvaluationResult] = {}
     for perturbation in perturbations:
@@ -223,8 +251,9 @@ def evaluate_robustness(policy, episodes: Sequence, perturbations: Sequence[Pert
         summary = result.summary()
         summary['saliency_ssim'] = math.nan
         if clean_maps is not None:
-            perturbed = perturbation.apply(clean_frames, np.random.default_rng(options.seed))
-            summary['saliency_ssim'] = mean_ssim(clean_maps, visual_backprop(policy, perturbed))
+            perturbed = _perturb(perturbation, clean_frames, clean_earlier, options.seed)
+            summary['saliency_ssim'] = mean_ssim(clean_maps,
+                                                 visual_backprop(policy, *perturbed))
         summaries[perturbation.name] = summary
         results[perturbation.name] = result
         LOGGER.info('%s: %s, saliency SSIM %.3f', perturbation.name,
@@ -280,8 +309,9 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
 
     rows = _sample_rows(result, options.saliency_frames)
     if len(rows):
-        sample = _frames_at(rows, result, episodes, frames, preprocessing)
-        maps = visual_backprop(policy, sample)
+        sample, earlier = _saliency_inputs(policy, rows, result, episodes, frames,
+                                           preprocessing)
+        maps = visual_backprop(policy, sample, earlier)
         times = plots.replay_time(result)
         titles = [f't = {times[row]:.1f} s' for row in rows]
         plots.plot_saliency(sample, maps, out_dir / 'saliency.png', titles)
@@ -292,8 +322,8 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
         noise = next((name for name in robustness if name.startswith('noise')), None)
         if noise is not None:
             perturbation = parse_perturbations([noise])[0]
-            noisy = perturbation.apply(sample, np.random.default_rng(options.seed))
-            plots.plot_saliency(noisy, visual_backprop(policy, noisy),
+            noisy, noisy_earlier = _perturb(perturbation, sample, earlier, options.seed)
+            plots.plot_saliency(noisy, visual_backprop(policy, noisy, noisy_earlier),
                                 out_dir / 'saliency_noise.png', titles)
             figures.append(('saliency_noise.png', f'The same frames with {noise}, and where '
                             'the encoder looks then.'))

@@ -13,7 +13,7 @@ order they run. This assumes the conv layers form one chain, which holds for the
 encoder of every policy family.
 """
 
-from typing import List, Tuple
+from typing import List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -38,7 +38,8 @@ def _padding(conv: nn.Conv2d) -> Tuple[int, int]:
     return _pair(conv.padding)
 
 
-def _record_conv_outputs(policy: nn.Module, frames: torch.Tensor) -> List[
+def _record_conv_outputs(policy: nn.Module, frames: torch.Tensor,
+                         earlier: Optional[torch.Tensor]) -> List[
         Tuple[nn.Conv2d, torch.Tensor]]:
     """Run the policy on ``frames`` (N, 3, H, W) and return each conv layer's output."""
     convolutions = [module for module in policy.modules() if isinstance(module, nn.Conv2d)]
@@ -50,6 +51,10 @@ def _record_conv_outputs(policy: nn.Module, frames: torch.Tensor) -> List[
         lambda module, inputs, output: recorded.append((module, output.detach())))
         for conv in convolutions]
     try:
+        if getattr(getattr(policy, 'config', None), 'frame_gap', 0):
+            # The encoder takes each frame with its earlier one on the channel axis.
+            policy.encoder(torch.cat([frames, frames if earlier is None else earlier], dim=1))
+            return recorded
         count = frames.shape[0]
         imu = None
         if getattr(policy.config, 'imu_enabled', False):
@@ -86,19 +91,28 @@ def _normalize(maps: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def visual_backprop(policy: nn.Module, frames: np.ndarray) -> np.ndarray:
+def visual_backprop(policy: nn.Module, frames: np.ndarray,
+                    earlier: Optional[np.ndarray] = None) -> np.ndarray:
     """Return VisualBackProp maps ``(N, H, W)`` in [0, 1] for preprocessed frames.
 
     ``frames`` are float32 ``(N, 3, H, W)`` in [0, 1], as the policy takes them. Each map
     is scaled to [0, 1] on its own, so maps show where the encoder looks, not how strongly.
+    For a policy with a frame gap, ``earlier`` holds the frames that many steps before
+    each one; without them every frame is paired with itself, as if nothing moved.
     """
     frames_tensor = torch.as_tensor(np.asarray(frames, dtype=np.float32))
     if frames_tensor.ndim != 4 or frames_tensor.shape[1] != 3:
         raise ValueError(f'expected frames of shape (N, 3, H, W), got {tuple(frames.shape)}')
+    earlier_tensor = None
+    if earlier is not None:
+        earlier_tensor = torch.as_tensor(np.asarray(earlier, dtype=np.float32))
+        if earlier_tensor.shape != frames_tensor.shape:
+            raise ValueError(f'earlier frames of shape {tuple(earlier_tensor.shape)} do not '
+                             f'match the frames {tuple(frames_tensor.shape)}')
     was_training = policy.training
     policy.eval()
     try:
-        recorded = _record_conv_outputs(policy, frames_tensor)
+        recorded = _record_conv_outputs(policy, frames_tensor, earlier_tensor)
     finally:
         policy.train(was_training)
 

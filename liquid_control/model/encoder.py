@@ -13,6 +13,11 @@ large inputs:
   die and feed constant zeros;
 - the 32 features end in a layer normalisation without learned scale, so they enter the
   cell with zero mean and unit variance per frame whatever the encoder weights are.
+
+With ``frames=2`` the encoder takes two frames stacked on the channel axis, (B, 6, H, W):
+the current frame, then an earlier one. The first convolution sees the current frame and
+its change since the earlier one (current minus earlier), six channels, so motion in the
+picture is visible to the first layer.
 """
 
 from typing import Sequence, Tuple
@@ -64,20 +69,20 @@ class PerChannelDense(nn.Module):
 
 
 class ConvHead(nn.Module):
-    """Five convolutions and per-channel dense layers: (B, 3, H, W) -> (B, C5 * k)."""
+    """Five convolutions and per-channel dense layers: (B, C0, H, W) -> (B, C5 * k)."""
 
     def __init__(self, height: int, width: int,
                  channels: Sequence[int] = DEFAULT_CHANNELS,
                  kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
                  strides: Sequence[int] = DEFAULT_STRIDES,
-                 features_per_channel: int = 4):
+                 features_per_channel: int = 4, in_channels: int = 3):
         super().__init__()
         if not len(channels) == len(kernel_sizes) == len(strides) >= 1:
             raise ConfigError(f'encoder channels {list(channels)}, kernel_sizes '
                               f'{list(kernel_sizes)} and strides {list(strides)} must have '
                               'the same, non-zero length')
         layers = []
-        in_channels, map_height, map_width = 3, height, width
+        map_height, map_width = height, width
         for out_channels, kernel_size, stride in zip(channels, kernel_sizes, strides):
             if kernel_size % 2 != 1:
                 raise ConfigError(f'encoder kernel size {kernel_size} must be odd')
@@ -103,32 +108,42 @@ class ConvHead(nn.Module):
 
 
 class Encoder(nn.Module):
-    """Frame encoder: (B, 3, H, W) in [0, 1] -> (B, F) layer-normalised features."""
+    """Frame encoder: (B, 3 * frames, H, W) in [0, 1] -> (B, F) layer-normalised features.
+
+    ``frames`` is 1 (one RGB frame) or 2 (the current frame, then an earlier one).
+    """
 
     def __init__(self, height: int, width: int,
                  channels: Sequence[int] = DEFAULT_CHANNELS,
                  kernel_sizes: Sequence[int] = DEFAULT_KERNEL_SIZES,
                  strides: Sequence[int] = DEFAULT_STRIDES,
-                 features_per_channel: int = 4, dropout: float = 0.0):
+                 features_per_channel: int = 4, dropout: float = 0.0, frames: int = 1):
         super().__init__()
         for name, value in (('height', height), ('width', width)):
             if value < 8:
                 raise ConfigError(f'encoder input {name}={value} is too small: use >= 8')
         if not 0.0 <= dropout < 1.0:
             raise ConfigError(f'encoder dropout={dropout} is invalid: use 0 <= p < 1')
+        if frames not in (1, 2):
+            raise ConfigError(f'encoder frames={frames!r} is invalid: use 1 or 2')
         self.height = int(height)
         self.width = int(width)
+        self.frames = frames
         self.head = ConvHead(height, width, channels, kernel_sizes, strides,
-                             features_per_channel)
+                             features_per_channel, in_channels=3 * frames)
         self.feature_count = self.head.feature_count
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, frames: torch.Tensor) -> torch.Tensor:
-        if frames.shape[-3:] != (3, self.height, self.width):
-            raise ValueError(f'encoder expects frames of shape (B, 3, {self.height}, '
+        channels = 3 * self.frames
+        if frames.shape[-3:] != (channels, self.height, self.width):
+            raise ValueError(f'encoder expects frames of shape (B, {channels}, {self.height}, '
                              f'{self.width}), got {tuple(frames.shape)}; preprocess them '
                              'with the checkpoint\'s preprocessing settings')
-        x = (frames - PIXEL_CENTER) * (1.0 / PIXEL_SCALE)
+        x = (frames[:, :3] - PIXEL_CENTER) * (1.0 / PIXEL_SCALE)
+        if self.frames == 2:
+            change = (frames[:, :3] - frames[:, 3:]) * (1.0 / PIXEL_SCALE)
+            x = torch.cat([x, change], dim=1)
         features = self.head(x)  # (B, F)
         features = F.layer_norm(features, (self.feature_count,))
         return self.dropout(features)

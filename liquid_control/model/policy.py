@@ -11,6 +11,13 @@ Data flow for one step (B samples)::
     core outputs (B, O), normalised -> * output_std + output_mean -> commands in units
 
 IMU order: angular velocity x, y, z (rad/s), then linear acceleration x, y, z (m/s^2).
+
+With ``frame_gap`` k > 0 the encoder also sees the frame of k steps earlier (its input is
+the current frame and the change since then, see ``encoder.py``). The last k frames then
+live in the state after the core's own values, followed by a flag that is 1 once they
+contain frames. A sequence that starts from no state, or from the zero state, uses its first
+frame as the earlier one, so its first k steps see no change. The state stays a single
+(B, S) tensor, and whoever carries the state carries the frames too.
 """
 
 from dataclasses import asdict, dataclass, field
@@ -29,6 +36,7 @@ from liquid_control.model.ltc import LTC
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 IMU_SIZE = 6
+MAX_FRAME_GAP = 10
 IMU_FIELDS = ('angular_velocity_x', 'angular_velocity_y', 'angular_velocity_z',
               'linear_acceleration_x', 'linear_acceleration_y', 'linear_acceleration_z')
 
@@ -61,6 +69,8 @@ class PolicyConfig:
     - ``dt_reference_s``: seconds that make one time unit of the cell; an elapsed dt is
       divided by it, so at the nominal control rate each step is 1 time unit.
     - ``preprocessing``: crop and resize settings; ``height``/``width`` size the encoder.
+    - ``frame_gap``: 0 for single frames; k > 0 also feeds the encoder the change since
+      the frame k steps earlier (at 20 Hz, k = 2 is 0.1 s).
     """
 
     family: str = 'ncp_ltc'
@@ -75,6 +85,7 @@ class PolicyConfig:
     output_units: Tuple[str, ...] = ('rad/s', 'm/s')
     preprocessing: Dict[str, Any] = field(default_factory=default_preprocessing)
     seed: int = 0
+    frame_gap: int = 0
 
     def __post_init__(self) -> None:
         self.output_names = tuple(self.output_names)
@@ -85,6 +96,10 @@ class PolicyConfig:
             raise ConfigError(f'policy units={self.units!r} is invalid: use an integer >= 1')
         if not isinstance(self.ode_unfolds, int) or not 1 <= self.ode_unfolds <= 100:
             raise ConfigError(f'ode_unfolds={self.ode_unfolds!r} is invalid: use 1..100')
+        if isinstance(self.frame_gap, bool) or not isinstance(self.frame_gap, int) or \
+                not 0 <= self.frame_gap <= MAX_FRAME_GAP:
+            raise ConfigError(f'frame_gap={self.frame_gap!r} is invalid: use 0 (single frames) '
+                              f'or a number of steps 1..{MAX_FRAME_GAP}')
         if not self.dt_reference_s > 0:
             raise ConfigError(f'dt_reference_s={self.dt_reference_s} is invalid: use a '
                               'positive number of seconds')
@@ -168,11 +183,14 @@ class Policy(nn.Module):
         # Seed the global generator too, for layers that initialise from it (conv, linear).
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(config.seed)
-            self.encoder = Encoder(config.input_height, config.input_width, **{
-                key: value for key, value in config.encoder.items()})
+            self.encoder = Encoder(config.input_height, config.input_width,
+                                   frames=2 if config.frame_gap else 1, **config.encoder)
             sensory_size = self.encoder.feature_count + (IMU_SIZE if config.imu_enabled else 0)
             self.wiring, self.core = _build_core(config, sensory_size, wiring, generator)
 
+        # The frame history: frame_gap frames of 3 x H x W, then the flag.
+        self.frame_size = 3 * config.input_height * config.input_width
+        self.history_size = config.frame_gap * self.frame_size + 1 if config.frame_gap else 0
         features = self.encoder.feature_count
         outputs = config.output_size
         self.register_buffer('feature_mean', torch.zeros(features))
@@ -196,16 +214,61 @@ class Policy(nn.Module):
 
     @property
     def state_size(self) -> int:
-        """Length S of the state vector of one sample."""
-        return self.core.state_size
+        """Length S of the state vector of one sample: the core's, then the frame history."""
+        return self.core.state_size + self.history_size
 
     def initial_state(self, batch_size: int) -> torch.Tensor:
         """Return the state before the first step, shape (batch_size, S)."""
-        return self.core.initial_state(batch_size)
+        core = self.core.initial_state(batch_size)
+        if not self.history_size:
+            return core
+        return torch.cat([core, core.new_zeros(batch_size, self.history_size)], dim=1)
 
     def neuron_states(self, state: torch.Tensor) -> torch.Tensor:
         """Return neuron activity (B, N): LTC/CfC potentials, LSTM/GRU hidden units."""
-        return self.core.neuron_states(state)
+        return self.core.neuron_states(state[:, :self.core.state_size])
+
+    def encoder_inputs(self, frames: torch.Tensor, state: Optional[torch.Tensor]):
+        """Pair each frame with the frame ``frame_gap`` steps earlier.
+
+        frames (B, T, 3, H, W), state (B, S) or None. Returns (encoder inputs
+        (B, T, C, H, W), the history part of the next state (B, history_size)); C is 3,
+        or 6 with a frame gap. Single-frame policies return the frames and an empty history.
+        """
+        gap = self.config.frame_gap
+        batch, steps = frames.shape[:2]
+        if not gap:
+            return frames, frames.new_zeros(batch, 0)
+        first = frames[:, :1].expand(batch, gap, *frames.shape[2:])
+        if state is None:
+            history = first
+        else:
+            self._check_state(state)
+            stored = state[:, self.core.state_size:]
+            filled = stored[:, -1:].reshape(batch, 1, 1, 1, 1)
+            history = stored[:, :-1].reshape(first.shape)
+            # A zero flag (no frames yet) falls back to the first frame, without a branch
+            # on the values, so exported graphs take the same path.
+            history = filled * history + (1.0 - filled) * first
+        sequence = torch.cat([history, frames], dim=1)  # (B, gap + T, 3, H, W)
+        inputs = torch.cat([frames, sequence[:, :steps]], dim=2)
+        kept = sequence[:, steps:].reshape(batch, -1)
+        return inputs, torch.cat([kept, kept.new_ones(batch, 1)], dim=1)
+
+    def _check_state(self, state: torch.Tensor) -> None:
+        if state.dim() != 2 or state.shape[1] != self.state_size:
+            raise ValueError(f'state must have shape (B, {self.state_size}), got '
+                             f'{tuple(state.shape)}')
+
+    def _split_state(self, state: Optional[torch.Tensor]) -> Optional[torch.Tensor]:
+        """Return the core's part of ``state`` (or None)."""
+        if state is None or not self.history_size:
+            return state
+        self._check_state(state)
+        return state[:, :self.core.state_size]
+
+    def _join_state(self, core_state: torch.Tensor, history: torch.Tensor) -> torch.Tensor:
+        return torch.cat([core_state, history], dim=1) if self.history_size else core_state
 
     def set_normalization(self, feature_mean=None, feature_std=None, imu_mean=None,
                           imu_std=None, output_mean=None, output_std=None) -> None:
@@ -270,11 +333,14 @@ class Policy(nn.Module):
         if frames.dim() != 5:
             raise ValueError(f'frames must have shape (B, T, 3, H, W), got {tuple(frames.shape)}')
         batch, steps = frames.shape[:2]
-        features = self.encoder(frames.reshape((batch * steps,) + frames.shape[2:]))
+        encoder_inputs, history = self.encoder_inputs(frames, state)
+        features = self.encoder(encoder_inputs.reshape((batch * steps,)
+                                                       + encoder_inputs.shape[2:]))
         inputs = self._sensory_inputs(features.reshape(batch, steps, -1), imu)  # (B, T, S)
         elapsed = _as_elapsed(dt, batch, steps, self.config.dt_reference_s, inputs)
-        outputs, state = self.core(inputs, elapsed, state)  # (B, T, O), (B, S)
-        return (self.denormalize_outputs(outputs) if denormalize else outputs), state
+        outputs, core_state = self.core(inputs, elapsed, self._split_state(state))
+        outputs = self.denormalize_outputs(outputs) if denormalize else outputs  # (B, T, O)
+        return outputs, self._join_state(core_state, history)
 
     def step(self, frame: torch.Tensor, imu: Optional[torch.Tensor], dt,
              state: Optional[torch.Tensor] = None, denormalize: bool = True):
@@ -286,19 +352,34 @@ class Policy(nn.Module):
         """
         if frame.dim() != 4:
             raise ValueError(f'frame must have shape (B, 3, H, W), got {tuple(frame.shape)}')
-        return self.step_features(self.encoder(frame), imu, dt, state, denormalize)
+        encoder_inputs, history = self.encoder_inputs(frame.unsqueeze(1), state)
+        outputs, core_state = self._core_step(self.encoder(encoder_inputs[:, 0]), imu, dt,
+                                              self._split_state(state), denormalize)
+        return outputs, self._join_state(core_state, history)
 
     def step_features(self, features: torch.Tensor, imu: Optional[torch.Tensor], dt,
                       state: Optional[torch.Tensor] = None, denormalize: bool = True):
         """Run one control step from encoder features (B, F) instead of a frame.
 
-        Same as ``step`` after the encoder, for callers that cache features.
+        Same as ``step`` after the encoder, for callers that cache features. A frame
+        history in ``state`` passes through unchanged, since no frame comes in.
         """
+        outputs, core_state = self._core_step(features, imu, dt, self._split_state(state),
+                                              denormalize)
+        if not self.history_size:
+            return outputs, core_state
+        if state is None:
+            history = core_state.new_zeros(core_state.shape[0], self.history_size)
+        else:
+            history = state[:, self.core.state_size:]
+        return outputs, torch.cat([core_state, history], dim=1)
+
+    def _core_step(self, features, imu, dt, core_state, denormalize: bool):
         batch = features.shape[0]
         inputs = self._sensory_inputs(features, imu)  # (B, S)
         elapsed = _as_elapsed(dt, batch, None, self.config.dt_reference_s, inputs)
-        outputs, state = self.core.step(inputs, elapsed, state)  # (B, O), (B, S)
-        return (self.denormalize_outputs(outputs) if denormalize else outputs), state
+        outputs, core_state = self.core.step(inputs, elapsed, core_state)  # (B, O), (B, S)
+        return (self.denormalize_outputs(outputs) if denormalize else outputs), core_state
 
     def parameter_counts(self) -> Dict[str, int]:
         """Return trainable parameters per block: 'encoder', 'recurrent', 'head', 'total'."""
@@ -319,6 +400,8 @@ class Policy(nn.Module):
         lines = [
             f'family: {config.family}',
             f'input: {config.input_height} x {config.input_width} RGB frames'
+            + (f', with the change since {config.frame_gap} steps earlier'
+               if config.frame_gap else '')
             + (' + IMU (6)' if config.imu_enabled else ''),
             f'encoder: {len(self.encoder.head.convolutions)} convolutions, last map '
             f'{map_height} x {map_width}, {self.encoder.feature_count} features',

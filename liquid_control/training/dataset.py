@@ -50,6 +50,21 @@ class CachedEpisode:
         return len(self.frames)
 
 
+def encoder_frames(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
+                   frame_index: np.ndarray, frame_gap: int = 0) -> np.ndarray:
+    """Return the encoder inputs of single frames as uint8, for frame-level passes.
+
+    Gives ``(N, 3, H, W)``, or with a ``frame_gap`` k ``(N, 6, H, W)``: each frame, then
+    the frame k steps earlier in its episode (the episode's first frame near its start).
+    """
+    current = np.stack([episodes[e].frames[i] for e, i in zip(episode_index, frame_index)])
+    if not frame_gap:
+        return current
+    earlier = np.stack([episodes[e].frames[max(i - frame_gap, 0)]
+                        for e, i in zip(episode_index, frame_index)])
+    return np.concatenate([current, earlier], axis=1)
+
+
 @dataclass(frozen=True)
 class Segment:
     """A run of frames ``[start, stop)`` of one cached episode, with no gap inside."""

@@ -12,7 +12,7 @@ from typing import Optional, Sequence, Tuple
 import numpy as np
 import torch
 
-from liquid_control.training.dataset import CachedEpisode
+from liquid_control.training.dataset import CachedEpisode, encoder_frames
 
 MIN_STD = 1e-3
 
@@ -63,8 +63,12 @@ def _mean_std(values: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
 def encoder_feature_statistics(encoder: torch.nn.Module, episodes: Sequence[CachedEpisode],
                                episode_index: np.ndarray, frame_index: np.ndarray,
                                max_frames: int = 2048, batch_size: int = 256,
-                               seed: int = 0) -> Tuple[np.ndarray, np.ndarray]:
-    """Run ``encoder`` on up to ``max_frames`` training frames; return feature mean and std."""
+                               seed: int = 0, frame_gap: int = 0
+                               ) -> Tuple[np.ndarray, np.ndarray]:
+    """Run ``encoder`` on up to ``max_frames`` training frames; return feature mean and std.
+
+    ``frame_gap`` is the policy's: the encoder then takes each frame with an earlier one.
+    """
     rng = np.random.default_rng(seed)
     chosen = np.arange(len(frame_index))
     if len(chosen) > max_frames:
@@ -75,7 +79,7 @@ def encoder_feature_statistics(encoder: torch.nn.Module, episodes: Sequence[Cach
     try:
         for first in range(0, len(chosen), batch_size):
             part = chosen[first:first + batch_size]
-            frames = np.stack([episodes[episode_index[i]].frames[frame_index[i]] for i in part])
+            frames = encoder_frames(episodes, episode_index[part], frame_index[part], frame_gap)
             frames_tensor = torch.from_numpy(frames.astype(np.float32) / np.float32(255.0))
             features.append(encoder(frames_tensor).numpy())
     finally:
@@ -85,7 +89,7 @@ def encoder_feature_statistics(encoder: torch.nn.Module, episodes: Sequence[Cach
 
 def measure_statistics(encoder: torch.nn.Module, episodes: Sequence[CachedEpisode],
                        windows: Sequence[Tuple[int, np.ndarray]], use_imu: bool,
-                       seed: int = 0) -> Statistics:
+                       seed: int = 0, frame_gap: int = 0) -> Statistics:
     """Measure feature, IMU and output statistics on the frames of the training windows."""
     episode_index, frame_index = training_frames(episodes, windows)
     valid = np.array([episodes[e].valid[i] for e, i in zip(episode_index, frame_index)])
@@ -96,5 +100,5 @@ def measure_statistics(encoder: torch.nn.Module, episodes: Sequence[CachedEpisod
         imu = np.stack([episodes[e].imu[i] for e, i in zip(episode_index, frame_index)])
         imu_mean, imu_std = _mean_std(imu)
     feature_mean, feature_std = encoder_feature_statistics(
-        encoder, episodes, episode_index, frame_index, seed=seed)
+        encoder, episodes, episode_index, frame_index, seed=seed, frame_gap=frame_gap)
     return Statistics(feature_mean, feature_std, imu_mean, imu_std, output_mean, output_std)

@@ -31,7 +31,7 @@ from torch import nn
 from liquid_control.data.augment import Augmentation, mirror
 from liquid_control.errors import LiquidControlError
 from liquid_control.training import distributed
-from liquid_control.training.dataset import CachedEpisode, Segment
+from liquid_control.training.dataset import CachedEpisode, Segment, encoder_frames
 from liquid_control.training.loss import sequence_loss
 from liquid_control.training.normalization import training_frames
 
@@ -47,7 +47,10 @@ CONSTANT_MARGIN = 0.9
 
 
 class FrameReadout(nn.Module):
-    """Encoder plus a linear layer: frames (B, 3, H, W) -> normalised outputs (B, O)."""
+    """Encoder plus a linear layer: encoder inputs (B, C, H, W) -> normalised outputs (B, O).
+
+    C is 3, or 6 for a policy with a frame gap (``dataset.encoder_frames``).
+    """
 
     def __init__(self, encoder: nn.Module, feature_mean: torch.Tensor,
                  feature_std: torch.Tensor, outputs: int):
@@ -129,26 +132,32 @@ def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment
 
 def augment_frame(frame: np.ndarray, targets: np.ndarray, augmentation: Augmentation,
                   rng: np.random.Generator, output_signs: Optional[np.ndarray]) -> np.ndarray:
-    """Return the augmented ``(1, 3, H, W)`` frame; mirroring changes ``targets`` in place."""
+    """Return the augmented ``(1, C, H, W)`` encoder input; mirroring changes ``targets``.
+
+    With C = 6 the current and the earlier frame get the same changes, as two frames of
+    one training window do.
+    """
     if augmentation.draws_mirror(rng):
         if output_signs is None:
             raise ValueError('pretraining needs output_signs to mirror frames')
         frame = mirror(frame)
         targets *= output_signs
-    return augmentation.apply(frame, rng)
+    frames = frame.reshape(-1, 3, *frame.shape[-2:])  # (C / 3, 3, H, W)
+    return augmentation.apply(frames, rng).reshape(frame.shape)
 
 
 @torch.no_grad()
 def score_frames(model: FrameReadout, episodes: Sequence[CachedEpisode],
                  episode_index: np.ndarray, frame_index: np.ndarray,
-                 output_mean: torch.Tensor, output_std: torch.Tensor) -> float:
+                 output_mean: torch.Tensor, output_std: torch.Tensor,
+                 frame_gap: int = 0) -> float:
     """Return the mean absolute error of ``model`` on the frames, in training std units."""
     model.eval()
     errors = []
     for first in range(0, len(frame_index), SCORE_BATCH):
         chosen = slice(first, first + SCORE_BATCH)
-        frames = np.stack([episodes[e].frames[i] for e, i in
-                           zip(episode_index[chosen], frame_index[chosen])])
+        frames = encoder_frames(episodes, episode_index[chosen], frame_index[chosen],
+                                frame_gap)
         outputs = model(torch.from_numpy(frames.astype(np.float32) / np.float32(255.0)))
         targets = torch.from_numpy(frame_targets(episodes, episode_index[chosen],
                                                  frame_index[chosen]))
@@ -192,6 +201,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
         return {'steps': 0, 'epochs': 0, 'seconds': 0.0}
     validation_episodes, validation_frames = segment_frames(episodes, validation)
 
+    frame_gap = policy.config.frame_gap
     model = FrameReadout(policy.encoder, policy.feature_mean, policy.feature_std,
                          len(policy.output_names))
     trained = model
@@ -230,9 +240,9 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
             model.train()
             for step in range(steps_per_epoch):
                 chosen = order[step * batch_size:(step + 1) * batch_size]
-                frames = np.stack([episodes[e].frames[i] for e, i in zip(
-                    episode_index[chosen], frame_index[chosen])]).astype(np.float32) \
-                    / np.float32(255.0)                                 # (B, 3, H, W)
+                frames = encoder_frames(episodes, episode_index[chosen], frame_index[chosen],
+                                        frame_gap).astype(np.float32) \
+                    / np.float32(255.0)                                 # (B, C, H, W)
                 targets = frame_targets(episodes, episode_index[chosen],
                                         frame_index[chosen])  # (B, O)
                 if augmentation is not None:
@@ -272,7 +282,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 continue
             # Every rank has the same averaged weights, so every rank computes this score.
             score = score_frames(average.module, episodes, validation_episodes,
-                                 validation_frames, mean, scale)
+                                 validation_frames, mean, scale, frame_gap)
             scores.append(score)
             if score < best_score:
                 best_score, best_epoch, stale = score, epoch, 0

@@ -198,6 +198,7 @@ def pretraining_key(config: TrainConfig) -> str:
     values = config.to_dict()
     chosen = {name: values[name] for name in PRETRAINING_SETTINGS}
     chosen['encoder'] = values['model'].get('encoder')
+    chosen['frame_gap'] = values['model'].get('frame_gap', 0)
     chosen['lr_encoder'] = config.pretrain_lr_encoder or config.lr_encoder
     return json.dumps(chosen, sort_keys=True)
 
@@ -287,7 +288,8 @@ def load_pretrained(data: PreparedData, config: TrainConfig, path: Path) -> bool
         LOGGER.info('not reusing the pretrained encoder %s: it does not fit (%s)', path, error)
         return False
     statistics = measure_statistics(ours.encoder, data.episodes, data.split.train_windows,
-                                    data.use_imu, seed=config.seed)
+                                    data.use_imu, seed=config.seed,
+                                    frame_gap=ours.config.frame_gap)
     data.pretrained[key] = {'encoder': copy.deepcopy(ours.encoder.state_dict()),
                             'statistics': statistics, 'summary': summary}
     LOGGER.info('loaded the pretrained encoder %s', path)
@@ -379,7 +381,8 @@ class Trainer:
                 self._load_initial_encoder(Path(self.config.init_encoder))
             self.statistics = measure_statistics(
                 encoder if encoder is not None else torch.nn.Identity(), self.episodes,
-                self.split.train_windows, self.use_imu, seed=self.config.seed)
+                self.split.train_windows, self.use_imu, seed=self.config.seed,
+                frame_gap=self.policy.config.frame_gap)
             self.statistics.apply(self.policy)
             if self.config.pretrain_epochs > 0 or self.config.pretrain_minutes > 0:
                 trained_s = self._pretrain()
@@ -460,13 +463,14 @@ class Trainer:
             raise CheckpointError(f'init_encoder: {error}; name a .lcm file written by '
                                   'liquid-control train') from error
         ours, theirs = self.policy.config, policy.config
-        if (ours.input_height, ours.input_width, ours.encoder) != \
-                (theirs.input_height, theirs.input_width, theirs.encoder):
+        if (ours.input_height, ours.input_width, ours.encoder, ours.frame_gap) != \
+                (theirs.input_height, theirs.input_width, theirs.encoder, theirs.frame_gap):
             raise ConfigError(
                 f'init_encoder {path} has a {theirs.input_width}x{theirs.input_height} '
-                f'encoder with settings {theirs.encoder}, but this run builds a '
-                f'{ours.input_width}x{ours.input_height} one with {ours.encoder}; use the '
-                'same preprocessing size and encoder settings as that model')
+                f'encoder with settings {theirs.encoder} and frame_gap {theirs.frame_gap}, '
+                f'but this run builds a {ours.input_width}x{ours.input_height} one with '
+                f'{ours.encoder} and frame_gap {ours.frame_gap}; use the same preprocessing '
+                'size, encoder settings and frame_gap as that model')
         self.policy.encoder.load_state_dict(policy.encoder.state_dict())
         if self.context.is_main:
             LOGGER.info('starting from the encoder of %s', path)
@@ -511,7 +515,8 @@ class Trainer:
         # The encoder changed, so its feature statistics must be measured again.
         self.statistics = measure_statistics(self.policy.encoder, self.episodes,
                                              self.split.train_windows, self.use_imu,
-                                             seed=config.seed)
+                                             seed=config.seed,
+                                             frame_gap=self.policy.config.frame_gap)
         self.statistics.apply(self.policy)
         self.pretrain_summary = summary
         self.data.pretrained[key] = {
