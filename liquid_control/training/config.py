@@ -59,6 +59,7 @@ class TrainConfig:
     weight_decay: float = 1e-4
     gradient_clip: float = 1.0
     loss: str = 'huber'
+    huber_delta: float = 1.0
     output_weights: Tuple[float, ...] = ()
     sharp_turn_weight: float = 0.0
     sharp_turn_output: str = 'angular_z'
@@ -77,6 +78,9 @@ class TrainConfig:
             raise ConfigError(f'split {self.split!r} is unknown; use one of {SPLITS}')
         if self.loss not in LOSSES:
             raise ConfigError(f'loss {self.loss!r} is unknown; use one of {LOSSES}')
+        if not (math.isfinite(self.huber_delta) and self.huber_delta > 0):
+            raise ConfigError(f'huber_delta={self.huber_delta} is invalid: use a positive '
+                              'number of standard deviations, e.g. 1.0')
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f'lr_schedule {self.lr_schedule!r} is unknown; use one of '
                               f'{SCHEDULES}')

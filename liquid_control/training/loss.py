@@ -21,17 +21,20 @@ def sharp_turn_weights(steering: torch.Tensor, scale: float, weight: float) -> t
 def sequence_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
                   output_std: torch.Tensor, kind: str = 'huber', warmup_frames: int = 0,
                   output_weights: Optional[Sequence[float]] = None,
-                  frame_weights: Optional[torch.Tensor] = None) -> torch.Tensor:
+                  frame_weights: Optional[torch.Tensor] = None,
+                  huber_delta: float = 1.0) -> torch.Tensor:
     """Return the mean loss over valid frames, on outputs divided by their training std.
 
     ``predictions`` and ``targets`` are ``(B, T, O)`` in physical units, ``mask`` ``(B, T)``
     bool, ``output_std`` ``(O,)``. The first ``warmup_frames`` frames of each sequence are
     left out, because the recurrent state starts from zero there. ``frame_weights`` is
-    ``(B, T)``; ``output_weights`` has one weight per output.
+    ``(B, T)``; ``output_weights`` has one weight per output. The Huber loss is quadratic
+    up to ``huber_delta`` standard deviations and linear beyond.
     """
     error = (predictions - targets) / output_std.clamp_min(1e-6)
     if kind == 'huber':
-        per_value = F.huber_loss(error, torch.zeros_like(error), reduction='none', delta=1.0)
+        per_value = F.huber_loss(error, torch.zeros_like(error), reduction='none',
+                                  delta=huber_delta)
     elif kind == 'mse':
         per_value = error.pow(2)
     elif kind == 'l1':

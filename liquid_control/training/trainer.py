@@ -590,7 +590,8 @@ class Trainer:
         return sequence_loss(outputs, batch['targets'], batch['mask'], scale,
                              kind=self.config.loss, warmup_frames=warmup,
                              output_weights=self.config.output_weights or None,
-                             frame_weights=frame_weights)
+                             frame_weights=frame_weights,
+                             huber_delta=self.config.huber_delta)
 
     def _progress(self, epoch: int, fraction: float, deadline: Optional[float]) -> float:
         """Return how far the run is, 0..1, by epochs or by the time limit if that is nearer."""
@@ -688,7 +689,8 @@ class Trainer:
                 if count > 0:
                     loss = sequence_loss(outputs, batch['targets'], mask, scale,
                                          kind=self.config.loss,
-                                         output_weights=self.config.output_weights or None)
+                                         output_weights=self.config.output_weights or None,
+                                         huber_delta=self.config.huber_delta)
                     losses += float(loss) * count
                     weights += count
                 predictions.append(outputs[0].numpy())
