@@ -11,13 +11,14 @@ from training_data import TINY_SETTINGS, write_subset
 
 from liquid_control.data.augment import Augmentation
 from liquid_control.data.episodes import find_episodes
+from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import ConfigError
 from liquid_control.evaluation.saliency import visual_backprop
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.model.encoder import Encoder
 from liquid_control.model.policy import PolicyConfig, build_policy
 from liquid_control.training.config import TrainConfig
-from liquid_control.training.dataset import CachedEpisode, encoder_frames
+from liquid_control.training.dataset import CachedEpisode, cache_episode, encoder_frames
 from liquid_control.training.pretrain import augment_frame
 from liquid_control.training.trainer import pretraining_key, train
 
@@ -174,6 +175,39 @@ def test_encoder_frames_pair_within_the_episode():
     assert pairs[1, 3, 0, 0] == 0
 
 
+def test_encoder_frames_stop_at_time_gaps():
+    # A time gap before frame 4 starts a new run there, as the state resets at run time.
+    episode = _episode(count=7)
+    episode.run_start = np.array([0, 0, 0, 0, 4, 4, 4])
+    pairs = encoder_frames([episode], np.zeros(3, np.int64), np.array([3, 5, 6]), frame_gap=2)
+    assert list(pairs[:, 3, 0, 0]) == [1, 4, 4]
+
+
+class _Recording:
+    """The parts of an episode that ``cache_episode`` reads: 5 frames, a gap before the 4th."""
+
+    timestamps = np.array([0.0, 0.05, 0.1, 3.0, 3.05])
+    valid = np.ones(5, bool)
+    imu = None
+
+    def __len__(self):
+        return 5
+
+    def load_frame(self, index):
+        return np.full((8, 10, 3), index, np.uint8)
+
+    def command(self, name):
+        return np.zeros(5, np.float32)
+
+
+def test_cached_episode_marks_runs():
+    preprocessing = Preprocessing(height=8, width=10)
+    cached = cache_episode(_Recording(), preprocessing, ['angular_z'], False, max_gap_s=0.5)
+    assert list(cached.run_start) == [0, 0, 0, 3, 3]
+    pairs = encoder_frames([cached], np.zeros(2, np.int64), np.array([2, 4]), frame_gap=2)
+    assert list(pairs[:, 3, 0, 0]) == [0, 3]
+
+
 def test_pretraining_augments_both_frames_alike():
     augmentation = Augmentation(probability=1.0, brightness=0.3, contrast=0.0,
                                 shadow_probability=0.0, noise_probability=0.0,
@@ -185,6 +219,11 @@ def test_pretraining_augments_both_frames_alike():
     assert augmented.shape == (1, 6, 12, 16)
     assert not np.allclose(augmented[:, :3], frame)
     np.testing.assert_array_equal(augmented[:, :3], augmented[:, 3:])
+
+
+def test_frame_gap_below_sequence_length():
+    with pytest.raises(ConfigError, match='model.frame_gap=8 is invalid with sequence_length=8'):
+        TrainConfig.from_dict({**TINY_SETTINGS, 'model': {'frame_gap': 8}})
 
 
 def test_pretraining_key_depends_on_the_gap():

@@ -314,8 +314,12 @@ def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
     if not frames:
         raise LiquidControlError('no camera frames arrived, so there is no video to write')
     inputs = np.stack([runner.preprocess(frame) for frame in frames])   # (N, 3, H, W)
-    maps = np.concatenate([visual_backprop(runner.policy, inputs[i:i + 64])
-                           for i in range(0, len(inputs), 64)])
+    # A policy with a frame gap k also sees the frame k steps earlier.
+    gap = runner.policy.config.frame_gap
+    earlier = inputs[np.maximum(np.arange(len(inputs)) - gap, 0)]
+    maps = np.concatenate([
+        visual_backprop(runner.policy, inputs[i:i + 64], earlier[i:i + 64] if gap else None)
+        for i in range(0, len(inputs), 64)])
     images = []
     for index, (camera, frame, saliency) in enumerate(zip(frames, inputs, maps)):
         blended = (overlay(frame, saliency) * 255.0).astype(np.uint8)

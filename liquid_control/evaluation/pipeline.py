@@ -127,14 +127,15 @@ def _saliency_inputs(policy, rows: np.ndarray, result: EvaluationResult, episode
                      ) -> Tuple[np.ndarray, Optional[np.ndarray]]:
     """Return the frames at ``rows`` and, for a policy with a frame gap, the earlier frames.
 
-    The earlier frame of a row is ``frame_gap`` rows before it, or its episode's first.
+    The earlier frame of a row is ``frame_gap`` rows before it, or the first row of its
+    replay segment (where the state reset) if that is later.
     """
     picked = _frames_at(rows, result, episodes, frames, preprocessing)
     gap = policy.config.frame_gap
     if not gap:
         return picked, None
-    offsets = np.concatenate([[0], np.cumsum([len(episode) for episode in episodes])])
-    starts = offsets[result.episode_index[rows]]
+    segments, first_rows = np.unique(result.segment_index, return_index=True)
+    starts = first_rows[np.searchsorted(segments, result.segment_index[rows])]
     earlier_rows = np.maximum(rows - gap, starts)
     return picked, _frames_at(earlier_rows, result, episodes, frames, preprocessing)
 

@@ -16,7 +16,7 @@ With ``frame_gap`` k > 0 the encoder also sees the frame of k steps earlier (its
 the current frame and the change since then, see ``encoder.py``). The last k frames then
 live in the state after the core's own values, followed by a flag that is 1 once they
 contain frames. A sequence that starts from no state, or from the zero state, uses its first
-frame as the earlier one, so its first k steps see no change. The state stays a single
+frame as the earlier one until k frames have arrived. The state stays a single
 (B, S) tensor, and whoever carries the state carries the frames too.
 """
 

@@ -95,6 +95,11 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f'{name}={value!r} is invalid: use an integer >= 1')
+        frame_gap = self.model.get('frame_gap', 0)
+        if isinstance(frame_gap, int) and frame_gap >= self.sequence_length:
+            raise ConfigError(f'model.frame_gap={frame_gap} is invalid with sequence_length='
+                              f'{self.sequence_length}: no training frame would see the change '
+                              'over that many steps; use a frame_gap below sequence_length')
         if not 0 <= self.warmup_frames < self.sequence_length:
             raise ConfigError(f'warmup_frames={self.warmup_frames} is invalid: use 0 <= '
                               f'warmup_frames < sequence_length ({self.sequence_length})')

@@ -34,7 +34,8 @@ class CachedEpisode:
     previous frame. The first frame and a frame after a gap get the median frame interval,
     the rule that ``liquid-control evaluate`` uses. ``targets`` is ``(N, O)`` float32 in
     physical units with NaN where missing, ``imu`` ``(N, 6)`` float32 or None, and
-    ``valid`` ``(N,)`` bool.
+    ``valid`` ``(N,)`` bool. ``run_start`` ``(N,)`` is the index of the first frame of
+    each frame's run without a time gap, or None for runs that start at frame 0.
     """
 
     name: str
@@ -45,6 +46,7 @@ class CachedEpisode:
     imu: Optional[np.ndarray]
     valid: np.ndarray
     episode: object
+    run_start: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -55,13 +57,18 @@ def encoder_frames(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
     """Return the encoder inputs of single frames as uint8, for frame-level passes.
 
     Gives ``(N, 3, H, W)``, or with a ``frame_gap`` k ``(N, 6, H, W)``: each frame, then
-    the frame k steps earlier in its episode (the episode's first frame near its start).
+    the frame k steps earlier, or the first frame after the last time gap if that is
+    later, as the policy pairs them at run time.
     """
     current = np.stack([episodes[e].frames[i] for e, i in zip(episode_index, frame_index)])
     if not frame_gap:
         return current
-    earlier = np.stack([episodes[e].frames[max(i - frame_gap, 0)]
-                        for e, i in zip(episode_index, frame_index)])
+    earlier = []
+    for e, i in zip(episode_index, frame_index):
+        cached = episodes[e]
+        first = 0 if cached.run_start is None else int(cached.run_start[i])
+        earlier.append(cached.frames[max(i - frame_gap, first)])
+    earlier = np.stack(earlier)
     return np.concatenate([current, earlier], axis=1)
 
 
@@ -92,10 +99,12 @@ def cache_episode(episode, preprocessing: Preprocessing, outputs: Sequence[str],
     valid = np.asarray(episode.valid, bool) & np.all(np.isfinite(targets), axis=1)
     imu = np.asarray(episode.imu, np.float32) if use_imu else None
     timestamps = np.asarray(episode.timestamps, np.float64)
+    starts = segment_starts(timestamps, max_gap_s)
+    run_start = starts[np.searchsorted(starts, np.arange(count), side='right') - 1]
     return CachedEpisode(
         name=episode_name(episode), frames=frames, timestamps=timestamps,
         dt=frame_intervals(timestamps, max_gap_s), targets=targets, imu=imu, valid=valid,
-        episode=episode)
+        episode=episode, run_start=run_start)
 
 
 def episode_name(episode) -> str:

@@ -540,6 +540,18 @@ class Trainer:
             raise CheckpointError(
                 f'cannot resume {self.paths.last}: it is a {saved_config.get("family")} '
                 f'model and this run trains {self.config.family}')
+        # Settings such as frame_gap or ode_unfolds leave every tensor shape as it is, so
+        # loading the weights alone would not catch a change of them.
+        theirs, ours = policy.config.to_dict(), self.policy.config.to_dict()
+        changed = sorted(name for name in ours if name != 'seed'
+                         and theirs.get(name) != ours[name])
+        if changed:
+            raise CheckpointError(
+                f'cannot resume {self.paths.last}: its model was built with '
+                + ', '.join(f'{name}={theirs.get(name)!r}' for name in changed)
+                + ' but this run builds '
+                + ', '.join(f'{name}={ours[name]!r}' for name in changed)
+                + '; resume with the settings of the first run, or train without --resume')
         try:
             self.policy.load_state_dict(policy.state_dict())
         except RuntimeError as error:
