@@ -337,7 +337,6 @@ def test_l1_loss_is_the_mean_absolute_error():
     assert math.isclose(float(loss), 1.5)
 
 
-
 def test_huber_delta_sets_the_quadratic_range():
     predictions = torch.zeros(1, 2, 1)
     targets = torch.tensor([[[0.2], [3.0]]])  # in std units, since std is 1
@@ -354,6 +353,7 @@ def test_huber_delta_sets_the_quadratic_range():
 def test_invalid_huber_delta_named(value):
     with pytest.raises(ConfigError, match='huber_delta'):
         TrainConfig(huber_delta=value)
+
 
 def test_sharp_turn_weights_grow_with_steering():
     weights = sharp_turn_weights(torch.tensor([0.0, 0.5, 1.0]), scale=0.5, weight=2.0)

@@ -126,7 +126,6 @@ def test_resume_with_other_family_raises(subset, tmp_path):
               progress=False, resume=True)
 
 
-
 @pytest.mark.parametrize('name, value', [('frame_gap', 3), ('ode_unfolds', 3),
                                          ('frame_gap', 0)])
 def test_resume_with_other_model_settings_raises(subset, tmp_path, name, value):
@@ -138,6 +137,7 @@ def test_resume_with_other_model_settings_raises(subset, tmp_path, name, value):
     with pytest.raises(CheckpointError, match=f'{name}=.*but this run builds {name}={value}'):
         train(tiny_config(model=model, epochs=2), find_episodes(subset), out,
               progress=False, resume=True)
+
 
 @pytest.mark.parametrize('family', FAMILIES)
 def test_every_family_trains_one_batch(subset, tmp_path, family):

@@ -34,7 +34,7 @@ def sequence_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.
     error = (predictions - targets) / output_std.clamp_min(1e-6)
     if kind == 'huber':
         per_value = F.huber_loss(error, torch.zeros_like(error), reduction='none',
-                                  delta=huber_delta)
+                                 delta=huber_delta)
     elif kind == 'mse':
         per_value = error.pow(2)
     elif kind == 'l1':
