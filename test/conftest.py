@@ -24,6 +24,16 @@ os.environ['XDG_CACHE_HOME'] = _CACHE_HOME.name
 _domain_ids = itertools.count(100 + os.getpid() % 50)
 
 
+@pytest.fixture(scope='module')
+def subset(tmp_path_factory) -> Path:
+    """Return a dataset folder with two short episodes of the donkeycar tub, one per module."""
+    from training_data import write_subset
+
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
+    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('subset'))
+
+
 @pytest.fixture
 def shared_data() -> Path:
     """Return ../shared/data (real recordings); skip, saying why, when it is absent."""

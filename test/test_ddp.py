@@ -8,19 +8,11 @@ from pathlib import Path
 
 import pytest
 
-from conftest import SHARED_DATA, VENV_BIN
-from training_data import write_subset
+from conftest import VENV_BIN
 
 from liquid_control.model.checkpoint import load_checkpoint
 
 TORCHRUN = VENV_BIN / 'torchrun'
-
-
-@pytest.fixture(scope='module')
-def subset(tmp_path_factory):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
-    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('ddp_subset'))
 
 
 def test_two_process_training_writes_one_checkpoint(subset, tmp_path):

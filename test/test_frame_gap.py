@@ -6,8 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
-from training_data import TINY_SETTINGS, write_subset
+from training_data import TINY_SETTINGS
 
 from liquid_control.data.augment import Augmentation
 from liquid_control.data.episodes import find_episodes
@@ -232,14 +231,7 @@ def test_pretraining_key_depends_on_the_gap():
     assert pretraining_key(plain) != pretraining_key(gap)
 
 
-@pytest.fixture(scope='module')
-def subset(tmp_path_factory):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
-    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('subset'))
-
-
-def test_training_with_a_frame_gap_runs_end_to_end(subset, tmp_path):
+def test_frame_gap_training_end_to_end(subset, tmp_path):
     from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
     from liquid_control.inference import load_runner
 

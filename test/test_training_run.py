@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import SHARED_DATA
-from training_data import TINY_SETTINGS, write_subset
+from training_data import TINY_SETTINGS
 
 from liquid_control.cli.main import main
 from liquid_control.data.episodes import find_episodes
@@ -23,13 +22,6 @@ from liquid_control.training.dataset import Segment
 from liquid_control.training.normalization import measure_statistics
 from liquid_control.training.pretrain import pretrain_encoder
 from liquid_control.training.trainer import build_policy_config, prepare_data, train
-
-
-@pytest.fixture(scope='module')
-def subset(tmp_path_factory):
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f'sample data folder not found at {SHARED_DATA}')
-    return write_subset(SHARED_DATA, tmp_path_factory.mktemp('subset'))
 
 
 def tiny_config(**overrides) -> TrainConfig:

@@ -314,7 +314,7 @@ def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
     if not frames:
         raise LiquidControlError('no camera frames arrived, so there is no video to write')
     inputs = np.stack([runner.preprocess(frame) for frame in frames])   # (N, 3, H, W)
-    # A policy with a frame gap k also sees the frame k steps earlier.
+    # A policy with a frame gap k also takes the frame k steps earlier.
     gap = runner.policy.config.frame_gap
     earlier = inputs[np.maximum(np.arange(len(inputs)) - gap, 0)]
     maps = np.concatenate([

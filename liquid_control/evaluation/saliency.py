@@ -97,8 +97,8 @@ def visual_backprop(policy: nn.Module, frames: np.ndarray,
 
     ``frames`` are float32 ``(N, 3, H, W)`` in [0, 1], as the policy takes them. Each map
     is scaled to [0, 1] on its own, so maps show where the encoder looks, not how strongly.
-    For a policy with a frame gap, ``earlier`` holds the frames that many steps before
-    each one; without them every frame is paired with itself, as if nothing moved.
+    For a policy with a frame gap, ``earlier`` contains the frames that many steps before
+    each one. Without them every frame is paired with itself, as if nothing moved.
     """
     frames_tensor = torch.as_tensor(np.asarray(frames, dtype=np.float32))
     if frames_tensor.ndim != 4 or frames_tensor.shape[1] != 3:
