@@ -66,7 +66,7 @@ def test_cnn_reacts_two_steps_later():
     assert [t for t in range(9) if moved[t] > 1e-6] == [5, 7]
 
 
-def test_first_steps_see_no_change():
+def test_first_steps_pair_with_first_frame():
     # Before frame_gap frames have arrived, the earlier frame is the first one.
     policy = _policy('cnn', gap=3)
     frames = _frames(steps=4)
@@ -86,7 +86,7 @@ def test_state_layout_core_then_frames():
     with torch.no_grad():
         _, state = policy(_frames(steps=5), None, 0.05)
     assert policy.neuron_states(state).shape == (2, 12)
-    # Flag set and the last two frames stored.
+    # The flag is set and the last two frames are stored.
     assert torch.all(state[:, -1] == 1.0)
     assert torch.equal(state[:, 12:-1].reshape(2, 2, 3, 24, 32), _frames(steps=5)[:, 3:])
     with pytest.raises(ValueError, match=r'state must have shape \(B, %d\)' % policy.state_size):
@@ -167,7 +167,7 @@ def test_encoder_frames_pair_within_the_episode():
     assert single.shape == (2, 3, 4, 5)
     pairs = encoder_frames(episodes, np.array([0, 1]), np.array([4, 1]), frame_gap=2)
     assert pairs.shape == (2, 6, 4, 5)
-    # Frame 4 with frame 2; frame 1 with the episode's first frame.
+    # Frame 4 pairs with frame 2, and frame 1 with the episode's first frame.
     assert pairs[0, 0, 0, 0] == 4
     assert pairs[0, 3, 0, 0] == 2
     assert pairs[1, 0, 0, 0] == 1

@@ -337,14 +337,15 @@ def test_l1_loss_is_the_mean_absolute_error():
     assert math.isclose(float(loss), 1.5)
 
 
-def test_huber_delta_sets_the_quadratic_range():
+def test_huber_delta_quadratic_range():
     predictions = torch.zeros(1, 2, 1)
     targets = torch.tensor([[[0.2], [3.0]]])  # in std units, since std is 1
     mask = torch.ones(1, 2, dtype=torch.bool)
     wide = sequence_loss(predictions, targets, mask, torch.ones(1), kind='huber')
     narrow = sequence_loss(predictions, targets, mask, torch.ones(1), kind='huber',
                            huber_delta=0.5)
-    # delta 1: 0.5 * 0.2^2 and 3 - 0.5; delta 0.5: 0.5 * 0.2^2 and 0.5 * (3 - 0.25).
+    # With delta 1 the frames give 0.5 * 0.2^2 and 3 - 0.5.
+    # With delta 0.5 they give 0.5 * 0.2^2 and 0.5 * (3 - 0.25).
     assert math.isclose(float(wide), (0.02 + 2.5) / 2, rel_tol=1e-6)
     assert math.isclose(float(narrow), (0.02 + 1.375) / 2, rel_tol=1e-6)
 

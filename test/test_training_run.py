@@ -120,7 +120,7 @@ def test_resume_with_other_family_raises(subset, tmp_path):
 
 @pytest.mark.parametrize('name, value', [('frame_gap', 3), ('ode_unfolds', 3),
                                          ('frame_gap', 0)])
-def test_resume_with_other_model_settings_raises(subset, tmp_path, name, value):
+def test_resume_other_model_settings_raises(subset, tmp_path, name, value):
     # Only frame_gap 0 changes a tensor shape, so the others must be caught by name.
     torch.set_num_threads(1)
     out = tmp_path / 'model.lcm'

@@ -15,7 +15,7 @@ large inputs:
   cell with zero mean and unit variance per frame whatever the encoder weights are.
 
 With ``frames=2`` the encoder takes two frames stacked on the channel axis, (B, 6, H, W):
-the current frame, then an earlier one. The first convolution sees the current frame and
+the current frame, then an earlier one. The first convolution takes the current frame and
 its change since the earlier one (current minus earlier), six channels, so motion in the
 picture is visible to the first layer.
 """

@@ -232,7 +232,7 @@ class Policy(nn.Module):
         """Pair each frame with the frame ``frame_gap`` steps earlier.
 
         frames (B, T, 3, H, W), state (B, S) or None. Returns (encoder inputs
-        (B, T, C, H, W), the history part of the next state (B, history_size)); C is 3,
+        (B, T, C, H, W), the history part of the next state (B, history_size)). C is 3,
         or 6 with a frame gap. Single-frame policies return the frames and an empty history.
         """
         gap = self.config.frame_gap

@@ -35,7 +35,7 @@ class CachedEpisode:
     the rule that ``liquid-control evaluate`` uses. ``targets`` is ``(N, O)`` float32 in
     physical units with NaN where missing, ``imu`` ``(N, 6)`` float32 or None, and
     ``valid`` ``(N,)`` bool. ``run_start`` ``(N,)`` is the index of the first frame of
-    each frame's run without a time gap, or None for runs that start at frame 0.
+    each frame's run without a time gap, or None to treat the episode as one run.
     """
 
     name: str

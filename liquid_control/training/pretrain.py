@@ -132,7 +132,7 @@ def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment
 
 def augment_frame(frame: np.ndarray, targets: np.ndarray, augmentation: Augmentation,
                   rng: np.random.Generator, output_signs: Optional[np.ndarray]) -> np.ndarray:
-    """Return the augmented ``(1, C, H, W)`` encoder input; mirroring changes ``targets``.
+    """Return the augmented ``(1, C, H, W)`` encoder input, mirroring ``targets`` with it.
 
     With C = 6 the current and the earlier frame get the same changes, as two frames of
     one training window do.
