@@ -50,6 +50,7 @@ class TrainConfig:
     pretrain_batch_size: int = 64
     pretrain_patience: int = 4
     pretrain_ema_decay: float = 0.998
+    pretrain_horizons: Tuple[int, ...] = (0,)
     ema_decay: float = 0.0
     freeze_encoder: bool = False
     lr_encoder: float = 1e-3
@@ -128,6 +129,10 @@ class TrainConfig:
         if not 0.0 <= self.pretrain_ema_decay < 1.0:
             raise ConfigError(f'pretrain_ema_decay={self.pretrain_ema_decay} is invalid: use '
                               '0 <= decay < 1 (0 keeps the latest weights)')
+        horizons = list(self.pretrain_horizons)
+        if 0 not in horizons or len(set(horizons)) != len(horizons):
+            raise ConfigError(f'pretrain_horizons {horizons} is invalid: list distinct frame '
+                              'offsets that include 0, e.g. [0] or [-4, 0, 4, 8]')
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f'ema_decay={self.ema_decay} is invalid: use 0 <= decay < 1 '
                               '(0 validates and saves the latest weights)')
@@ -173,6 +178,7 @@ class TrainConfig:
         values = asdict(self)
         values['outputs'] = list(self.outputs)
         values['output_weights'] = list(self.output_weights)
+        values['pretrain_horizons'] = list(self.pretrain_horizons)
         return values
 
     @classmethod
@@ -180,12 +186,12 @@ class TrainConfig:
         """Build from a dict such as ``to_dict()`` output, rejecting unknown keys."""
         reject_unknown_keys(values, cls, 'training')
         values = dict(values)
-        for name in ('outputs', 'output_weights'):
+        for name in ('outputs', 'output_weights', 'pretrain_horizons'):
             if name in values:
                 if not isinstance(values[name], (list, tuple, type(None))):
                     raise ConfigError(f'{name}={values[name]!r} is invalid: use a list, e.g. '
-                                      '[angular_z, linear_x] for outputs or [2.0, 1.0] for '
-                                      'output_weights')
+                                      '[angular_z, linear_x] for outputs, [2.0, 1.0] for '
+                                      'output_weights or [0, 4] for pretrain_horizons')
                 values[name] = tuple(values[name] or ())
         for name in ('model', 'preprocessing', 'augment'):
             if name in values and values[name] is None:

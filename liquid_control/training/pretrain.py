@@ -116,6 +116,41 @@ def frame_targets(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
                      for e, i in zip(episode_index, frame_index)])
 
 
+def horizon_targets(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
+                    frame_index: np.ndarray, horizons: Sequence[int],
+                    usable: Dict[int, np.ndarray]) -> Tuple[np.ndarray, np.ndarray]:
+    """Return the commands ``h`` frames after each frame for every horizon ``h``, and a mask.
+
+    Gives targets ``(N, H, O)`` (0 where missing) and a mask ``(N, H)``. A target counts
+    only when frame ``i + h`` lies in the same run without a time gap and
+    ``usable[episode][i + h]`` is true, so a read-out trained on training frames never
+    learns a held-out frame's command.
+    """
+    outputs = episodes[0].targets.shape[1]
+    targets = np.zeros((len(frame_index), len(horizons), outputs), np.float32)
+    mask = np.zeros((len(frame_index), len(horizons)), bool)
+    for row, (e, i) in enumerate(zip(episode_index, frame_index)):
+        cached = episodes[e]
+        for column, horizon in enumerate(horizons):
+            j = int(i) + int(horizon)
+            if not 0 <= j < len(cached) or not usable[int(e)][j]:
+                continue
+            if cached.run_start is not None and cached.run_start[j] != cached.run_start[i]:
+                continue
+            targets[row, column] = np.nan_to_num(cached.targets[j])
+            mask[row, column] = True
+    return targets, mask
+
+
+def usable_frames(episodes: Sequence[CachedEpisode], episode_index: np.ndarray,
+                  frame_index: np.ndarray) -> Dict[int, np.ndarray]:
+    """Return, per episode, a bool array that marks the given frames."""
+    usable = {index: np.zeros(len(cached), bool) for index, cached in enumerate(episodes)}
+    for e, i in zip(episode_index, frame_index):
+        usable[int(e)][int(i)] = True
+    return usable
+
+
 def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment]
                    ) -> Tuple[np.ndarray, np.ndarray]:
     """Return the (episode, frame) indices of the valid frames inside ``segments``."""
@@ -132,7 +167,7 @@ def segment_frames(episodes: Sequence[CachedEpisode], segments: Sequence[Segment
 
 def augment_frame(frame: np.ndarray, targets: np.ndarray, augmentation: Augmentation,
                   rng: np.random.Generator, output_signs: Optional[np.ndarray]) -> np.ndarray:
-    """Return the augmented ``(1, C, H, W)`` encoder input, mirroring ``targets`` with it.
+    """Return the augmented ``(1, C, H, W)`` encoder input, mirroring ``targets`` (..., O) with it.
 
     With C = 6 the current and the earlier frame get the same changes, as two frames of
     one training window do.
@@ -150,8 +185,12 @@ def augment_frame(frame: np.ndarray, targets: np.ndarray, augmentation: Augmenta
 def score_frames(model: FrameReadout, episodes: Sequence[CachedEpisode],
                  episode_index: np.ndarray, frame_index: np.ndarray,
                  output_mean: torch.Tensor, output_std: torch.Tensor,
-                 frame_gap: int = 0) -> float:
-    """Return the mean absolute error of ``model`` on the frames, in training std units."""
+                 frame_gap: int = 0, column: int = 0) -> float:
+    """Return the mean absolute error of ``model`` on the frames, in training std units.
+
+    The model's outputs come in groups of ``len(output_mean)``, one group per horizon
+    (see ``pretrain_encoder``), and ``column`` picks the group of the current frame.
+    """
     model.eval()
     errors = []
     for first in range(0, len(frame_index), SCORE_BATCH):
@@ -159,6 +198,7 @@ def score_frames(model: FrameReadout, episodes: Sequence[CachedEpisode],
         frames = encoder_frames(episodes, episode_index[chosen], frame_index[chosen],
                                 frame_gap)
         outputs = model(torch.from_numpy(frames.astype(np.float32) / np.float32(255.0)))
+        outputs = outputs.reshape(len(outputs), -1, len(output_mean))[:, column]  # (B, O)
         targets = torch.from_numpy(frame_targets(episodes, episode_index[chosen],
                                                  frame_index[chosen]))
         physical = outputs * output_std + output_mean                   # (B, O)
@@ -175,6 +215,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                      validate_every: int = 5, patience: int = 4,
                      augmentation: Optional[Augmentation] = None,
                      output_signs: Optional[np.ndarray] = None, seed: int = 0,
+                     horizons: Sequence[int] = (0,),
                      context: Optional[distributed.Context] = None,
                      progress: bool = False) -> Dict[str, float]:
     """Train ``policy.encoder`` on the frames of ``windows``; return a summary.
@@ -188,8 +229,17 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     the mean loss of the first and last tenth of the steps, and the best validation MAE
     in training std units. ``output_signs`` (from ``dataset.mirror_signs``) is needed
     when the augmentation mirrors frames.
+
+    ``horizons`` lists the frames, relative to each frame, whose commands the read-out
+    predicts: 0 is the frame's own command, 4 the one 4 frames later. Only horizon 0 is
+    scored. Other horizons show the encoder where the lane leads and what the robot did,
+    from the same pictures. Their targets come only from training frames of the same run.
     """
     context = context or distributed.Context()
+    horizons = [int(h) for h in horizons]
+    if 0 not in horizons or len(set(horizons)) != len(horizons):
+        raise ValueError(f'pretraining horizons {horizons} are invalid: list distinct '
+                         'frame offsets that include 0')
     if epochs <= 0 and not minutes:
         raise ValueError(f'pretraining with epochs={epochs} and minutes={minutes} is invalid: '
                          'give epochs > 0 or a time limit in minutes')
@@ -200,10 +250,13 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     if len(frame_index) == 0:
         return {'steps': 0, 'epochs': 0, 'seconds': 0.0}
     validation_episodes, validation_frames = segment_frames(episodes, validation)
+    usable = usable_frames(episodes, episode_index, frame_index)
+    current = horizons.index(0)
 
     frame_gap = policy.config.frame_gap
+    outputs = len(policy.output_names)
     model = FrameReadout(policy.encoder, policy.feature_mean, policy.feature_std,
-                         len(policy.output_names))
+                         outputs * len(horizons))
     trained = model
     if context.distributed:
         from torch.nn.parallel import DistributedDataParallel
@@ -243,8 +296,9 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 frames = encoder_frames(episodes, episode_index[chosen], frame_index[chosen],
                                         frame_gap).astype(np.float32) \
                     / np.float32(255.0)                                 # (B, C, H, W)
-                targets = frame_targets(episodes, episode_index[chosen],
-                                        frame_index[chosen])  # (B, O)
+                targets, mask = horizon_targets(episodes, episode_index[chosen],
+                                                frame_index[chosen], horizons,
+                                                usable)  # (B, H, O), (B, H)
                 if augmentation is not None:
                     frames = np.concatenate([
                         augment_frame(frames[i:i + 1], targets[i], augmentation, rng,
@@ -257,9 +311,9 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                     factor = distributed.broadcast_value(context, factor)
                 for group, base in zip(optimizer.param_groups, base_rates):
                     group['lr'] = base * factor
-                physical = trained(torch.from_numpy(frames)) * scale + mean  # (B, O)
-                loss = sequence_loss(physical[:, None], targets[:, None],
-                                     torch.ones(len(chosen), 1, dtype=torch.bool), scale,
+                physical = trained(torch.from_numpy(frames)).reshape(
+                    len(chosen), len(horizons), outputs) * scale + mean  # (B, H, O)
+                loss = sequence_loss(physical, targets, torch.from_numpy(mask), scale,
                                      kind='mse')
                 optimizer.zero_grad(set_to_none=True)
                 if not torch.isfinite(loss):
@@ -282,7 +336,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 continue
             # Every rank has the same averaged weights, so every rank computes this score.
             score = score_frames(average.module, episodes, validation_episodes,
-                                 validation_frames, mean, scale, frame_gap)
+                                 validation_frames, mean, scale, frame_gap, current)
             scores.append(score)
             if score < best_score:
                 best_score, best_epoch, stale = score, epoch, 0

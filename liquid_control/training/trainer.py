@@ -200,6 +200,9 @@ def pretraining_key(config: TrainConfig) -> str:
     chosen['encoder'] = values['model'].get('encoder')
     chosen['frame_gap'] = values['model'].get('frame_gap', 0)
     chosen['lr_encoder'] = config.pretrain_lr_encoder or config.lr_encoder
+    if list(config.pretrain_horizons) != [0]:
+        # Left out otherwise, so pretrained encoders saved before the setting existed match.
+        chosen['pretrain_horizons'] = list(config.pretrain_horizons)
     return json.dumps(chosen, sort_keys=True)
 
 
@@ -510,8 +513,8 @@ class Trainer:
             lr_readout=config.lr_recurrent,
             weight_decay=config.weight_decay, ema_decay=config.pretrain_ema_decay,
             patience=config.pretrain_patience, augmentation=config.augmentation(),
-            output_signs=self.output_signs, seed=config.seed, context=self.context,
-            progress=self.progress)
+            output_signs=self.output_signs, seed=config.seed,
+            horizons=config.pretrain_horizons, context=self.context, progress=self.progress)
         # The encoder changed, so its feature statistics must be measured again.
         self.statistics = measure_statistics(self.policy.encoder, self.episodes,
                                              self.split.train_windows, self.use_imu,
