@@ -53,3 +53,34 @@ def test_demo_rejects_invalid_options(ros_env, tmp_path, arguments):
     result = _demo(arguments + ['--out', str(tmp_path)], ros_env, timeout=60)
     assert result.returncode == 2
     assert 'invalid' in result.stderr
+
+
+def test_demo_with_frame_gap_model(ros_env, tmp_path):
+    # The bundled policy given a frame gap of 2, with zero weights on the six-channel
+    # encoder's change channels: it drives as before, through the GIF's frame pairing.
+    import dataclasses
+
+    import torch
+
+    from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+    from liquid_control.model.policy import build_policy
+
+    bundled, metadata = load_checkpoint(BUNDLED_MODEL)
+    policy = build_policy(dataclasses.replace(bundled.config, frame_gap=2))
+    weights = policy.state_dict()
+    for name, value in bundled.state_dict().items():
+        if weights[name].shape == value.shape:
+            weights[name] = value
+        else:
+            assert weights[name].shape[1] == 2 * value.shape[1], name
+            weights[name] = torch.cat([value, torch.zeros_like(value)], dim=1)
+    policy.load_state_dict(weights)
+    model = save_checkpoint(tmp_path / 'gap.lcm', policy, metadata)
+
+    result = _demo(['--seconds', '3', '--json', '--model', str(model), '--out',
+                    str(tmp_path / 'run')], ros_env)
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(result.stdout)
+    assert report['tiles_visited'] > 5
+    with Image.open(report['video']) as video:
+        assert video.n_frames >= 8

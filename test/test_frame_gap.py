@@ -257,3 +257,85 @@ def test_frame_gap_training_end_to_end(subset, tmp_path):
     with torch.no_grad():
         expected, _ = policy(frames, None, 0.05)
     np.testing.assert_allclose(np.stack(outputs), expected[0].numpy(), atol=1e-5)
+
+
+class _GapRecording:
+    """An episode for replay: frame i is a flat image of value ``base + i``, with a gap."""
+
+    def __init__(self, timestamps, base):
+        self.timestamps = np.asarray(timestamps, np.float64)
+        self.valid = np.ones(len(self.timestamps), bool)
+        self.imu = np.full((len(self.timestamps), 6), np.nan, np.float32)
+        self.has_imu = False
+        self.metadata = {}
+        self.folder = f'recording-{base}'
+        self.base = base
+
+    def __len__(self):
+        return len(self.timestamps)
+
+    def load_frame(self, index):
+        return np.full((30, 40, 3), self.base + index, np.uint8)
+
+    def command(self, name):
+        return np.zeros(len(self), np.float32)
+
+
+def test_saliency_pairs_within_segments():
+    from liquid_control.evaluation.pipeline import _saliency_inputs
+    from liquid_control.evaluation.replay import evaluate_episodes, load_frames
+
+    policy = _policy('ncp_ltc')
+    preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    # Replay rows 0-4 are the first episode, rows 5-11 the second, whose state resets
+    # at its frame 4 (row 9) after a 3 s gap.
+    episodes = [_GapRecording(np.arange(5) * 0.05, 10),
+                _GapRecording([0.0, 0.05, 0.1, 0.15, 3.0, 3.05, 3.1], 100)]
+    frames = [load_frames(episode, preprocessing) for episode in episodes]
+    result = evaluate_episodes(policy, episodes, frames=frames)
+    rows = np.array([1, 4, 6, 9, 10, 11])
+    current, earlier = _saliency_inputs(policy, rows, result, episodes, frames, preprocessing)
+    values = np.rint(current[:, 0, 0, 0] * 255).astype(int)
+    earlier_values = np.rint(earlier[:, 0, 0, 0] * 255).astype(int)
+    assert list(values) == [11, 14, 101, 104, 105, 106]
+    assert list(earlier_values) == [10, 12, 100, 104, 104, 104]
+
+
+def test_frame_before_newest_older_frame():
+    from liquid_control.cli.demo import frame_before
+
+    recent = [(1.00, 'a'), (1.02, 'b'), (1.04, 'c'), (1.06, 'd')]
+    assert frame_before(recent, 1.04) == 'c'
+    assert frame_before(recent, 1.05) == 'c'
+    assert frame_before(recent, 1.10) == 'd'
+    # Older than every frame kept: the oldest, as at the start of a run.
+    assert frame_before(recent, 0.90) == 'a'
+    with pytest.raises(ValueError, match='no recent frames'):
+        frame_before([], 1.0)
+
+
+def test_demo_gif_earlier_frames(tmp_path):
+    from PIL import Image
+
+    from liquid_control.cli.demo import write_saliency_gif
+    from liquid_control.inference import load_runner
+
+    runner = load_runner(save_checkpoint(tmp_path / 'gap.lcm', _policy('ncp_ltc'), {}))
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 256, (60, 80, 3), dtype=np.uint8) for _ in range(3)]
+    moved = [np.roll(frame, 8, axis=1) for frame in frames]
+
+    def gif_frames(name, earlier):
+        with Image.open(write_saliency_gif(runner, frames, tmp_path / name, earlier)) as gif:
+            images = []
+            for index in range(gif.n_frames):
+                gif.seek(index)
+                images.append(np.asarray(gif.convert('RGB')))
+        return np.stack(images)
+
+    alone = gif_frames('alone.gif', None)
+    assert alone.shape[0] == 3
+    np.testing.assert_array_equal(alone, gif_frames('self.gif', frames))
+    assert not np.array_equal(alone, gif_frames('moved.gif', moved))
+    with pytest.raises(ValueError, match='2 earlier frames for 3 frames'):
+        write_saliency_gif(runner, frames, tmp_path / 'short.gif', moved[:2])

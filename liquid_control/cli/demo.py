@@ -17,8 +17,9 @@ import subprocess
 import sys
 import threading
 import time
+from collections import deque
 from pathlib import Path
-from typing import List, Optional
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -32,6 +33,7 @@ GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
 GIF_SCALE = 4                   # the network input (42x48 for the bundled model) is enlarged 4x
 STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
 STOP_TIMEOUT_S = 10.0
+RECENT_FRAMES = 64               # camera frames kept to find a frame gap's earlier frame
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -86,7 +88,11 @@ def run(args: argparse.Namespace) -> int:
 
     runner = load_runner(model)  # fails here, before any process starts, on a bad file
     env = _node_environment(domain_id)
-    monitor = SimMonitor(domain_id, frame_period=0.0 if args.no_video else GIF_FRAME_PERIOD_S)
+    # A policy with a frame gap k also takes the frame k control periods earlier, so the
+    # GIF's saliency needs that frame next to each sampled one.
+    earlier_s = runner.policy.config.frame_gap / _demo_control_rate_hz()
+    monitor = SimMonitor(domain_id, frame_period=0.0 if args.no_video else GIF_FRAME_PERIOD_S,
+                         earlier_s=earlier_s)
     nodes = [
         NodeProcess('sim_node', _sim_command(args.seed, args.noise), env, out_dir),
         NodeProcess('policy_node', _policy_command(model), env, out_dir),
@@ -112,7 +118,9 @@ def run(args: argparse.Namespace) -> int:
         'video': None,
     }
     if not args.no_video:
-        result['video'] = str(write_saliency_gif(runner, monitor.frames, out_dir / 'demo.gif'))
+        result['video'] = str(write_saliency_gif(
+            runner, monitor.frames, out_dir / 'demo.gif',
+            monitor.earlier_frames if earlier_s > 0 else None))
     _print_result(result, args.json)
     return 0
 
@@ -181,6 +189,17 @@ def _sim_command(seed: int, noise: float) -> List[str]:
             '-p', 'wait_for_command:=true', '-p', 'episode_end:=hold']
 
 
+def _demo_control_rate_hz() -> float:
+    """Return the policy node's control rate in the demo, from config/sim.yaml."""
+    import yaml
+
+    from liquid_control.paths import config_file
+
+    with open(config_file('sim.yaml')) as stream:
+        settings = yaml.safe_load(stream)
+    return float(settings['/**/policy_node']['ros__parameters']['control_rate_hz'])
+
+
 def _policy_command(model: Path) -> List[str]:
     from liquid_control.paths import config_file
 
@@ -193,9 +212,13 @@ def _policy_command(model: Path) -> List[str]:
 # Monitoring
 
 class SimMonitor:
-    """An rclpy node that keeps the simulator status, sampled frames and a command count."""
+    """An rclpy node that keeps the simulator status, sampled frames and a command count.
 
-    def __init__(self, domain_id: int, frame_period: float) -> None:
+    With ``earlier_s`` above 0 it also keeps, for every sampled frame, the camera frame
+    received that many seconds of simulated time before it, in ``earlier_frames``.
+    """
+
+    def __init__(self, domain_id: int, frame_period: float, earlier_s: float = 0.0) -> None:
         import rclpy
         from geometry_msgs.msg import Twist
         from rclpy.executors import SingleThreadedExecutor
@@ -211,6 +234,9 @@ class SimMonitor:
         apply_large_frame_profile()
         self.frame_period = frame_period
         self.frames: List[np.ndarray] = []
+        self.earlier_s = earlier_s
+        self.earlier_frames: List[np.ndarray] = []
+        self._recent: deque = deque(maxlen=RECENT_FRAMES)   # (stamp, message)
         self.command_count = 0
         self.status: Optional[dict] = None
         self._next_frame_time = 0.0
@@ -251,10 +277,14 @@ class SimMonitor:
         if status is None or status['steps'] == 0:
             return
         stamp = msg.header.stamp.sec + msg.header.stamp.nanosec * 1e-9
+        self._recent.append((stamp, msg))
         if stamp < self._next_frame_time:
             return
         self._next_frame_time = stamp + self.frame_period
         self.frames.append(image_msg_to_rgb(msg))
+        if self.earlier_s > 0:
+            earlier = frame_before(list(self._recent), stamp - self.earlier_s)
+            self.earlier_frames.append(image_msg_to_rgb(earlier))
 
     def latest_status(self) -> Optional[dict]:
         """Return the newest status, or None before the first."""
@@ -302,10 +332,32 @@ def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: b
         time.sleep(0.05)
 
 
+def frame_before(recent: Sequence[Tuple[float, object]], stamp: float):
+    """Return the newest frame of ``(stamp, frame)`` pairs stamped at or before ``stamp``.
+
+    When every frame is newer, return the oldest one, as a run's first steps pair the
+    current frame with the first frame. Stamps are seconds in arrival order.
+    """
+    if not recent:
+        raise ValueError('no recent frames to pick an earlier frame from')
+    chosen = recent[0][1]
+    for frame_stamp, frame in recent:
+        # The tolerance absorbs rounding of stamps that are whole control periods apart.
+        if frame_stamp > stamp + 1e-6:
+            break
+        chosen = frame
+    return chosen
+
+
 # Result
 
-def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
-    """Write an animated GIF: each camera frame beside its VisualBackProp saliency overlay."""
+def write_saliency_gif(runner, frames: List[np.ndarray], path: Path,
+                       earlier: Optional[List[np.ndarray]] = None) -> Path:
+    """Write an animated GIF: each camera frame beside its VisualBackProp saliency overlay.
+
+    For a policy with a frame gap, ``earlier`` has the camera frame the policy paired with
+    each frame. Without it each frame pairs with itself, as at the first step of a run.
+    """
     import cv2
     from PIL import Image
 
@@ -314,11 +366,16 @@ def write_saliency_gif(runner, frames: List[np.ndarray], path: Path) -> Path:
     if not frames:
         raise LiquidControlError('no camera frames arrived, so there is no video to write')
     inputs = np.stack([runner.preprocess(frame) for frame in frames])   # (N, 3, H, W)
-    # A policy with a frame gap k also takes the frame k steps earlier.
-    gap = runner.policy.config.frame_gap
-    earlier = inputs[np.maximum(np.arange(len(inputs)) - gap, 0)]
+    paired = None
+    if runner.policy.config.frame_gap:
+        if earlier is not None and len(earlier) != len(frames):
+            raise ValueError(f'{len(earlier)} earlier frames for {len(frames)} frames; '
+                             'pass one earlier frame per frame')
+        paired = inputs if earlier is None else np.stack(
+            [runner.preprocess(frame) for frame in earlier])
     maps = np.concatenate([
-        visual_backprop(runner.policy, inputs[i:i + 64], earlier[i:i + 64] if gap else None)
+        visual_backprop(runner.policy, inputs[i:i + 64],
+                        None if paired is None else paired[i:i + 64])
         for i in range(0, len(inputs), 64)])
     images = []
     for index, (camera, frame, saliency) in enumerate(zip(frames, inputs, maps)):
