@@ -12,7 +12,8 @@ from liquid_control.training.config import TrainConfig, load_train_config, parse
 from liquid_control.training.dataset import (TEST, TRAIN, VALIDATION, CachedEpisode,
                                              EpisodeSlice, assign_roles, collate,
                                              mirror_signs, split_episodes)
-from liquid_control.training.loss import sequence_loss, sharp_turn_weights
+from liquid_control.training.loss import (correlation_loss, sequence_loss,
+                                          sharp_turn_weights)
 from liquid_control.training.pretrain import (WARMUP_STEPS, WeightAverage, augment_frame,
                                               rate_factor)
 
@@ -354,6 +355,45 @@ def test_huber_delta_quadratic_range():
 def test_invalid_huber_delta_named(value):
     with pytest.raises(ConfigError, match='huber_delta'):
         TrainConfig(huber_delta=value)
+
+
+def test_correlation_loss_perfect_and_opposite():
+    targets = torch.tensor([[[0.0], [1.0], [-2.0], [0.5]]])
+    mask = torch.ones(1, 4, dtype=torch.bool)
+    # r ignores scale and offset: 3x + 1 follows the targets exactly.
+    assert float(correlation_loss(3 * targets + 1, targets, mask)) < 1e-6
+    assert math.isclose(float(correlation_loss(-targets, targets, mask)), 2.0, rel_tol=1e-5)
+
+
+def test_correlation_loss_skips_masked_and_warmup():
+    targets = torch.tensor([[[5.0], [0.0], [1.0], [2.0], [9.0]]])
+    predictions = torch.tensor([[[-7.0], [0.0], [2.0], [4.0], [-3.0]]])
+    mask = torch.tensor([[True, True, True, True, False]])
+    # Frame 0 is warm-up and frame 4 masked, so only the proportional frames 1-3 count.
+    assert float(correlation_loss(predictions, targets, mask, warmup_frames=1)) < 1e-6
+    assert float(correlation_loss(predictions, targets, mask)) > 0.5
+
+
+def test_correlation_loss_constant_targets():
+    targets = torch.full((2, 3, 2), 0.4)
+    targets[..., 1] = torch.tensor([[0.0, 1.0, 2.0], [3.0, 4.0, 5.0]])
+    predictions = torch.randn(2, 3, 2, generator=torch.Generator().manual_seed(0),
+                              requires_grad=True)
+    mask = torch.ones(2, 3, dtype=torch.bool)
+    loss = correlation_loss(predictions, targets, mask, output_weights=[1.0, 0.0])
+    # The first output's targets never vary, so it adds 0, and the second has weight 0.
+    assert float(loss.detach()) == 0.0
+    both = correlation_loss(predictions, targets, mask)
+    both.backward()
+    assert torch.isfinite(predictions.grad).all()
+    assert predictions.grad[..., 0].abs().sum() == 0
+    assert predictions.grad[..., 1].abs().sum() > 0
+
+
+@pytest.mark.parametrize('value', [-0.1, 11.0, float('nan')])
+def test_invalid_correlation_weight_named(value):
+    with pytest.raises(ConfigError, match='correlation_weight'):
+        TrainConfig(correlation_weight=value)
 
 
 def test_sharp_turn_weights_grow_with_steering():

@@ -573,3 +573,17 @@ def test_mirrored_training_differs_from_plain(subset, tmp_path):
     _, metadata = load_checkpoint(mirrored.paths.best)
     assert metadata['train_config']['augment']['mirror_probability'] == 0.5
     assert metadata['pretraining']['steps'] > 0
+
+
+def test_correlation_weight_in_losses(subset, tmp_path):
+    torch.set_num_threads(1)
+    config = tiny_config(outputs=['angular_z'], loss='l1', correlation_weight=1.0, epochs=2)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.last)
+    std = metadata['training_output_std']['angular_z']
+    # The validation part is one segment, so its correlation term uses the same frames
+    # as the logged Pearson r: the loss is the L1 error in std units plus 1 - r.
+    row = result.history[-1]
+    expected = row['val/angular_z/mae'] / std + 1.0 - row['val/angular_z/pearson']
+    assert math.isclose(row['val/loss'], expected, rel_tol=1e-4)
+    assert all(math.isfinite(row['train/loss']) for row in result.history)

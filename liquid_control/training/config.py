@@ -61,6 +61,7 @@ class TrainConfig:
     gradient_clip: float = 1.0
     loss: str = 'huber'
     huber_delta: float = 1.0
+    correlation_weight: float = 0.0
     output_weights: Tuple[float, ...] = ()
     sharp_turn_weight: float = 0.0
     sharp_turn_output: str = 'angular_z'
@@ -82,6 +83,9 @@ class TrainConfig:
         if not (math.isfinite(self.huber_delta) and self.huber_delta > 0):
             raise ConfigError(f'huber_delta={self.huber_delta} is invalid: use a positive '
                               'number of standard deviations, e.g. 1.0')
+        if not 0.0 <= self.correlation_weight <= 10.0:
+            raise ConfigError(f'correlation_weight={self.correlation_weight} is invalid: use '
+                              '0 (off) to 10, e.g. 0.5')
         if self.lr_schedule not in SCHEDULES:
             raise ConfigError(f'lr_schedule {self.lr_schedule!r} is unknown; use one of '
                               f'{SCHEDULES}')

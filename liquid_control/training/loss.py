@@ -56,3 +56,34 @@ def sequence_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.
     if frame_weights is not None:
         weight = weight * frame_weights
     return (per_frame * weight).sum() / weight.sum().clamp_min(1.0)
+
+
+def correlation_loss(predictions: torch.Tensor, targets: torch.Tensor, mask: torch.Tensor,
+                     warmup_frames: int = 0,
+                     output_weights: Optional[Sequence[float]] = None) -> torch.Tensor:
+    """Return ``1 - r``, with r the Pearson correlation of predictions and targets.
+
+    r is taken over all valid frames of the batch, per output, and then averaged over the
+    outputs (weighted by ``output_weights``). Shapes are as in ``sequence_loss``. An
+    output whose targets do not vary in the batch has no correlation and adds 0. The
+    term rewards following the size and direction of each change of the command, which
+    an absolute error loss alone trades for predicting the median.
+    """
+    weight = mask.to(predictions.dtype)
+    if warmup_frames > 0:
+        weight = weight.clone()
+        weight[:, :warmup_frames] = 0.0
+    weight = weight.unsqueeze(-1)                                        # (B, T, 1)
+    count = weight.sum().clamp_min(1.0)
+    predicted = predictions - (predictions * weight).sum((0, 1)) / count    # (B, T, O)
+    actual = targets - (targets * weight).sum((0, 1)) / count
+    covariance = (predicted * actual * weight).sum((0, 1))                  # (O,)
+    predicted_var = (predicted.pow(2) * weight).sum((0, 1))
+    actual_var = (actual.pow(2) * weight).sum((0, 1))
+    varies = actual_var > 1e-12
+    r = covariance / torch.sqrt(predicted_var * actual_var + 1e-12)
+    penalty = torch.where(varies, 1.0 - r, torch.zeros_like(r))
+    if output_weights:
+        weights = torch.as_tensor(output_weights, dtype=penalty.dtype, device=penalty.device)
+        return (penalty * weights).sum() / weights.sum()
+    return penalty.mean()

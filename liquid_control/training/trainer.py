@@ -35,7 +35,7 @@ from liquid_control.training.config import TrainConfig
 from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode, collate,
                                              mirror_signs, segment_arrays, split_episodes)
 from liquid_control.training.logs import EpochLog, summary_line
-from liquid_control.training.loss import sequence_loss, sharp_turn_weights
+from liquid_control.training.loss import correlation_loss, sequence_loss, sharp_turn_weights
 from liquid_control.training.normalization import Statistics, measure_statistics
 from liquid_control.training.pretrain import WeightAverage, pretrain_encoder
 
@@ -602,11 +602,21 @@ class Trainer:
             frame_weights = sharp_turn_weights(batch['targets'][..., index],
                                                float(scale[index]),
                                                self.config.sharp_turn_weight)
-        return sequence_loss(outputs, batch['targets'], batch['mask'], scale,
+        loss = sequence_loss(outputs, batch['targets'], batch['mask'], scale,
                              kind=self.config.loss, warmup_frames=warmup,
                              output_weights=self.config.output_weights or None,
                              frame_weights=frame_weights,
                              huber_delta=self.config.huber_delta)
+        return loss + self._correlation_term(outputs, batch['targets'], batch['mask'], warmup)
+
+    def _correlation_term(self, outputs: torch.Tensor, targets: torch.Tensor,
+                          mask: torch.Tensor, warmup: int = 0) -> torch.Tensor:
+        """Return ``correlation_weight * (1 - r)``, or 0 when the weight is 0."""
+        if self.config.correlation_weight <= 0:
+            return torch.zeros((), dtype=outputs.dtype)
+        return self.config.correlation_weight * correlation_loss(
+            outputs, targets, mask, warmup_frames=warmup,
+            output_weights=self.config.output_weights or None)
 
     def _progress(self, epoch: int, fraction: float, deadline: Optional[float]) -> float:
         """Return how far the run is, 0..1, by epochs or by the time limit if that is nearer."""
@@ -706,6 +716,7 @@ class Trainer:
                                          kind=self.config.loss,
                                          output_weights=self.config.output_weights or None,
                                          huber_delta=self.config.huber_delta)
+                    loss = loss + self._correlation_term(outputs, batch['targets'], mask)
                     losses += float(loss) * count
                     weights += count
                 predictions.append(outputs[0].numpy())
