@@ -26,7 +26,10 @@ def test_two_process_training_writes_one_checkpoint(subset, tmp_path):
                '--out', str(out), '--epochs', '2', '--sequence-length', '8',
                '--batch-size', '4', '--threads', '1', '--validation-fraction', '0.25',
                '--no-progress', '--set', 'stride=2', '--set', 'warmup_frames=2',
-               '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}']
+               '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
+               # Both ranks pretrain on three horizons, and the encoder joins the
+               # distributed training only in epoch 2.
+               '--set', 'pretrain_horizons=[-2, 0, 2]', '--set', 'freeze_encoder_epochs=1']
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert out.is_file()

@@ -14,7 +14,7 @@ from training_data import TINY_SETTINGS
 
 from liquid_control.cli.main import main
 from liquid_control.data.episodes import find_episodes
-from liquid_control.errors import CheckpointError
+from liquid_control.errors import CheckpointError, ConfigError
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.model.policy import build_policy
@@ -587,3 +587,29 @@ def test_correlation_weight_in_losses(subset, tmp_path):
     expected = row['val/angular_z/mae'] / std + 1.0 - row['val/angular_z/pearson']
     assert math.isclose(row['val/loss'], expected, rel_tol=1e-4)
     assert all(math.isfinite(row['train/loss']) for row in result.history)
+
+
+def test_freeze_encoder_first_epochs(subset, tmp_path):
+    torch.set_num_threads(1)
+    episodes = find_episodes(subset)
+    warm = tiny_config(freeze_encoder_epochs=1, epochs=1)
+    frozen = tiny_config(freeze_encoder=True, epochs=1)
+    first = load_checkpoint(train(warm, episodes, tmp_path / 'warm.lcm',
+                                  progress=False).paths.last)[0]
+    reference = load_checkpoint(train(frozen, episodes, tmp_path / 'frozen.lcm',
+                                      progress=False).paths.last)[0]
+    # In the frozen first epoch only the core learns, exactly as with freeze_encoder.
+    for name, value in first.state_dict().items():
+        assert torch.equal(value, reference.state_dict()[name]), name
+    # From the second epoch on the encoder learns too.
+    second = load_checkpoint(train(warm.with_overrides({'epochs': 2}), episodes,
+                                   tmp_path / 'second.lcm', progress=False).paths.last)[0]
+    changed = [name for name, value in second.encoder.state_dict().items()
+               if not torch.equal(value, first.encoder.state_dict()[name])]
+    assert changed
+
+
+@pytest.mark.parametrize('value', [-1, 1.5, 'two'])
+def test_freeze_encoder_epochs_invalid(value):
+    with pytest.raises(ConfigError, match='freeze_encoder_epochs'):
+        tiny_config(freeze_encoder_epochs=value)

@@ -53,6 +53,7 @@ class TrainConfig:
     pretrain_horizons: Tuple[int, ...] = (0,)
     ema_decay: float = 0.0
     freeze_encoder: bool = False
+    freeze_encoder_epochs: int = 0
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
     lr_schedule: str = 'cosine'
@@ -140,6 +141,9 @@ class TrainConfig:
         if not 0.0 <= self.ema_decay < 1.0:
             raise ConfigError(f'ema_decay={self.ema_decay} is invalid: use 0 <= decay < 1 '
                               '(0 validates and saves the latest weights)')
+        if not (isinstance(self.freeze_encoder_epochs, int) and self.freeze_encoder_epochs >= 0):
+            raise ConfigError(f'freeze_encoder_epochs={self.freeze_encoder_epochs!r} is invalid: '
+                              'use an integer >= 0 (0 trains the encoder from the first epoch)')
         if not isinstance(self.freeze_encoder, bool):
             raise ConfigError(f'freeze_encoder={self.freeze_encoder!r} is invalid: use true '
                               'or false')

@@ -638,6 +638,11 @@ class Trainer:
         rng = np.random.default_rng([config.seed, epoch, self.context.rank])
         torch.manual_seed(config.seed * 100003 + epoch)
         augmentation = config.augmentation()
+        encoder = getattr(self.policy, 'encoder', None)
+        if encoder is not None and not config.freeze_encoder:
+            # The first freeze_encoder_epochs fit only the core and its output map, so the
+            # untrained core's first gradients do not distort the pretrained features.
+            encoder.requires_grad_(epoch > config.freeze_encoder_epochs)
         windows = shard_windows(self.split.train_windows, self.context)
         order = np.random.default_rng([config.seed, epoch]).permutation(len(windows))
         batch_count = math.ceil(len(order) / config.batch_size)
@@ -829,6 +834,9 @@ class Trainer:
             LOGGER.info('training %s: %s parameters (encoder %s, recurrent %s), %d epochs '
                         'at most', config.family, f'{counts.get("total", 0):,}', encoder,
                         f'{counts.get("recurrent", 0):,}', config.epochs)
+            if config.freeze_encoder_epochs and not config.freeze_encoder:
+                LOGGER.info('the encoder stays frozen for the first %d epoch(s)',
+                            config.freeze_encoder_epochs)
 
         stop_reason = 'epochs'
         epoch = start_epoch - 1
