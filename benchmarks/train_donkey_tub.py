@@ -6,14 +6,14 @@ which no model trains on; early stopping uses the part just before it. The table
 lands in ``OUT/compare.md`` and ``OUT/compare.json``; checkpoints and per-model
 evaluations stay in OUT, outside the repository.
 
-Run it in the background. One seed of the four models took 41-49 minutes with
-two thirds of a core, 8 of them for the shared encoder pretraining:
+Run it in the background. One seed of the four models took 60-65 minutes with a third
+to two thirds of a core, 11-13 of them for the shared encoder pretraining:
 
     nohup .venv/bin/python benchmarks/train_donkey_tub.py --out /tmp/donkey_bench &
 
 A second run with the same OUT reuses the checkpoints and the pretrained encoders
-already there, so an interrupted run continues with the next model. The trial with the
-L1 loss in BENCHMARKS.md ran with ``--set loss=l1``.
+already there, so an interrupted run continues with the next model. The trials in
+BENCHMARKS.md ran with overrides such as ``--set loss=l1 --set 'pretrain_horizons=[0]'``.
 """
 
 import argparse
