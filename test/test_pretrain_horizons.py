@@ -93,3 +93,9 @@ def test_training_with_horizons(subset, tmp_path):
     assert metadata['train_config']['pretrain_horizons'] == [-2, 0, 4]
     # The read-out with its three horizons is dropped: the policy keeps its own outputs.
     assert list(policy.output_names) == list(config.outputs)
+
+
+def test_horizons_error_names_integers():
+    with pytest.raises(ConfigError, match=r"pretrain_horizons=\[0, 'a'\] is invalid: use a "
+                                          'list of integers'):
+        TrainConfig.from_dict({**TINY_SETTINGS, 'pretrain_horizons': (0, 'a')})

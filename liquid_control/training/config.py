@@ -230,7 +230,10 @@ def _check_type(name: str, value: Any, annotation: Any) -> None:
         element = typing.get_args(annotation)[0]
         valid = isinstance(value, (list, tuple)) and all(
             _has_type(item, element) for item in value)
-        expected = 'a list of strings' if element is str else 'a list of finite numbers'
+        expected = {str: 'a list of strings', int: 'a list of integers'}.get(
+            element, 'a list of finite numbers')
+        if isinstance(value, tuple):
+            value = list(value)  # reported as the list it was written as
     else:
         valid = _has_type(value, origin or annotation)
         expected = _describe(origin or annotation)
