@@ -44,3 +44,4 @@ def test_two_process_training_writes_one_checkpoint(subset, tmp_path):
     with open(tmp_path / 'ddp_logs' / 'log.csv', newline='') as stream:
         assert [int(row['epoch']) for row in csv.DictReader(stream)] == [1, 2]
     assert 'rank 1 of 2' in completed.stderr
+    assert 'the encoder stays frozen for the first 1 epoch(s)' in completed.stderr
