@@ -169,6 +169,29 @@ def test_config_round_trip_and_validation():
         PolicyConfig.from_dict({'family': 'gru', 'layers': 3})
 
 
+def test_sensory_sigma_sets_the_initial_input_slopes():
+    default = build_policy(_config()).core.cell.sensory_sigma
+    assert 3.0 <= float(default.min()) and float(default.max()) <= 8.0
+    config = _config(sensory_sigma=[1.0, 2.0])
+    assert config.sensory_sigma == (1.0, 2.0)
+    sigma = build_policy(config).core.cell.sensory_sigma
+    assert 1.0 <= float(sigma.min()) < 1.2 and 1.8 < float(sigma.max()) <= 2.0
+    # The internal synapses keep their own range.
+    assert float(build_policy(config).core.cell.sigma.min()) >= 3.0
+    assert PolicyConfig.from_dict(config.to_dict()) == config
+    # Configs saved before the setting existed load with the default.
+    values = config.to_dict()
+    del values['sensory_sigma']
+    assert PolicyConfig.from_dict(values).sensory_sigma == (3.0, 8.0)
+
+
+@pytest.mark.parametrize('value', [[1.0], [2.0, 1.0], [0.0, 1.0], '12', [True, 2.0],
+                                   [1.0, float('inf')], 3.0])
+def test_sensory_sigma_rejects_bad_ranges(value):
+    with pytest.raises(ConfigError, match=r'sensory_sigma=.* use \[low, high\]'):
+        PolicyConfig(sensory_sigma=value)
+
+
 @pytest.mark.parametrize('family', FAMILIES)
 def test_gradients_reach_every_parameter(family):
     policy = build_policy(_config(family=family, imu_enabled=True, seed=1))

@@ -26,7 +26,7 @@ few tensor operations whatever the number of neurons.
 """
 
 import ctypes
-from typing import NamedTuple, Optional
+from typing import NamedTuple, Optional, Tuple
 
 import numpy as np
 import torch
@@ -35,6 +35,9 @@ from torch.nn import functional as F
 
 from liquid_control.model import native
 from liquid_control.model.wirings import Wiring
+
+# Range of the initial slopes sigma of the input synapses, the ncps library's 3..8.
+SENSORY_SIGMA = (3.0, 8.0)
 
 # Elapsed times below this many time units count as this value, so C/h stays finite.
 # The state then barely moves, as it should for an instant.
@@ -75,7 +78,8 @@ class LTCCell(nn.Module):
     """
 
     def __init__(self, wiring: Wiring, ode_unfolds: int = 6,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 sensory_sigma: Tuple[float, float] = SENSORY_SIGMA):
         super().__init__()
         if ode_unfolds < 1:
             raise ValueError(f'ode_unfolds={ode_unfolds} is invalid: use at least 1')
@@ -96,10 +100,10 @@ class LTCCell(nn.Module):
 
         # Initial ranges: time constants C/g from about 0.4 to 60 time units, steep
         # sigmoids (sigma 3..8) centred at 0.3..0.8, reversal potentials at +-1 by the
-        # synapse's polarity.
+        # synapse's polarity. The sensory slopes come from ``sensory_sigma``.
         n_sensory, n_internal, units = len(sensory), len(internal), self.units
         self.sensory_weight = nn.Parameter(inverse_softplus(uniform(n_sensory, 0.01, 1.0)))
-        self.sensory_sigma = nn.Parameter(uniform(n_sensory, 3.0, 8.0))
+        self.sensory_sigma = nn.Parameter(uniform(n_sensory, *sensory_sigma))
         self.sensory_mu = nn.Parameter(uniform(n_sensory, 0.3, 0.8))
         self.sensory_erev = nn.Parameter(torch.as_tensor(sensory[:, 2], dtype=torch.float32))
         self.weight = nn.Parameter(inverse_softplus(uniform(n_internal, 0.01, 1.0)))
@@ -337,10 +341,11 @@ class LTC(nn.Module):
     """
 
     def __init__(self, wiring: Wiring, ode_unfolds: int = 6,
-                 generator: Optional[torch.Generator] = None):
+                 generator: Optional[torch.Generator] = None,
+                 sensory_sigma: Tuple[float, float] = SENSORY_SIGMA):
         super().__init__()
         self.wiring = wiring
-        self.cell = LTCCell(wiring, ode_unfolds, generator)
+        self.cell = LTCCell(wiring, ode_unfolds, generator, sensory_sigma)
         self.input_weight = nn.Parameter(torch.ones(wiring.input_size))
         self.input_bias = nn.Parameter(torch.zeros(wiring.input_size))
         self.output_weight = nn.Parameter(torch.ones(wiring.output_size))

@@ -20,6 +20,7 @@ frame as the earlier one until k frames have arrived. The state stays a single
 (B, S) tensor, and whoever carries the state carries the frames too.
 """
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any, Dict, Optional, Tuple
 
@@ -32,7 +33,7 @@ from liquid_control.model.baselines import FeedForward, GatedRecurrent
 from liquid_control.model.cfc import WiredCfC
 from liquid_control.model.encoder import (DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES,
                                           DEFAULT_STRIDES, Encoder)
-from liquid_control.model.ltc import LTC
+from liquid_control.model.ltc import LTC, SENSORY_SIGMA
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 IMU_SIZE = 6
@@ -66,6 +67,9 @@ class PolicyConfig:
     - ``units``: neurons of the recurrent core (for NCPs, including the motor neurons).
     - ``wiring``: settings for ``wirings.build_wiring`` (kind and its arguments).
     - ``ode_unfolds``: semi-implicit Euler sub-steps per LTC step.
+    - ``sensory_sigma``: range (low, high) of the initial slopes of the LTC's input
+      synapses, sigmoid(sigma (x - mu)). The inputs are standardised, so slopes near 1
+      respond gradually over their range; the ncps library's 3..8 switch sharply.
     - ``dt_reference_s``: seconds that make one time unit of the cell; an elapsed dt is
       divided by it, so at the nominal control rate each step is 1 time unit.
     - ``preprocessing``: crop and resize settings; ``height``/``width`` size the encoder.
@@ -78,6 +82,7 @@ class PolicyConfig:
     wiring: Dict[str, Any] = field(default_factory=lambda: {'kind': 'auto_ncp',
                                                             'sparsity': 0.5})
     ode_unfolds: int = 6
+    sensory_sigma: Tuple[float, float] = SENSORY_SIGMA
     dt_reference_s: float = 0.05
     encoder: Dict[str, Any] = field(default_factory=default_encoder)
     imu_enabled: bool = False
@@ -90,6 +95,7 @@ class PolicyConfig:
     def __post_init__(self) -> None:
         self.output_names = tuple(self.output_names)
         self.output_units = tuple(self.output_units)
+        self.sensory_sigma = _sigma_range(self.sensory_sigma)
         if self.family not in FAMILIES:
             raise ConfigError(f'unknown policy family {self.family!r}; use one of {FAMILIES}')
         if not isinstance(self.units, int) or self.units < 1:
@@ -140,6 +146,7 @@ class PolicyConfig:
         values = asdict(self)
         values['output_names'] = list(self.output_names)
         values['output_units'] = list(self.output_units)
+        values['sensory_sigma'] = list(self.sensory_sigma)
         return values
 
     @classmethod
@@ -152,6 +159,19 @@ class PolicyConfig:
         if 'preprocessing' in values:
             values['preprocessing'] = {**default_preprocessing(), **values['preprocessing']}
         return cls(**values)
+
+
+def _sigma_range(value) -> Tuple[float, float]:
+    """Check a (low, high) range of initial synapse slopes and return it as floats."""
+    problem = f'sensory_sigma={value!r} is invalid: use [low, high] with 0 < low <= high'
+    if isinstance(value, (str, bytes)) or not hasattr(value, '__len__') or len(value) != 2:
+        raise ConfigError(problem)
+    if any(isinstance(x, bool) or not isinstance(x, (int, float)) for x in value):
+        raise ConfigError(problem)
+    low, high = float(value[0]), float(value[1])
+    if not (math.isfinite(low) and math.isfinite(high) and 0 < low <= high):
+        raise ConfigError(problem)
+    return low, high
 
 
 def _as_elapsed(dt, batch: int, steps: Optional[int], reference: float,
@@ -433,7 +453,7 @@ def _build_core(config: PolicyConfig, sensory_size: int,
         _check_wiring(wiring, sensory_size, config)
         if family == 'ncp_cfc':
             return wiring, WiredCfC(wiring, generator=generator)
-        return wiring, LTC(wiring, config.ode_unfolds, generator)
+        return wiring, LTC(wiring, config.ode_unfolds, generator, config.sensory_sigma)
     if wiring is not None:
         raise ConfigError(f'policy family {family} takes no wiring')
     if family in ('lstm', 'gru'):
