@@ -88,6 +88,46 @@ def test_config_rejects_invalid_value(values, word):
         TrainConfig.from_dict(values)
 
 
+def test_family_model_applies_to_its_family_only():
+    from liquid_control.data.preprocess import Preprocessing
+    from liquid_control.training.trainer import build_policy_config, pretraining_key
+    overrides = parse_overrides(['model.units=19', 'family_model.ncp_ltc={units: 24, '
+                                 'sensory_sigma: [1.0, 2.0], encoder: {dropout: 0.1}}'])
+    ltc = TrainConfig().with_overrides(overrides)
+    assert ltc.model_settings() == {'units': 24, 'sensory_sigma': [1.0, 2.0],
+                                    'encoder': {'dropout': 0.1}}
+    lstm = ltc.with_overrides({'family': 'lstm'})
+    assert lstm.model_settings() == {'units': 19}
+    assert TrainConfig.from_dict(ltc.to_dict()) == ltc
+
+    preprocessing = Preprocessing.from_dict({'height': 24, 'width': 32})
+    policy_config = build_policy_config(ltc, preprocessing, False, ('rad/s', 'm/s'))
+    assert (policy_config.units, policy_config.sensory_sigma) == (24, (1.0, 2.0))
+    assert build_policy_config(lstm, preprocessing, False, ('rad/s', 'm/s')).units == 19
+    # An encoder setting of one family gives that family its own pretraining.
+    assert pretraining_key(ltc) != pretraining_key(lstm)
+    assert pretraining_key(lstm) == pretraining_key(TrainConfig(model={'units': 19}))
+
+
+@pytest.mark.parametrize('family_model, word', [
+    ({'ltc': {'units': 8}}, "family_model has settings for 'ltc'"),
+    ({'ncp_ltc': 3}, 'family_model.ncp_ltc=3 is invalid'),
+    ({'ncp_ltc': {'frame_gap': 20}}, 'frame_gap=20'),
+])
+def test_family_model_rejects_bad_settings(family_model, word):
+    with pytest.raises(ConfigError, match=word):
+        TrainConfig.from_dict({'family_model': family_model})
+
+
+def test_family_model_errors_reach_the_policy_config():
+    from liquid_control.data.preprocess import Preprocessing
+    from liquid_control.training.trainer import build_policy_config
+    config = TrainConfig(family_model={'ncp_ltc': {'sensory_sigma': [2.0, 1.0]}})
+    preprocessing = Preprocessing.from_dict({'height': 24, 'width': 32})
+    with pytest.raises(ConfigError, match='sensory_sigma'):
+        build_policy_config(config, preprocessing, False, ('rad/s', 'm/s'))
+
+
 def test_config_file_errors_name_the_file(tmp_path):
     broken = tmp_path / 'broken.yaml'
     broken.write_text('family: [unclosed\n')

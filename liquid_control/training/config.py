@@ -22,11 +22,14 @@ class TrainConfig:
     """Everything that decides a training run; stored in the checkpoint's metadata.
 
     ``model`` contains extra ``PolicyConfig`` fields (for example ``units``) that pass
-    through to the model unchanged. Times are in seconds, learning rates per step.
+    through to the model unchanged; ``family_model`` adds fields for one family only, on
+    top of ``model`` (``model_settings()`` merges them). Times are in seconds, learning
+    rates per step.
     """
 
     family: str = 'ncp_ltc'
     model: Dict[str, Any] = field(default_factory=dict)
+    family_model: Dict[str, Dict[str, Any]] = field(default_factory=dict)
     preprocessing: Dict[str, Any] = field(default_factory=dict)
     outputs: Tuple[str, ...] = ('angular_z', 'linear_x')
     use_imu: str = 'auto'
@@ -101,7 +104,14 @@ class TrainConfig:
             value = getattr(self, name)
             if not (isinstance(value, int) and value >= 1):
                 raise ConfigError(f'{name}={value!r} is invalid: use an integer >= 1')
-        frame_gap = self.model.get('frame_gap', 0)
+        for family, settings in self.family_model.items():
+            if family not in FAMILIES:
+                raise ConfigError(f'family_model has settings for {family!r}, which is not a '
+                                  f'family; use keys from {FAMILIES}')
+            if not isinstance(settings, dict):
+                raise ConfigError(f'family_model.{family}={settings!r} is invalid: use a '
+                                  'mapping of model settings, e.g. {units: 32}')
+        frame_gap = self.model_settings().get('frame_gap', 0)
         if isinstance(frame_gap, int) and frame_gap >= self.sequence_length:
             raise ConfigError(f'model.frame_gap={frame_gap} is invalid with sequence_length='
                               f'{self.sequence_length}: no training frame would see the change '
@@ -177,6 +187,10 @@ class TrainConfig:
                               f'the outputs {list(self.outputs)}')
         self.augmentation()  # validates the augment dict early
 
+    def model_settings(self) -> Dict[str, Any]:
+        """Return the ``PolicyConfig`` fields of this run: ``model``, then ``family``'s own."""
+        return {**self.model, **(self.family_model.get(self.family) or {})}
+
     def augmentation(self) -> Augmentation:
         """Return the augmentation settings as an ``Augmentation``."""
         return Augmentation.from_dict(self.augment)
@@ -201,7 +215,7 @@ class TrainConfig:
                                       '[angular_z, linear_x] for outputs, [2.0, 1.0] for '
                                       'output_weights or [0, 4] for pretrain_horizons')
                 values[name] = tuple(values[name] or ())
-        for name in ('model', 'preprocessing', 'augment'):
+        for name in ('model', 'family_model', 'preprocessing', 'augment'):
             if name in values and values[name] is None:
                 values[name] = {}
         try:
@@ -285,9 +299,9 @@ def _set_dotted(values: Dict[str, Any], key: str, value: Any) -> None:
     if not rest:
         values[head] = value
         return
-    if head not in ('model', 'preprocessing', 'augment'):
-        raise ConfigError(f'setting {key!r} is invalid: only model., preprocessing. and '
-                          'augment. take dotted keys')
+    if head not in ('model', 'family_model', 'preprocessing', 'augment'):
+        raise ConfigError(f'setting {key!r} is invalid: only model., family_model., '
+                          'preprocessing. and augment. take dotted keys')
     nested = dict(values.get(head) or {})
     nested[rest] = value
     values[head] = nested

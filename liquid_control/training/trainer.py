@@ -104,7 +104,7 @@ def output_units(episodes: Sequence, outputs: Sequence[str]) -> Tuple[str, ...]:
 def build_policy_config(config: TrainConfig, preprocessing: Preprocessing, use_imu: bool,
                         units: Sequence[str]) -> PolicyConfig:
     """Return the ``PolicyConfig`` of a run: family, outputs and input size from the config."""
-    values = dict(config.model)
+    values = config.model_settings()
     values.update({
         'family': config.family,
         'imu_enabled': use_imu,
@@ -116,7 +116,8 @@ def build_policy_config(config: TrainConfig, preprocessing: Preprocessing, use_i
     try:
         return PolicyConfig.from_dict(values)
     except (TypeError, ValueError) as error:
-        raise ConfigError(f'invalid model settings {config.model}: {error}') from error
+        raise ConfigError(f'invalid model settings {config.model_settings()}: {error}') \
+            from error
 
 
 def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]:
@@ -197,8 +198,9 @@ def pretraining_key(config: TrainConfig) -> str:
     """Return a key that is equal for runs with the same encoder pretraining."""
     values = config.to_dict()
     chosen = {name: values[name] for name in PRETRAINING_SETTINGS}
-    chosen['encoder'] = values['model'].get('encoder')
-    chosen['frame_gap'] = values['model'].get('frame_gap', 0)
+    model = config.model_settings()
+    chosen['encoder'] = model.get('encoder')
+    chosen['frame_gap'] = model.get('frame_gap', 0)
     chosen['lr_encoder'] = config.pretrain_lr_encoder or config.lr_encoder
     if list(config.pretrain_horizons) != [0]:
         # Left out otherwise, so pretrained encoders saved before the setting existed match.
