@@ -448,6 +448,39 @@ def test_compare_reuse_foreign_metadata(subset, trained, tmp_path, capsys, chang
     assert 'not written by liquid-control train' in error
 
 
+def move_model_settings(trained, path, family_settings):
+    """Save the trained run to ``path`` with its model settings under family_model."""
+    from liquid_control.model.checkpoint import load_checkpoint
+
+    saved = load_checkpoint(trained)[1]['train_config']
+    moved = {**saved, 'model': {}, 'family_model': {'ncp_ltc': family_settings(saved)}}
+    write_foreign_checkpoint(trained, path, train_config=moved)
+
+
+def test_compare_reuse_merges_family_model(subset, trained, tmp_path):
+    # The same model settings written under family_model count as the same model.
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    move_model_settings(trained, folder / 'ncp_ltc-s0.lcm', lambda saved: saved['model'])
+    arguments = ['compare', str(subset), '--out', str(folder), *COMPARE_SETTINGS,
+                 '--models', 'ncp_ltc', '--reuse']
+    assert main([str(item) for item in arguments]) == 0
+    assert (folder / 'compare.md').is_file()
+    # A reused model is scored, not trained again.
+    assert not (folder / 'ncp_ltc-s0_logs').exists()
+
+
+def test_compare_reuse_other_family_model(subset, trained, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    move_model_settings(trained, folder / 'ncp_ltc-s0.lcm',
+                        lambda saved: {**saved['model'], 'units': 5})
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'was trained with model' in error
+    assert "'units': 5" in error
+
+
 def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):
     out = copy_run(trained, tmp_path / 'run')
     last = out.with_name('model.last.lcm')

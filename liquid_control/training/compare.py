@@ -103,7 +103,12 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
             raise ConfigError(f'{path} contains a {saved.get("family")} model, not '
                               f'{spec.family}; delete it or drop --reuse')
         # A checkpoint of other settings would put another model's scores in the table.
+        # Model settings count as the family's merged ones, wherever the file wrote them.
         expected = config.to_dict()
+        expected['model'] = config.model_settings()
+        saved = dict(saved)
+        if 'model' in saved:
+            saved['model'] = _saved_model_settings(saved, spec.family)
         for key in ('model', 'preprocessing', 'outputs', 'seed'):
             if key in saved and saved[key] != expected[key]:
                 raise ConfigError(f'{path} was trained with {key} {saved[key]!r}, but this '
@@ -132,6 +137,16 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         save_pretrained(data, config, pretrained)
     policy, metadata = load_checkpoint(result.paths.best)
     return policy, metadata, result.train_seconds, result.epochs_run
+
+
+def _saved_model_settings(saved: dict, family: str):
+    """Return the model settings that a checkpoint's training config gave ``family``."""
+    model = saved.get('model')
+    own = saved.get('family_model')
+    own = own.get(family) if isinstance(own, dict) else None
+    if not isinstance(model, dict) or not isinstance(own, dict):
+        return model
+    return {**model, **own}
 
 
 def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: float,
