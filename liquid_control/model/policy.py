@@ -69,7 +69,7 @@ class PolicyConfig:
     - ``ode_unfolds``: semi-implicit Euler sub-steps per LTC step.
     - ``sensory_sigma``: range (low, high) of the initial slopes of the LTC's input
       synapses, sigmoid(sigma (x - mu)). The inputs are standardised, so slopes near 1
-      respond gradually over their range; the ncps library's 3..8 switch sharply.
+      respond gradually over their range, while the ncps library's 3..8 switch sharply.
     - ``dt_reference_s``: seconds that make one time unit of the cell; an elapsed dt is
       divided by it, so at the nominal control rate each step is 1 time unit.
     - ``preprocessing``: crop and resize settings; ``height``/``width`` size the encoder.
