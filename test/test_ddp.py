@@ -27,9 +27,10 @@ def test_two_process_training_writes_one_checkpoint(subset, tmp_path):
                '--batch-size', '4', '--threads', '1', '--validation-fraction', '0.25',
                '--no-progress', '--set', 'stride=2', '--set', 'warmup_frames=2',
                '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}',
-               # Both ranks pretrain on three horizons, and the encoder joins the
-               # distributed training only in epoch 2.
-               '--set', 'pretrain_horizons=[-2, 0, 2]', '--set', 'freeze_encoder_epochs=1']
+               # Both ranks pretrain on three horizons and fit the core alone, and the
+               # encoder joins the distributed training only in epoch 2.
+               '--set', 'pretrain_horizons=[-2, 0, 2]', '--set', 'core_warmup_epochs=2',
+               '--set', 'freeze_encoder_epochs=1']
     completed = subprocess.run(command, env=env, capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr[-3000:]
     assert out.is_file()
@@ -45,3 +46,5 @@ def test_two_process_training_writes_one_checkpoint(subset, tmp_path):
         assert [int(row['epoch']) for row in csv.DictReader(stream)] == [1, 2]
     assert 'rank 1 of 2' in completed.stderr
     assert 'the encoder stays frozen for the first 1 epoch(s)' in completed.stderr
+    assert metadata['core_warmup']['epochs'] == 2
+    assert completed.stderr.count('fitted the core alone on cached encoder features') == 1

@@ -218,3 +218,30 @@ def test_step_features_matches_step():
         outputs, state = policy.step_features(policy.encoder(frame), imu, 0.05)
     assert torch.equal(outputs, expected)
     assert torch.equal(state, expected_state)
+
+
+@pytest.mark.parametrize('family', FAMILIES)
+def test_forward_features_matches_forward(family):
+    policy = build_policy(_config(family=family, imu_enabled=True)).eval()
+    generator = torch.Generator().manual_seed(0)
+    frames = torch.rand(2, 5, 3, 24, 32, generator=generator)
+    imu = torch.randn(2, 5, 6, generator=generator)
+    dt = 0.03 + 0.04 * torch.rand(2, 5, generator=generator)
+    with torch.no_grad():
+        expected, expected_state = policy(frames, imu, dt)
+        features = policy.encoder(frames.reshape(10, 3, 24, 32)).reshape(2, 5, -1)
+        outputs, state = policy.forward_features(features, imu, dt)
+    assert torch.allclose(outputs, expected, atol=1e-6)
+    assert torch.allclose(state, expected_state, atol=1e-6)
+
+
+def test_forward_features_keeps_frame_history():
+    policy = build_policy(_config(frame_gap=2)).eval()
+    start = policy.initial_state(1)
+    start[:, policy.core.state_size:] = 0.5
+    features = torch.randn(1, 3, policy.encoder.feature_count)
+    with torch.no_grad():
+        _, state = policy.forward_features(features, None, 0.05, start)
+    assert torch.equal(state[:, policy.core.state_size:], start[:, policy.core.state_size:])
+    with pytest.raises(ValueError, match=r'\(B, T, F\)'):
+        policy.forward_features(features[0], None, 0.05)

@@ -613,3 +613,85 @@ def test_freeze_encoder_first_epochs(subset, tmp_path):
 def test_freeze_encoder_epochs_invalid(value):
     with pytest.raises(ConfigError, match='freeze_encoder_epochs'):
         tiny_config(freeze_encoder_epochs=value)
+
+
+def test_core_warmup_fits_core_only(subset):
+    from liquid_control.training.core_warmup import (episode_features, validation_loss,
+                                                     warm_up_core)
+    from liquid_control.training.loss import sequence_loss
+
+    torch.set_num_threads(1)
+    config = tiny_config(outputs=['angular_z'])
+    data = prepare_data(config, find_episodes(subset))
+    policy = build_policy(build_policy_config(config, data.preprocessing, data.use_imu,
+                                              data.units))
+    measure_statistics(policy.encoder, data.episodes, data.split.train_windows,
+                       data.use_imu).apply(policy)
+    before = {name: value.clone() for name, value in policy.state_dict().items()}
+    scale = policy.output_std.clone()
+
+    def loss(outputs, targets, mask):
+        return sequence_loss(outputs, targets, mask, scale, kind='huber')
+
+    summary = warm_up_core(policy, data.episodes, data.split.train_windows,
+                           data.split.validation_segments, epochs=6, batch_size=8, lr=1e-2,
+                           weight_decay=0.0, gradient_clip=1.0, train_loss=loss,
+                           validation_loss_function=loss, seed=0)
+    assert summary['epochs'] == 6
+    assert 0 <= summary['best_epoch'] <= 6
+    assert summary['validation_loss'] < summary['initial_validation_loss']
+    for name, value in policy.encoder.state_dict().items():
+        assert torch.equal(value, before[f'encoder.{name}']), name
+    changed = [name for name, value in policy.core.state_dict().items()
+               if not torch.equal(value, before[f'core.{name}'])]
+    assert changed
+    # The core keeps the weights whose validation loss the summary reports.
+    policy.eval()
+    features = episode_features(policy, data.episodes)
+    kept = validation_loss(policy, data.episodes, features, data.split.validation_segments,
+                           loss)
+    assert math.isclose(kept, summary['validation_loss'], rel_tol=1e-5)
+
+
+def test_core_warmup_without_validation_keeps_last(subset):
+    from liquid_control.training.core_warmup import warm_up_core
+    from liquid_control.training.loss import sequence_loss
+
+    torch.set_num_threads(1)
+    config = tiny_config(outputs=['angular_z'], validation_fraction=0.0)
+    data = prepare_data(config, find_episodes(subset))
+    policy = build_policy(build_policy_config(config, data.preprocessing, data.use_imu,
+                                              data.units))
+
+    def loss(outputs, targets, mask):
+        return sequence_loss(outputs, targets, mask, torch.ones(1), kind='huber')
+
+    summary = warm_up_core(policy, data.episodes, data.split.train_windows, [], epochs=2,
+                           batch_size=8, lr=1e-2, weight_decay=0.0, gradient_clip=1.0,
+                           train_loss=loss, validation_loss_function=loss, seed=0)
+    assert summary['best_epoch'] == 2
+    assert summary['validation_loss'] is None
+
+
+def test_core_warmup_in_training_run(subset, tmp_path, caplog):
+    torch.set_num_threads(1)
+    # Without validation the warm-up keeps its last epoch, so the core surely changes.
+    config = tiny_config(core_warmup_epochs=4, epochs=1, validation_fraction=0.0)
+    with caplog.at_level('INFO', logger='liquid_control.training.trainer'):
+        result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.last)
+    summary = metadata['core_warmup']
+    assert summary['epochs'] == 4
+    assert summary['best_epoch'] == 4
+    assert 'fitted the core alone on cached encoder features: 4 epochs' in caplog.text
+    # Without the warm-up the same run starts from another core.
+    plain = train(config.with_overrides({'core_warmup_epochs': 0}), find_episodes(subset),
+                  tmp_path / 'plain.lcm', progress=False)
+    assert load_checkpoint(plain.paths.last)[1]['core_warmup'] == {}
+    assert result.history[0]['train/loss'] != plain.history[0]['train/loss']
+
+
+@pytest.mark.parametrize('value', [-1, 2.5, 'ten'])
+def test_core_warmup_epochs_invalid(value):
+    with pytest.raises(ConfigError, match='core_warmup_epochs'):
+        tiny_config(core_warmup_epochs=value)

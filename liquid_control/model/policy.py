@@ -356,11 +356,29 @@ class Policy(nn.Module):
         encoder_inputs, history = self.encoder_inputs(frames, state)
         features = self.encoder(encoder_inputs.reshape((batch * steps,)
                                                        + encoder_inputs.shape[2:]))
-        inputs = self._sensory_inputs(features.reshape(batch, steps, -1), imu)  # (B, T, S)
-        elapsed = _as_elapsed(dt, batch, steps, self.config.dt_reference_s, inputs)
-        outputs, core_state = self.core(inputs, elapsed, self._split_state(state))
-        outputs = self.denormalize_outputs(outputs) if denormalize else outputs  # (B, T, O)
+        outputs, core_state = self._core_sequence(features.reshape(batch, steps, -1), imu, dt,
+                                                  self._split_state(state), denormalize)
         return outputs, self._join_state(core_state, history)
+
+    def forward_features(self, features: torch.Tensor, imu: Optional[torch.Tensor], dt,
+                         state: Optional[torch.Tensor] = None, denormalize: bool = True):
+        """Run a sequence from encoder features (B, T, F) instead of frames.
+
+        Same as ``forward`` after the encoder, for callers that cache features. A frame
+        history in ``state`` passes through unchanged, as in ``step_features``.
+        """
+        if features.dim() != 3:
+            raise ValueError(f'features must have shape (B, T, F), got {tuple(features.shape)}')
+        outputs, core_state = self._core_sequence(features, imu, dt, self._split_state(state),
+                                                  denormalize)
+        return outputs, self._with_history(core_state, state)
+
+    def _core_sequence(self, features, imu, dt, core_state, denormalize: bool):
+        batch, steps = features.shape[:2]
+        inputs = self._sensory_inputs(features, imu)  # (B, T, S)
+        elapsed = _as_elapsed(dt, batch, steps, self.config.dt_reference_s, inputs)
+        outputs, core_state = self.core(inputs, elapsed, core_state)
+        return (self.denormalize_outputs(outputs) if denormalize else outputs), core_state
 
     def step(self, frame: torch.Tensor, imu: Optional[torch.Tensor], dt,
              state: Optional[torch.Tensor] = None, denormalize: bool = True):
@@ -386,13 +404,17 @@ class Policy(nn.Module):
         """
         outputs, core_state = self._core_step(features, imu, dt, self._split_state(state),
                                               denormalize)
+        return outputs, self._with_history(core_state, state)
+
+    def _with_history(self, core_state: torch.Tensor, state: Optional[torch.Tensor]):
+        """Append the frame history of ``state`` (empty without a state) to ``core_state``."""
         if not self.history_size:
-            return outputs, core_state
+            return core_state
         if state is None:
             history = core_state.new_zeros(core_state.shape[0], self.history_size)
         else:
             history = state[:, self.core.state_size:]
-        return outputs, torch.cat([core_state, history], dim=1)
+        return torch.cat([core_state, history], dim=1)
 
     def _core_step(self, features, imu, dt, core_state, denormalize: bool):
         batch = features.shape[0]

@@ -57,6 +57,7 @@ class TrainConfig:
     ema_decay: float = 0.0
     freeze_encoder: bool = False
     freeze_encoder_epochs: int = 0
+    core_warmup_epochs: int = 0
     lr_encoder: float = 1e-3
     lr_recurrent: float = 5e-3
     lr_schedule: str = 'cosine'
@@ -154,6 +155,9 @@ class TrainConfig:
         if not (isinstance(self.freeze_encoder_epochs, int) and self.freeze_encoder_epochs >= 0):
             raise ConfigError(f'freeze_encoder_epochs={self.freeze_encoder_epochs!r} is invalid: '
                               'use an integer >= 0 (0 trains the encoder from the first epoch)')
+        if not (isinstance(self.core_warmup_epochs, int) and self.core_warmup_epochs >= 0):
+            raise ConfigError(f'core_warmup_epochs={self.core_warmup_epochs!r} is invalid: use '
+                              'an integer >= 0 (0 skips fitting the core alone first)')
         if not isinstance(self.freeze_encoder, bool):
             raise ConfigError(f'freeze_encoder={self.freeze_encoder!r} is invalid: use true '
                               'or false')

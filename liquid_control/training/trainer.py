@@ -32,6 +32,7 @@ from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.model.policy import PolicyConfig, build_policy
 from liquid_control.training import distributed
 from liquid_control.training.config import TrainConfig
+from liquid_control.training.core_warmup import warm_up_core
 from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode, collate,
                                              mirror_signs, segment_arrays, split_episodes)
 from liquid_control.training.logs import EpochLog, summary_line
@@ -367,6 +368,7 @@ class Trainer:
         self.average: Optional[WeightAverage] = None
         self.history: List[Dict[str, float]] = []
         self.pretrain_summary: Dict[str, float] = {}
+        self.core_warmup_summary: Dict[str, float] = {}
 
     # -- set-up --------------------------------------------------------------------------
 
@@ -391,6 +393,8 @@ class Trainer:
             self.statistics.apply(self.policy)
             if self.config.pretrain_epochs > 0 or self.config.pretrain_minutes > 0:
                 trained_s = self._pretrain()
+            if self.config.core_warmup_epochs > 0:
+                trained_s += self._warm_up_core()
         if self.config.freeze_encoder and getattr(self.policy, 'encoder', None) is not None:
             # The sequence training then fits only the recurrent core and its output map.
             self.policy.encoder.requires_grad_(False)
@@ -529,6 +533,28 @@ class Trainer:
             'statistics': self.statistics, 'summary': summary}
         return float(summary.get('seconds', 0.0))
 
+    def _warm_up_core(self) -> float:
+        """Fit the core alone on cached encoder features; return the seconds it took."""
+        config = self.config
+        summary = warm_up_core(
+            self.policy, self.episodes, self.split.train_windows,
+            self.split.validation_segments, epochs=config.core_warmup_epochs,
+            batch_size=config.batch_size, lr=config.lr_recurrent,
+            weight_decay=config.weight_decay, gradient_clip=config.gradient_clip,
+            train_loss=lambda outputs, targets, mask: self._training_loss(
+                outputs, targets, mask, config.warmup_frames),
+            validation_loss_function=self._validation_loss, seed=config.seed)
+        self.core_warmup_summary = summary
+        if self.context.is_main and summary['validation_loss'] is None:
+            LOGGER.info('fitted the core alone on cached encoder features: %d epochs in '
+                        '%.1f s, without validation', summary['epochs'], summary['seconds'])
+        elif self.context.is_main:
+            LOGGER.info('fitted the core alone on cached encoder features: %d epochs in '
+                        '%.1f s, kept epoch %d (val loss %.4f, before %.4f)',
+                        summary['epochs'], summary['seconds'], summary['best_epoch'],
+                        summary['validation_loss'], summary['initial_validation_loss'])
+        return float(summary['seconds'])
+
     def _load_resume_state(self) -> Optional[dict]:
         resume_path = self.paths.logs / RESUME_FILE
         if not self.paths.last.is_file() or not resume_path.is_file():
@@ -597,19 +623,32 @@ class Trainer:
     def _batch_loss(self, batch: Dict[str, Optional[torch.Tensor]], warmup: int
                     ) -> torch.Tensor:
         outputs, _ = self.model(batch['frames'], batch['imu'], batch['dt'])  # (B, T, O)
+        return self._training_loss(outputs, batch['targets'], batch['mask'], warmup)
+
+    def _training_loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+                       mask: torch.Tensor, warmup: int) -> torch.Tensor:
+        """Return the training loss of outputs (B, T, O) in physical units."""
         scale = self._output_scale()
         frame_weights = None
         if self.config.sharp_turn_weight > 0:
             index = list(self.config.outputs).index(self.config.sharp_turn_output)
-            frame_weights = sharp_turn_weights(batch['targets'][..., index],
-                                               float(scale[index]),
+            frame_weights = sharp_turn_weights(targets[..., index], float(scale[index]),
                                                self.config.sharp_turn_weight)
-        loss = sequence_loss(outputs, batch['targets'], batch['mask'], scale,
+        loss = sequence_loss(outputs, targets, mask, scale,
                              kind=self.config.loss, warmup_frames=warmup,
                              output_weights=self.config.output_weights or None,
                              frame_weights=frame_weights,
                              huber_delta=self.config.huber_delta)
-        return loss + self._correlation_term(outputs, batch['targets'], batch['mask'], warmup)
+        return loss + self._correlation_term(outputs, targets, mask, warmup)
+
+    def _validation_loss(self, outputs: torch.Tensor, targets: torch.Tensor,
+                         mask: torch.Tensor) -> torch.Tensor:
+        """Return the loss that validation scores: every frame counts, without turn weights."""
+        loss = sequence_loss(outputs, targets, mask, self._output_scale(),
+                             kind=self.config.loss,
+                             output_weights=self.config.output_weights or None,
+                             huber_delta=self.config.huber_delta)
+        return loss + self._correlation_term(outputs, targets, mask)
 
     def _correlation_term(self, outputs: torch.Tensor, targets: torch.Tensor,
                           mask: torch.Tensor, warmup: int = 0) -> torch.Tensor:
@@ -710,7 +749,6 @@ class Trainer:
         policy.eval()
         predictions, targets, masks = [], [], []
         losses, weights = 0.0, 0.0
-        scale = self._output_scale()
         try:
             for segment in self.split.validation_segments:
                 cached = self.episodes[segment.episode_index]
@@ -719,11 +757,7 @@ class Trainer:
                 mask = batch['mask']
                 count = float(mask.sum())
                 if count > 0:
-                    loss = sequence_loss(outputs, batch['targets'], mask, scale,
-                                         kind=self.config.loss,
-                                         output_weights=self.config.output_weights or None,
-                                         huber_delta=self.config.huber_delta)
-                    loss = loss + self._correlation_term(outputs, batch['targets'], mask)
+                    loss = self._validation_loss(outputs, batch['targets'], mask)
                     losses += float(loss) * count
                     weights += count
                 predictions.append(outputs[0].numpy())
@@ -783,6 +817,7 @@ class Trainer:
                                    if math.isfinite(value)},
             'train_seconds': round(train_seconds, 1),
             'pretraining': self.pretrain_summary,
+            'core_warmup': self.core_warmup_summary,
             'world_size': self.context.world_size,
             'torch_version': torch.__version__,
         }
