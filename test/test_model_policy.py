@@ -170,12 +170,12 @@ def test_config_round_trip_and_validation():
 
 
 def test_sensory_sigma_sets_the_initial_input_slopes():
-    default = build_policy(_config()).core.cell.sensory_sigma
+    default = build_policy(_config()).core.cell.sensory_sigma.detach()
     assert float(default.min()) >= 3.0
     assert float(default.max()) <= 8.0
     config = _config(sensory_sigma=[1.0, 2.0])
     assert config.sensory_sigma == (1.0, 2.0)
-    sigma = build_policy(config).core.cell.sensory_sigma
+    sigma = build_policy(config).core.cell.sensory_sigma.detach()
     assert 1.0 <= float(sigma.min()) < 1.2
     assert 1.8 < float(sigma.max()) <= 2.0
     # The internal synapses keep their own range.
