@@ -179,7 +179,7 @@ def test_sensory_sigma_sets_the_initial_input_slopes():
     assert 1.0 <= float(sigma.min()) < 1.2
     assert 1.8 < float(sigma.max()) <= 2.0
     # The internal synapses keep their own range.
-    assert float(build_policy(config).core.cell.sigma.min()) >= 3.0
+    assert float(build_policy(config).core.cell.sigma.detach().min()) >= 3.0
     assert PolicyConfig.from_dict(config.to_dict()) == config
     # Configs saved before the setting existed load with the default.
     values = config.to_dict()
