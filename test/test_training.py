@@ -119,6 +119,11 @@ def test_family_model_rejects_bad_settings(family_model, word):
         TrainConfig.from_dict({'family_model': family_model})
 
 
+def test_family_model_override_takes_one_mapping():
+    with pytest.raises(ConfigError, match=r'write family_model.ncp_ltc=\{units: ...\}'):
+        TrainConfig().with_overrides(parse_overrides(['family_model.ncp_ltc.units=3']))
+
+
 def test_family_model_errors_reach_the_policy_config():
     from liquid_control.data.preprocess import Preprocessing
     from liquid_control.training.trainer import build_policy_config

@@ -306,6 +306,10 @@ def _set_dotted(values: Dict[str, Any], key: str, value: Any) -> None:
     if head not in ('model', 'family_model', 'preprocessing', 'augment'):
         raise ConfigError(f'setting {key!r} is invalid: only model., family_model., '
                           'preprocessing. and augment. take dotted keys')
+    if head == 'family_model' and '.' in rest:
+        family, _, name = rest.partition('.')
+        raise ConfigError(f'setting {key!r} is invalid: family_model takes one mapping per '
+                          f'family; write family_model.{family}={{{name}: ...}}')
     nested = dict(values.get(head) or {})
     nested[rest] = value
     values[head] = nested
