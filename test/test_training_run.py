@@ -648,9 +648,9 @@ def test_core_warmup_fits_core_only(subset):
     # The core keeps the weights whose validation loss the summary reports.
     policy.eval()
     features = episode_features(policy, data.episodes)
-    kept = validation_loss(policy, data.episodes, features, data.split.validation_segments,
-                           loss)
-    assert math.isclose(kept, summary['validation_loss'], rel_tol=1e-5)
+    kept_loss = validation_loss(policy, data.episodes, features,
+                                data.split.validation_segments, loss)
+    assert math.isclose(kept_loss, summary['validation_loss'], rel_tol=1e-5)
 
 
 def test_core_warmup_without_validation_keeps_last(subset):
