@@ -169,7 +169,7 @@ def test_config_round_trip_and_validation():
         PolicyConfig.from_dict({'family': 'gru', 'layers': 3})
 
 
-def test_sensory_sigma_sets_the_initial_input_slopes():
+def test_sensory_sigma_sets_input_slopes():
     default = build_policy(_config()).core.cell.sensory_sigma.detach()
     assert float(default.min()) >= 3.0
     assert float(default.max()) <= 8.0

@@ -88,7 +88,7 @@ def test_config_rejects_invalid_value(values, word):
         TrainConfig.from_dict(values)
 
 
-def test_family_model_applies_to_its_family_only():
+def test_family_model_applies_per_family():
     from liquid_control.data.preprocess import Preprocessing
     from liquid_control.training.trainer import build_policy_config, pretraining_key
     overrides = parse_overrides(['model.units=19', 'family_model.ncp_ltc={units: 24, '
@@ -124,7 +124,7 @@ def test_family_model_override_takes_one_mapping():
         TrainConfig().with_overrides(parse_overrides(['family_model.ncp_ltc.units=3']))
 
 
-def test_family_model_errors_reach_the_policy_config():
+def test_family_model_policy_errors():
     from liquid_control.data.preprocess import Preprocessing
     from liquid_control.training.trainer import build_policy_config
     config = TrainConfig(family_model={'ncp_ltc': {'sensory_sigma': [2.0, 1.0]}})

@@ -684,6 +684,13 @@ def test_core_warmup_in_training_run(subset, tmp_path, caplog):
     assert summary['epochs'] == 4
     assert summary['best_epoch'] == 4
     assert 'fitted the core alone on cached encoder features: 4 epochs' in caplog.text
+    # A resumed run does not warm up again, but keeps the first run's record.
+    resumed = train(config.with_overrides({'epochs': 2}), find_episodes(subset),
+                    tmp_path / 'model.lcm', progress=False, resume=True)
+    resumed_metadata = load_checkpoint(resumed.paths.last)[1]
+    assert resumed_metadata['epoch'] == 2
+    assert resumed_metadata['core_warmup'] == summary
+    assert resumed_metadata['pretraining'] == metadata['pretraining']
     # Without the warm-up the same run starts from another core.
     plain = train(config.with_overrides({'core_warmup_epochs': 0}), find_episodes(subset),
                   tmp_path / 'plain.lcm', progress=False)

@@ -407,7 +407,7 @@ class Policy(nn.Module):
         return outputs, self._with_history(core_state, state)
 
     def _with_history(self, core_state: torch.Tensor, state: Optional[torch.Tensor]):
-        """Append the frame history of ``state`` (empty without a state) to ``core_state``."""
+        """Append the frame history of ``state`` (zeros without a state) to ``core_state``."""
         if not self.history_size:
             return core_state
         if state is None:

@@ -3,13 +3,12 @@
 A core that starts from random weights needs epochs to read the pretrained features. The
 sequence training fine-tunes the encoder in those epochs too, so the encoder moves while
 the core is still far off. Slow cores such as NCP-LTC need more of them than an LSTM.
-The warm-up runs the frozen encoder once over every frame, without augmentation, and
-then fits only the core and its input and output maps on those features. An epoch of it
-takes a fraction of a second instead of a minute. The weights with the lowest
-validation loss are kept.
+The warm-up runs the encoder once over every frame, without augmentation, and then fits
+only the core and its input and output maps on those features. The encoder does not
+change. On a 3,500-frame recording an epoch took 0.3-1.5 s, against about a minute for
+an epoch of the sequence training. The weights with the lowest validation loss are kept.
 """
 
-import copy
 import logging
 import math
 import time
@@ -19,7 +18,8 @@ import numpy as np
 import torch
 
 from liquid_control.errors import LiquidControlError
-from liquid_control.training.dataset import CachedEpisode, Segment, encoder_frames
+from liquid_control.training.dataset import (CachedEpisode, Segment, encoder_frames,
+                                             window_labels)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -54,17 +54,15 @@ def episode_features(policy: torch.nn.Module,
 
 def _window_batch(episodes: Sequence[CachedEpisode], features: Sequence[torch.Tensor],
                   chosen: Sequence[Tuple[int, np.ndarray]]) -> Dict[str, Optional[torch.Tensor]]:
-    """Stack the cached features, time deltas, targets and masks of some windows."""
-    imu = None
-    if episodes[chosen[0][0]].imu is not None:
-        imu = torch.from_numpy(np.stack([episodes[e].imu[w] for e, w in chosen]))
+    """Stack the cached features and the labels of some windows into one batch."""
+    labels = [window_labels(episodes[e], w) for e, w in chosen]
+    dts, targets, masks, imus = zip(*labels)
     return {
         'features': torch.stack([features[e][w] for e, w in chosen]),
-        'imu': imu,
-        'dt': torch.from_numpy(np.stack([episodes[e].dt[w] for e, w in chosen])),
-        'targets': torch.from_numpy(np.stack([np.nan_to_num(episodes[e].targets[w])
-                                              for e, w in chosen])),
-        'mask': torch.from_numpy(np.stack([episodes[e].valid[w] for e, w in chosen])),
+        'imu': None if imus[0] is None else torch.from_numpy(np.stack(imus)),
+        'dt': torch.from_numpy(np.stack(dts)),
+        'targets': torch.from_numpy(np.stack(targets)),
+        'mask': torch.from_numpy(np.stack(masks)),
     }
 
 
@@ -125,7 +123,7 @@ def warm_up_core(policy: torch.nn.Module, episodes: Sequence[CachedEpisode],
     policy.train()
     initial = validate()
     best_loss, best_epoch = initial, 0
-    best_state = copy.deepcopy([p.detach() for p in parameters])
+    best_state = [p.detach().clone() for p in parameters]
     try:
         for epoch in range(1, epochs + 1):
             order = rng.permutation(len(windows))
@@ -138,8 +136,8 @@ def warm_up_core(policy: torch.nn.Module, episodes: Sequence[CachedEpisode],
                 loss = train_loss(outputs, batch['targets'], batch['mask'])
                 if not torch.isfinite(loss):
                     raise LiquidControlError(
-                        f'the core warm-up failed: the loss became {loss.item()} in its epoch '
-                        f'{epoch}; lower lr_recurrent or core_warmup_epochs')
+                        f'the core warm-up failed: the loss became {loss.item()} in warm-up '
+                        f'epoch {epoch}; lower lr_recurrent, or set core_warmup_epochs to 0')
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 if gradient_clip > 0:
@@ -151,7 +149,7 @@ def warm_up_core(policy: torch.nn.Module, episodes: Sequence[CachedEpisode],
             # Without validation the latest epoch counts as the best.
             if not validation_segments or score < best_loss:
                 best_loss, best_epoch = score, epoch
-                best_state = copy.deepcopy([p.detach() for p in parameters])
+                best_state = [p.detach().clone() for p in parameters]
             LOGGER.debug('core warm-up epoch %d: train loss %.4f, val loss %.4f', epoch,
                          total / max(seen, 1), score)
     finally:

@@ -278,8 +278,7 @@ def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.nd
     for episode_index, window in chosen:
         cached = episodes[episode_index]
         sequence = cached.frames[window].astype(np.float32) / np.float32(255.0)
-        target = np.nan_to_num(cached.targets[window])
-        imu = cached.imu[window] if cached.imu is not None else None
+        dt, target, mask, imu = window_labels(cached, window)
         if augmentation is not None:
             if augmentation.draws_mirror(rng):
                 if output_signs is None:
@@ -289,9 +288,9 @@ def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.nd
                 imu = imu * IMU_MIRROR_SIGNS if imu is not None else None
             sequence = augmentation.apply(sequence, rng)
         frames.append(sequence)
-        dts.append(cached.dt[window])
+        dts.append(dt)
         targets.append(target)
-        masks.append(cached.valid[window])
+        masks.append(mask)
         if imu is not None:
             imus.append(imu)
     return {
@@ -301,6 +300,16 @@ def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.nd
         'mask': np.stack(masks),
         'imu': np.stack(imus) if imus else None,
     }
+
+
+def window_labels(cached: CachedEpisode, window: np.ndarray):
+    """Return the time deltas, targets (missing ones as 0), validity and IMU of a window.
+
+    The IMU readings are None when the episode was cached without them.
+    """
+    imu = cached.imu[window] if cached.imu is not None else None
+    return (cached.dt[window], np.nan_to_num(cached.targets[window]), cached.valid[window],
+            imu)
 
 
 def segment_arrays(cached: CachedEpisode, segment: Segment) -> Dict[str, np.ndarray]:

@@ -566,6 +566,9 @@ class Trainer:
         if problem is not None:
             raise CheckpointError(f'cannot resume {self.paths.last}: {problem}, so it was not '
                                   'written by liquid-control train; train without --resume')
+        # The steps before epoch 1 ran only in the first run; their records carry over.
+        self.pretrain_summary = metadata.get('pretraining') or {}
+        self.core_warmup_summary = metadata.get('core_warmup') or {}
         saved_config = metadata.get('train_config', {})
         if saved_config.get('family') != self.config.family:
             raise CheckpointError(
@@ -945,7 +948,7 @@ def training_metadata_problem(metadata: dict) -> Optional[str]:
     The checksum proves only that the file is intact, not that its writer was this trainer.
     """
     for key in ('train_config', 'training_output_mean', 'training_output_std',
-                'pretraining'):
+                'pretraining', 'core_warmup'):
         if not isinstance(metadata.get(key, {}), (dict, type(None))):
             return f'its metadata {key} is not a mapping'
     for key in ('training_output_mean', 'training_output_std'):
