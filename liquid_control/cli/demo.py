@@ -12,8 +12,6 @@ import json
 import logging
 import os
 import random
-import signal
-import subprocess
 import sys
 import threading
 import time
@@ -23,6 +21,7 @@ from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from liquid_control.cli.node_process import NodeProcess
 from liquid_control.errors import ConfigError, LiquidControlError
 
 _logger = logging.getLogger(__name__)
@@ -32,7 +31,6 @@ MAX_LAP_SECONDS = 120.0         # simulated seconds before a lap run gives up
 GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
 GIF_SCALE = 4                   # the network input (42x48 for the bundled model) is enlarged 4x
 STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
-STOP_TIMEOUT_S = 10.0
 RECENT_FRAMES = 64               # camera frames kept to find a frame gap's earlier frame
 
 
@@ -126,50 +124,6 @@ def run(args: argparse.Namespace) -> int:
 
 
 # Processes
-
-class NodeProcess:
-    """A node started with this Python, its output written to ``<out_dir>/<name>.log``."""
-
-    def __init__(self, name: str, command: List[str], env: dict, out_dir: Path) -> None:
-        self.name = name
-        self.log_path = out_dir / f'{name}.log'
-        self._log = self.log_path.open('w')
-        self.process = subprocess.Popen(command, env=env, stdout=self._log,
-                                        stderr=subprocess.STDOUT)
-        _logger.debug('started %s (pid %d): %s', name, self.process.pid, ' '.join(command))
-
-    def alive(self) -> bool:
-        """Return whether the process is still running."""
-        return self.process.poll() is None
-
-    def wait_for_output(self, text: str, timeout: float) -> bool:
-        """Wait until ``text`` appears in the log; False on timeout or when the node exits."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline and self.alive():
-            self._log.flush()
-            if text in self.log_path.read_text(errors='replace'):
-                return True
-            time.sleep(0.1)
-        return text in self.log_path.read_text(errors='replace')
-
-    def output_tail(self, lines: int = 15) -> str:
-        """Return the last lines of the node's log."""
-        self._log.flush()
-        return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
-
-    def stop(self) -> None:
-        """Send SIGINT, wait, then kill a node that does not stop."""
-        if self.alive():
-            self.process.send_signal(signal.SIGINT)
-            try:
-                self.process.wait(timeout=STOP_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                _logger.warning('%s did not stop within %g s after SIGINT; killing it',
-                                self.name, STOP_TIMEOUT_S)
-                self.process.kill()
-                self.process.wait()
-        self._log.close()
-
 
 def _node_environment(domain_id: int) -> dict:
     env = dict(os.environ)

@@ -18,7 +18,6 @@ import logging
 import math
 import os
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -222,6 +221,7 @@ def run(args: argparse.Namespace) -> int:
     from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
+    from liquid_control.cli.node_process import NodeProcess
     from liquid_control.errors import ConfigError
     from liquid_control.nodes.bag_player import (IMAGE_TYPES, IMU_TYPE, BagPlayer, open_reader,
                                                  pick_topic, topic_types)
@@ -267,8 +267,7 @@ def run(args: argparse.Namespace) -> int:
     spinner = threading.Thread(target=executor.spin, daemon=True)
     spinner.start()
 
-    process = None
-    log_path = args.out / 'policy_node.log'
+    policy = None
     stop = threading.Event()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
@@ -276,11 +275,9 @@ def run(args: argparse.Namespace) -> int:
             command = _node_command(args, compressed, imu_topic is not None, image_topic,
                                     imu_topic)
             _logger.info('starting: %s', ' '.join(command))
-            with log_path.open('w') as log:
-                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT,
-                                           env=dict(os.environ))
-        _wait_for_connection(list(player.publishers().values()), command_sub, node, process,
-                             args.startup_timeout)
+            policy = NodeProcess('policy_node', command, dict(os.environ), args.out)
+        _wait_for_connection(list(player.publishers().values()), command_sub, node,
+                             policy.process if policy else None, args.startup_timeout)
         _logger.info('playing %s: camera %s, IMU %s, rate x%g', args.bag, image_topic,
                      imu_topic or 'none', args.rate)
         record = player.play(stop, args.duration)
@@ -292,7 +289,7 @@ def run(args: argparse.Namespace) -> int:
             time.sleep(0.05)
     finally:
         signal.signal(signal.SIGINT, previous_handler)
-        exit_code = _stop_process(process)
+        exit_code = policy.stop() if policy else None
         executor.shutdown(timeout_sec=5.0)
         spinner.join(timeout=5.0)
         node.destroy_node()
@@ -316,19 +313,3 @@ def run(args: argparse.Namespace) -> int:
 
 def _format_ms(value: Optional[float]) -> str:
     return 'n/a' if value is None else f'{value:.2f} ms'
-
-
-def _stop_process(process: Optional[subprocess.Popen]) -> Optional[int]:
-    """Stop the started node with SIGINT (it publishes a zero command) and return its code."""
-    if process is None:
-        return None
-    if process.poll() is None:
-        process.send_signal(signal.SIGINT)
-        try:
-            return process.wait(timeout=10)
-        except subprocess.TimeoutExpired:
-            _logger.error('policy_node (pid %d) did not stop within 10 s after SIGINT: killed',
-                          process.pid)
-            process.kill()
-            return process.wait()
-    return process.returncode

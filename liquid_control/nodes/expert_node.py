@@ -23,7 +23,7 @@ from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
 
-from liquid_control.nodes.process import create_node, init_ros, spin_until_stopped
+from liquid_control.nodes.process import create_node, init_ros, limit_teardown, spin_until_stopped
 from liquid_control.nodes.qos import command_qos
 from liquid_control.sim.expert import SteeringNoise, ExpertConfig, PurePursuitExpert
 from liquid_control.sim.track import Track
@@ -154,6 +154,7 @@ def main(args=None) -> int:
     try:
         spin_until_stopped(node, stop)
     finally:
+        limit_teardown(node)
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

@@ -41,7 +41,8 @@ from liquid_control.nodes.control import (ControlCounters, ElapsedTime, InputWat
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
 from liquid_control.nodes.params import SPECS, SPECS_BY_NAME, PolicyNodeParams
-from liquid_control.nodes.process import create_node, init_ros, spin_in_thread, stop_spinning
+from liquid_control.nodes.process import (create_node, init_ros, limit_teardown, spin_in_thread,
+                                          stop_spinning)
 from liquid_control.nodes.qos import command_qos, sensor_qos
 
 NODE_NAME = 'policy_node'
@@ -465,6 +466,7 @@ def main(args=None) -> int:
             pass
     finally:
         # The zero command goes out while the executor still runs.
+        limit_teardown(node)
         node.shutdown()
         stop_spinning(executor, spinner, timeout=5.0)
         node.destroy_node()

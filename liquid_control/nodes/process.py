@@ -3,9 +3,17 @@
 Each executable installs its own SIGINT/SIGTERM handlers instead of rclpy's, because
 rclpy's handlers shut the context down at once, before a node can publish a final zero
 command or finish the episode it is recording.
+
+Once a node's own shutdown work is done, the rest (stopping the executor, destroying the
+node, shutting rclpy and DDS down, the interpreter's exit) is bounded by a watchdog: a
+process that does not exit in time prints every thread's stack and exits with code 1, so
+a caller that stops it (``ros2 launch``, ``liquid-control replay``, a test) sees where it
+hung instead of having to kill it.
 """
 
+import faulthandler
 import signal
+import sys
 import threading
 from typing import Callable, Optional, Sequence, Tuple, Type, TypeVar
 
@@ -17,6 +25,9 @@ from rclpy.signals import SignalHandlerOptions
 from liquid_control.nodes.dds import apply_large_frame_profile
 
 NodeType = TypeVar('NodeType', bound=Node)
+
+# Seconds the teardown after a node's own shutdown work may take; normally well under 1 s.
+TEARDOWN_LIMIT_S = 5.0
 
 
 def init_ros(args: Optional[Sequence[str]]) -> threading.Event:
@@ -45,6 +56,13 @@ def create_node(node_name: str, factory: Callable[[], NodeType],
         rclpy.logging.get_logger(node_name).fatal(f'start-up failed: {error}')
         rclpy.try_shutdown()
         return None
+
+
+def limit_teardown(node: Node, limit_s: float = TEARDOWN_LIMIT_S) -> None:
+    """Make the process exit with code 1 and print every thread's stack if it still runs
+    ``limit_s`` seconds from now; the timer covers the interpreter's own exit too."""
+    node.get_logger().debug(f'teardown: exiting within {limit_s:g} s')
+    faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
 
 
 def spin_in_thread(node: Node) -> Tuple[SingleThreadedExecutor, threading.Thread]:

@@ -32,7 +32,8 @@ from liquid_control.data.sync import (COMMAND_MATCHES, COMMAND_TYPES, IMU_MODES,
                                       INVALID_FRAME_POLICIES, RAW_IMAGE_FORMATS, LabelOptions,
                                       command_from_message, command_mapping)
 from liquid_control.errors import DataError, LiquidControlError
-from liquid_control.nodes.process import create_node, init_ros, spin_in_thread, stop_spinning
+from liquid_control.nodes.process import (create_node, init_ros, limit_teardown, spin_in_thread,
+                                          stop_spinning)
 from liquid_control.nodes.messages import imu_msg_to_array
 from liquid_control.nodes.params import ParameterSpec
 from liquid_control.nodes.qos import command_qos, sensor_qos
@@ -421,6 +422,7 @@ def main(args=None) -> int:
         # No callback adds frames once the executor has stopped, so the episode ends whole.
         stop_spinning(executor, spinner, timeout=2.0)
         node.shutdown()
+        limit_teardown(node)  # after the episode is written, however long that took
         node.destroy_node()
         rclpy.try_shutdown()
     return 0

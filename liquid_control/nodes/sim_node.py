@@ -38,7 +38,7 @@ from sensor_msgs.msg import Image, Imu
 from std_msgs.msg import String
 from std_srvs.srv import Trigger
 
-from liquid_control.nodes.process import create_node, init_ros, spin_until_stopped
+from liquid_control.nodes.process import create_node, init_ros, limit_teardown, spin_until_stopped
 from liquid_control.nodes.qos import command_qos, sensor_qos
 from liquid_control.sim.car_racing import STEP_SECONDS, CarRacingSim
 from liquid_control.sim.commands import CommandMapping
@@ -361,6 +361,7 @@ def main(args=None) -> int:
         spin_until_stopped(node, stop)
     finally:
         # No callback runs once the executor is shut down, so the simulator closes safely.
+        limit_teardown(node)
         node.shutdown()
         node.destroy_node()
         rclpy.try_shutdown()

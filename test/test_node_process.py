@@ -1,0 +1,96 @@
+"""Stopping node processes: the nodes' teardown watchdog and the CLI's NodeProcess."""
+
+import logging
+import subprocess
+import sys
+import textwrap
+import time
+
+from liquid_control.cli import node_process
+from liquid_control.cli.node_process import NodeProcess
+
+# A process with a real rclpy node whose teardown either hangs or finishes.
+TEARDOWN_SCRIPT = textwrap.dedent('''
+    import sys, time
+    import rclpy
+    from liquid_control.nodes.process import init_ros, limit_teardown
+
+    init_ros([])
+    node = rclpy.create_node('teardown_probe')
+    limit_teardown(node, float(sys.argv[1]))
+
+    def stuck_in_teardown():
+        time.sleep(60)
+
+    if sys.argv[2] == 'hang':
+        stuck_in_teardown()
+    node.destroy_node()
+    rclpy.try_shutdown()
+''')
+
+
+def _run_teardown(ros_env, limit_s: float, mode: str):
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, '-c', TEARDOWN_SCRIPT, str(limit_s), mode],
+                            env=ros_env, capture_output=True, text=True, timeout=60)
+    return result, time.monotonic() - started
+
+
+def test_hung_teardown_exits_with_the_stack(ros_env):
+    result, elapsed = _run_teardown(ros_env, 1.0, 'hang')
+    assert result.returncode == 1, result.stderr
+    assert elapsed < 30, f'the watchdog did not end the process: {elapsed:.1f} s'
+    # Every thread's stack is printed, naming the function the process hung in.
+    assert 'Timeout' in result.stderr
+    assert 'stuck_in_teardown' in result.stderr
+
+
+def test_teardown_in_time_exits_cleanly(ros_env):
+    result, elapsed = _run_teardown(ros_env, 3.0, 'finish')
+    assert result.returncode == 0, result.stderr
+    assert 'Timeout' not in result.stderr
+    # The process does not wait for the watchdog's limit before exiting.
+    assert elapsed < 30
+
+
+def _child(tmp_path, code: str, name: str = 'child') -> NodeProcess:
+    process = NodeProcess(name, [sys.executable, '-c', code], {'PYTHONUNBUFFERED': '1'},
+                          tmp_path)
+    # Wait for the child's first line, so its signal handler is installed before stop().
+    assert process.wait_for_output('ready', timeout=30), process.output_tail()
+    return process
+
+
+def test_stop_returns_zero_for_a_clean_exit(tmp_path, caplog):
+    process = _child(tmp_path, 'import time\nprint("ready")\ntry:\n    time.sleep(60)\n'
+                               'except KeyboardInterrupt:\n    pass\n')
+    with caplog.at_level(logging.ERROR):
+        assert process.stop() == 0
+    assert not caplog.records
+    assert not process.alive()
+
+
+def test_stop_reports_the_log_of_a_failed_exit(tmp_path, caplog):
+    process = _child(tmp_path, 'import sys, time\nprint("ready")\ntry:\n    time.sleep(60)\n'
+                               'except KeyboardInterrupt:\n'
+                               '    print("could not flush episode 7")\n    sys.exit(3)\n',
+                     name='writer')
+    with caplog.at_level(logging.ERROR):
+        assert process.stop() == 3
+    assert 'writer stopped with exit code 3' in caplog.text
+    assert 'could not flush episode 7' in caplog.text
+
+
+def test_stop_kills_a_node_that_ignores_sigint(tmp_path, caplog, monkeypatch):
+    monkeypatch.setattr(node_process, 'STOP_TIMEOUT_S', 1.0)
+    process = _child(tmp_path, 'import signal, time\n'
+                               'signal.signal(signal.SIGINT, signal.SIG_IGN)\n'
+                               'print("ready")\nprint("still spinning")\ntime.sleep(60)\n',
+                     name='stubborn')
+    started = time.monotonic()
+    with caplog.at_level(logging.ERROR):
+        code = process.stop()
+    assert code == -9
+    assert time.monotonic() - started < 20
+    assert 'stubborn' in caplog.text and 'was killed' in caplog.text
+    assert 'still spinning' in caplog.text
