@@ -82,6 +82,9 @@ def test_config_round_trips_through_dict():
     ({'augment': {'mirror_probability': 'abc'}}, "mirror_probability='abc' is invalid"),
     ({'augment': {'mirror_probability': True}}, 'mirror_probability=True is invalid'),
     ({'loss': 'l3'}, 'loss'),
+    ({'validation_blocks': 0}, 'validation_blocks=0 is invalid'),
+    ({'validation_blocks': 'many'}, 'validation_blocks'),
+    ({'validation_blocks': 3, 'split': 'episode'}, 'needs split=time or split=episode_end'),
 ])
 def test_config_rejects_invalid_value(values, word):
     with pytest.raises(ConfigError, match=word):
@@ -215,6 +218,52 @@ def test_time_split_takes_last_frames_across_episodes():
     assert (roles[0][-100:] == TEST).all()
     assert (roles[0][-300:-100] == VALIDATION).all()
     assert (roles[0][:100] == TRAIN).all()
+
+
+def test_validation_blocks_end_each_section():
+    roles = assign_roles([1000], [0.0], 'time', validation_fraction=0.2, test_fraction=0.1,
+                         validation_blocks=4)[0]
+    # 900 frames before the test part, four sections of 225, the last 50 of each held out.
+    held_out = [(int(start), int(stop)) for start, stop in _runs_of(roles == VALIDATION)]
+    assert held_out == [(175, 225), (400, 450), (625, 675), (850, 900)]
+    assert (roles[900:] == TEST).all()
+    assert np.count_nonzero(roles == TRAIN) == 700
+
+
+def test_validation_blocks_follow_recording_order():
+    # The 600-frame episode starts first, so the numbering runs through it, then the other.
+    roles = assign_roles([400, 600], [10.0, 0.0], 'time', validation_fraction=0.2,
+                         test_fraction=0.1, validation_blocks=2)
+    assert [tuple(map(int, run)) for run in _runs_of(roles[1] == VALIDATION)] == [(350, 450)]
+    assert [tuple(map(int, run)) for run in _runs_of(roles[0] == VALIDATION)] == [(200, 300)]
+    assert (roles[0][300:] == TEST).all()
+
+
+def test_validation_blocks_per_episode_end():
+    roles = assign_roles([200, 400], [0.0, 100.0], 'episode_end', validation_fraction=0.25,
+                         validation_blocks=2)
+    assert [tuple(map(int, run)) for run in _runs_of(roles[0] == VALIDATION)] == [
+        (75, 100), (175, 200)]
+    assert [tuple(map(int, run)) for run in _runs_of(roles[1] == VALIDATION)] == [
+        (150, 200), (350, 400)]
+
+
+def test_training_windows_keep_away_from_blocks():
+    episode = cached(np.arange(400) * 0.05)
+    split = split_episodes([episode], 'time', 0.2, sequence_length=10, stride=1,
+                           max_gap_s=0.5, validation_blocks=2)
+    bounds = [(s.start, s.stop) for s in split.validation_segments]
+    assert bounds == [(160, 200), (360, 400)]
+    # No window comes within one window length of the first block, before or after it.
+    for _, window in split.train_windows:
+        assert window[-1] < 160 - 10 or window[0] >= 200 + 10
+    assert any(window[0] == 210 for _, window in split.train_windows)
+
+
+def _runs_of(mask: np.ndarray):
+    """Return (start, stop) of every run of True in ``mask``."""
+    edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))
+    return list(zip(np.flatnonzero(edges == 1), np.flatnonzero(edges == -1)))
 
 
 def test_episode_split_holds_out_whole_episodes():

@@ -40,6 +40,7 @@ class TrainConfig:
     warmup_frames: int = 4
     split: str = 'time'
     validation_fraction: float = 0.2
+    validation_blocks: int = 1
     test_fraction: float = 0.0
 
     batch_size: int = 16
@@ -124,6 +125,13 @@ class TrainConfig:
             raise ConfigError(f'validation_fraction={self.validation_fraction} is invalid: '
                               'use a value from 0 (no validation: train for a fixed number '
                               'of epochs) to below 0.9')
+        if not (isinstance(self.validation_blocks, int) and 1 <= self.validation_blocks <= 100):
+            raise ConfigError(f'validation_blocks={self.validation_blocks!r} is invalid: use an '
+                              'integer from 1 (one validation stretch before the test part) '
+                              'to 100')
+        if self.validation_blocks > 1 and self.split == 'episode':
+            raise ConfigError(f'validation_blocks={self.validation_blocks} needs split=time or '
+                              'split=episode_end; split=episode holds out whole episodes')
         if not 0.0 <= self.test_fraction < 0.9 - self.validation_fraction:
             raise ConfigError(f'test_fraction={self.test_fraction} is invalid: use 0 <= '
                               'test_fraction and keep test_fraction + validation_fraction '

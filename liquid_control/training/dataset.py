@@ -138,40 +138,48 @@ class Split:
 
 def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str,
                  validation_fraction: float, test_fraction: float = 0.0,
-                 seed: int = 0) -> List[np.ndarray]:
+                 seed: int = 0, validation_blocks: int = 1) -> List[np.ndarray]:
     """Return one role array per episode: TRAIN, VALIDATION or TEST for every frame.
 
     - ``time``: in recording order, the last ``test_fraction`` of all frames is TEST and
       the ``validation_fraction`` before it VALIDATION, so both are later parts of the drive.
+      With ``validation_blocks`` N > 1 the frames before the test part are cut into N
+      equal sections and the validation frames are the end of each section, so early
+      stopping scores N stretches from all over the drive instead of one.
     - ``episode_end``: the same, inside every episode.
     - ``episode``: whole episodes, chosen with ``seed``; needs one more episode than parts.
     """
     roles = [np.full(length, TRAIN, np.int8) for length in lengths]
     total = sum(lengths)
 
-    def mark_tail(order: Sequence[int], counts: Sequence[Tuple[int, int]]) -> None:
-        # Walk backwards through the frames of ``order``, giving each role its count.
-        position = [(index, lengths[index]) for index in order]
-        for role, count in counts:
-            while count > 0 and position:
-                index, stop = position[-1]
-                taken = min(count, stop)
-                roles[index][stop - taken:stop] = role
-                count -= taken
-                if taken == stop:
-                    position.pop()
-                else:
-                    position[-1] = (index, stop - taken)
+    def mark_end(order: Sequence[int], test_count: int, validation_count: int) -> None:
+        # Frames of the episodes in ``order``, one after another, are numbered 0..n-1.
+        offsets = np.cumsum([0] + [lengths[index] for index in order])
+        before_test = int(offsets[-1]) - test_count
+        marks = [(TEST, before_test, int(offsets[-1]))]
+        for block in range(validation_blocks):
+            end = int(round(before_test * (block + 1) / validation_blocks))
+            count = (validation_count * (block + 1) // validation_blocks
+                     - validation_count * block // validation_blocks)
+            marks.append((VALIDATION, max(end - count, 0), end))
+        for role, start, stop in marks:
+            for position, index in enumerate(order):
+                first = max(start, int(offsets[position]))
+                last = min(stop, int(offsets[position + 1]))
+                if first < last:
+                    roles[index][first - offsets[position]:last - offsets[position]] = role
 
-    tail = [(TEST, int(round(total * test_fraction))),
-            (VALIDATION, int(round(total * validation_fraction)))]
     if mode == 'time':
-        mark_tail(sorted(range(len(lengths)), key=lambda i: start_times[i]), tail)
+        mark_end(sorted(range(len(lengths)), key=lambda i: start_times[i]),
+                 int(round(total * test_fraction)), int(round(total * validation_fraction)))
     elif mode == 'episode_end':
         for index, length in enumerate(lengths):
-            mark_tail([index], [(TEST, int(round(length * test_fraction))),
-                                (VALIDATION, int(round(length * validation_fraction)))])
+            mark_end([index], int(round(length * test_fraction)),
+                     int(round(length * validation_fraction)))
     elif mode == 'episode':
+        if validation_blocks != 1:
+            raise DataError(f'validation_blocks={validation_blocks} needs split=time or '
+                            'split=episode_end; split=episode holds out whole episodes')
         parts = 2 if test_fraction > 0 else 1
         if len(lengths) < parts + 1:
             raise DataError(f'split=episode needs at least {parts + 1} episodes here; use '
@@ -204,28 +212,32 @@ def _runs(cached: CachedEpisode, index: int, selected: np.ndarray,
     return segments
 
 
+def _near(held_out: np.ndarray, distance: int) -> np.ndarray:
+    """Return, for every frame, whether a held-out frame lies within ``distance`` frames."""
+    counts = np.concatenate([[0], np.cumsum(held_out.astype(np.int64))])
+    frames = np.arange(len(held_out))
+    first = np.maximum(frames - distance, 0)
+    last = np.minimum(frames + distance + 1, len(held_out))
+    return counts[last] - counts[first] > 0
+
+
 def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_fraction: float,
                    sequence_length: int, stride: int, max_gap_s: float, seed: int = 0,
-                   test_fraction: float = 0.0) -> Split:
+                   test_fraction: float = 0.0, validation_blocks: int = 1) -> Split:
     """Split episodes into training windows, validation segments and test segments.
 
     See ``assign_roles`` for the modes. A training window never contains a validation or
-    test frame, and ends at least ``sequence_length`` frames before one, so training
-    never sees the direct neighbours of the frames it is scored on.
+    test frame, and stays at least ``sequence_length`` frames away from one on both sides,
+    so no training window contains the direct neighbours of the frames it is scored on.
     """
     roles = assign_roles([len(cached) for cached in episodes],
                          [float(cached.timestamps[0]) for cached in episodes], mode,
-                         validation_fraction, test_fraction, seed)
+                         validation_fraction, test_fraction, seed, validation_blocks)
     train_windows = []
     validation_segments, test_segments = [], []
     for index, cached in enumerate(episodes):
         role = roles[index]
-        # A frame is usable for training when no held-out frame follows within one window.
-        held_out = (role != TRAIN).astype(np.int64)
-        ahead = np.concatenate([np.cumsum(held_out[::-1])[::-1], [0]])
-        upcoming = ahead[:len(role)] - ahead[np.minimum(np.arange(len(role))
-                                                        + sequence_length + 1, len(role))]
-        trainable = (role == TRAIN) & (upcoming == 0)
+        trainable = (role == TRAIN) & ~_near(role != TRAIN, sequence_length)
         for window in cached.episode.windows(sequence_length, stride, max_gap_s):
             window = np.asarray(window, np.int64)
             if trainable[window].all() and cached.valid[window].any():

@@ -320,7 +320,8 @@ def prepare_data(config: TrainConfig, episodes: Sequence,
                     time.perf_counter() - started)
     split = split_episodes(cached, config.split, config.validation_fraction,
                            config.sequence_length, config.stride, config.max_gap_s,
-                           seed=config.seed, test_fraction=config.test_fraction)
+                           seed=config.seed, test_fraction=config.test_fraction,
+                           validation_blocks=config.validation_blocks)
     if context.is_main:
         LOGGER.info('split by %s: %d training windows of %d frames, %d validation '
                     'segment(s) with %d frames, %d held-out test frames', config.split,
