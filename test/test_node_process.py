@@ -1,4 +1,4 @@
-"""Stopping node processes: the nodes' teardown watchdog and the CLI's NodeProcess."""
+"""Stopping node processes: the executor thread, the teardown watchdog, the CLI's NodeProcess."""
 
 import logging
 import subprocess
@@ -27,6 +27,40 @@ TEARDOWN_SCRIPT = textwrap.dedent('''
     node.destroy_node()
     rclpy.try_shutdown()
 ''')
+
+
+# A node whose timer callback is busy for 2 s while the spinner is asked to stop.
+SPINNER_SCRIPT = textwrap.dedent('''
+    import threading, time
+    import rclpy
+    from liquid_control.nodes.process import Spinner, init_ros, stop_and_destroy
+
+    init_ros([])
+    node = rclpy.create_node('spinner_probe')
+    entered = threading.Event()
+
+    def busy():
+        entered.set()
+        time.sleep(2.0)
+
+    node.create_timer(0.05, busy)
+    spinner = Spinner(node)
+    entered.wait(30)
+    print('during callback:', spinner.stop(timeout=0.2), flush=True)
+    print('after callback:', spinner.stop(timeout=10.0), flush=True)
+    print('again:', spinner.stop(timeout=0.0), flush=True)
+    print('alive:', spinner.is_alive(), flush=True)
+    print('destroyed:', stop_and_destroy(node, spinner), flush=True)
+''')
+
+
+def test_spinner_waits_for_running_callback(ros_env):
+    result = subprocess.run([sys.executable, '-c', SPINNER_SCRIPT], env=ros_env,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines == ['during callback: False', 'after callback: True', 'again: True',
+                     'alive: False', 'destroyed: True']
 
 
 def _run_teardown(ros_env, limit_s: float, mode: str):

@@ -41,8 +41,8 @@ from liquid_control.nodes.control import (ControlCounters, ElapsedTime, InputWat
 from liquid_control.nodes.messages import (compressed_msg_to_rgb, image_msg_to_rgb,
                                            imu_msg_to_array, stamp_to_seconds)
 from liquid_control.nodes.params import SPECS, SPECS_BY_NAME, PolicyNodeParams
-from liquid_control.nodes.process import (create_node, init_ros, limit_teardown, spin_in_thread,
-                                          stop_spinning)
+from liquid_control.nodes.process import (Spinner, create_node, init_ros, limit_teardown,
+                                          stop_and_destroy)
 from liquid_control.nodes.qos import command_qos, sensor_qos
 
 NODE_NAME = 'policy_node'
@@ -460,7 +460,8 @@ def main(args=None) -> int:
     if node is None:
         return 2
 
-    executor, spinner = spin_in_thread(node)
+    spinner = Spinner(node)
+    stopped = False
     try:
         while spinner.is_alive() and node.worker_error() is None and not stop.wait(0.1):
             pass
@@ -468,9 +469,9 @@ def main(args=None) -> int:
         # The zero command goes out while the executor still runs.
         limit_teardown(node)
         node.shutdown()
-        stop_spinning(executor, spinner, timeout=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        stopped = stop_and_destroy(node, spinner)
+    if not stopped:
+        return 1
     error = node.worker_error()
     if error is not None:
         trace = ''.join(traceback.format_exception(error))

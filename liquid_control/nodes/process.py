@@ -59,30 +59,79 @@ def create_node(node_name: str, factory: Callable[[], NodeType],
 
 
 def limit_teardown(node: Node, limit_s: float = TEARDOWN_LIMIT_S) -> None:
-    """Make the process exit with code 1 and print every thread's stack if it still runs
-    ``limit_s`` seconds from now; the timer covers the interpreter's own exit too."""
+    """Arm a timer that prints every thread's stack and exits with code 1 after ``limit_s``.
+
+    The timer runs in its own C thread, so it also covers the interpreter's exit.
+    """
     node.get_logger().debug(f'teardown: exiting within {limit_s:g} s')
     faulthandler.dump_traceback_later(limit_s, exit=True, file=sys.stderr)
 
 
-def spin_in_thread(node: Node) -> Tuple[SingleThreadedExecutor, threading.Thread]:
-    """Spin ``node`` on a single-threaded executor in a daemon thread."""
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, name='executor', daemon=True)
-    spinner.start()
-    return executor, spinner
+# Maximum wait of the executor for work, so a stop request is seen within this time.
+SPIN_PERIOD_S = 0.1
 
 
-def stop_spinning(executor: SingleThreadedExecutor, spinner: threading.Thread,
-                  timeout: float) -> None:
-    """Shut the executor down and wait for its thread.
+class Spinner:
+    """A single-threaded executor spinning one node in a daemon thread until stopped.
 
-    Destroying a node while the executor thread still waits on it aborts the process in
-    C++ ("terminate called without an active exception"), so the join comes first.
+    The thread spins in short waits and checks a stop flag between them, and the executor
+    is shut down only after the thread has ended. ``Executor.shutdown`` of rclpy (Kilted)
+    does not wait for a ``spin()`` in another thread, and it destroys the executor's guard
+    condition while that thread may still wait on it.
     """
-    executor.shutdown(timeout_sec=timeout)
-    spinner.join(timeout=timeout)
+
+    def __init__(self, node: Node) -> None:
+        self.executor = SingleThreadedExecutor()
+        self.executor.add_node(node)
+        self._stopping = threading.Event()
+        self._shut_down = False
+        self._thread = threading.Thread(target=self._spin, name='executor', daemon=True)
+        self._thread.start()
+
+    def _spin(self) -> None:
+        while not self._stopping.is_set():
+            self.executor.spin_once(timeout_sec=SPIN_PERIOD_S)
+
+    def is_alive(self) -> bool:
+        """Return whether the thread still spins. An exception in a callback ends it."""
+        return self._thread.is_alive()
+
+    def stop(self, timeout: float) -> bool:
+        """Let the running callback finish, end the thread, then shut the executor down.
+
+        Returns False, leaving the executor as it is, when the thread is still in a
+        callback after ``timeout`` seconds. A second call after a successful one returns
+        True and does nothing. Destroying a node while the executor thread still waits on
+        it aborts the process in C++ ("terminate called without an active exception"), so
+        callers destroy their node only after this.
+        """
+        self._stopping.set()
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            return False
+        if not self._shut_down:
+            self.executor.shutdown()
+            self._shut_down = True
+        return True
+
+
+# Seconds a callback may still run after a node was asked to stop.
+STOP_TIMEOUT_S = 2.0
+
+
+def stop_and_destroy(node: Node, spinner: Spinner, timeout: float = STOP_TIMEOUT_S) -> bool:
+    """Stop the spinner, then destroy the node and shut rclpy down.
+
+    Returns False, with an error logged and the node left alone, when a callback still
+    runs after ``timeout`` seconds.
+    """
+    if not spinner.stop(timeout):
+        node.get_logger().error(f'a callback still runs {timeout:g} s after the stop request; '
+                                'exiting without destroying the node')
+        return False
+    node.destroy_node()
+    rclpy.try_shutdown()
+    return True
 
 
 def spin_until_stopped(node: Node, stop: threading.Event) -> None:
@@ -91,6 +140,6 @@ def spin_until_stopped(node: Node, stop: threading.Event) -> None:
     executor.add_node(node)
     try:
         while not stop.is_set():
-            executor.spin_once(timeout_sec=0.1)
+            executor.spin_once(timeout_sec=SPIN_PERIOD_S)
     finally:
         executor.shutdown()

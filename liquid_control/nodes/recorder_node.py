@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Dict, Optional
 
 import numpy as np
-import rclpy
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
@@ -32,8 +31,8 @@ from liquid_control.data.sync import (COMMAND_MATCHES, COMMAND_TYPES, IMU_MODES,
                                       INVALID_FRAME_POLICIES, RAW_IMAGE_FORMATS, LabelOptions,
                                       command_from_message, command_mapping)
 from liquid_control.errors import DataError, LiquidControlError
-from liquid_control.nodes.process import (create_node, init_ros, limit_teardown, spin_in_thread,
-                                          stop_spinning)
+from liquid_control.nodes.process import (STOP_TIMEOUT_S, Spinner, create_node, init_ros,
+                                          limit_teardown, stop_and_destroy)
 from liquid_control.nodes.messages import imu_msg_to_array
 from liquid_control.nodes.params import ParameterSpec
 from liquid_control.nodes.qos import command_qos, sensor_qos
@@ -414,18 +413,18 @@ def main(args=None) -> int:
     if node is None:
         return 2
 
-    executor, spinner = spin_in_thread(node)
+    spinner = Spinner(node)
+    stopped = False
     try:
         while spinner.is_alive() and not stop.wait(0.1):
             pass
     finally:
         # No callback adds frames once the executor has stopped, so the episode ends whole.
-        stop_spinning(executor, spinner, timeout=2.0)
+        spinner.stop(timeout=STOP_TIMEOUT_S)
         node.shutdown()
         limit_teardown(node)  # after the episode is written, however long that took
-        node.destroy_node()
-        rclpy.try_shutdown()
-    return 0
+        stopped = stop_and_destroy(node, spinner)
+    return 0 if stopped else 1
 
 
 if __name__ == '__main__':
