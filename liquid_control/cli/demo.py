@@ -175,7 +175,6 @@ class SimMonitor:
     def __init__(self, domain_id: int, frame_period: float, earlier_s: float = 0.0) -> None:
         import rclpy
         from geometry_msgs.msg import Twist
-        from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import (DurabilityPolicy, QoSProfile, ReliabilityPolicy,
                                qos_profile_sensor_data)
         from rclpy.signals import SignalHandlerOptions
@@ -183,6 +182,7 @@ class SimMonitor:
         from std_msgs.msg import String
 
         from liquid_control.nodes.dds import apply_large_frame_profile
+        from liquid_control.nodes.process import Spinner
 
         os.environ['ROS_AUTOMATIC_DISCOVERY_RANGE'] = 'LOCALHOST'
         apply_large_frame_profile()
@@ -208,11 +208,7 @@ class SimMonitor:
         if frame_period > 0:
             self.node.create_subscription(Image, 'image_raw', self._on_image,
                                           qos_profile_sensor_data)
-        self.executor = SingleThreadedExecutor(context=self.context)
-        self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self.executor.spin, name='sim-monitor',
-                                        daemon=True)
-        self._thread.start()
+        self._spinner = Spinner(self.node, name='sim-monitor')
 
     def _on_status(self, msg) -> None:
         with self._lock:
@@ -247,11 +243,9 @@ class SimMonitor:
 
     def close(self) -> None:
         """Stop spinning and leave the DDS domain."""
-        self.executor.shutdown(timeout_sec=2.0)
-        # A spin thread still inside rclpy at interpreter exit aborts the process.
-        self._thread.join(timeout=2.0)
-        self.node.destroy_node()
-        self.context.try_shutdown()
+        from liquid_control.nodes.process import stop_and_destroy
+
+        stop_and_destroy(self.node, self._spinner)
 
 
 def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: bool,

@@ -218,7 +218,6 @@ def run(args: argparse.Namespace) -> int:
     import rclpy
     from geometry_msgs.msg import TwistStamped
     from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.executors import SingleThreadedExecutor
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from liquid_control.cli.node_process import NodeProcess
@@ -226,6 +225,7 @@ def run(args: argparse.Namespace) -> int:
     from liquid_control.nodes.bag_player import (IMAGE_TYPES, IMU_TYPE, BagPlayer, open_reader,
                                                  pick_topic, topic_types)
     from liquid_control.nodes.dds import apply_large_frame_profile
+    from liquid_control.nodes.process import Spinner, stop_and_destroy
 
     if not args.use_running_node and args.model is None:
         raise ConfigError('--model is required unless --use-running-node is given')
@@ -262,10 +262,7 @@ def run(args: argparse.Namespace) -> int:
         topics[imu_topic] = imu_topic
     player = BagPlayer(node, reader, topics, image_topic, rate=args.rate,
                        restamp=not args.keep_stamps)
-    executor = SingleThreadedExecutor()
-    executor.add_node(node)
-    spinner = threading.Thread(target=executor.spin, daemon=True)
-    spinner.start()
+    spinner = Spinner(node)
 
     policy = None
     stop = threading.Event()
@@ -290,10 +287,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         signal.signal(signal.SIGINT, previous_handler)
         exit_code = policy.stop() if policy else None
-        executor.shutdown(timeout_sec=5.0)
-        spinner.join(timeout=5.0)
-        node.destroy_node()
-        rclpy.try_shutdown()
+        stop_and_destroy(node, spinner)
         reader.close()
 
     rows, diagnostics = recorder.snapshot()

@@ -80,12 +80,12 @@ class Spinner:
     condition while that thread may still wait on it.
     """
 
-    def __init__(self, node: Node) -> None:
-        self.executor = SingleThreadedExecutor()
+    def __init__(self, node: Node, name: str = 'executor') -> None:
+        self.executor = SingleThreadedExecutor(context=node.context)
         self.executor.add_node(node)
         self._stopping = threading.Event()
         self._shut_down = False
-        self._thread = threading.Thread(target=self._spin, name='executor', daemon=True)
+        self._thread = threading.Thread(target=self._spin, name=name, daemon=True)
         self._thread.start()
 
     def _spin(self) -> None:
@@ -120,7 +120,7 @@ STOP_TIMEOUT_S = 2.0
 
 
 def stop_and_destroy(node: Node, spinner: Spinner, timeout: float = STOP_TIMEOUT_S) -> bool:
-    """Stop the spinner, then destroy the node and shut rclpy down.
+    """Stop the spinner, then destroy the node and shut its rclpy context down.
 
     Returns False, with an error logged and the node left alone, when a callback still
     runs after ``timeout`` seconds.
@@ -129,8 +129,9 @@ def stop_and_destroy(node: Node, spinner: Spinner, timeout: float = STOP_TIMEOUT
         node.get_logger().error(f'a callback still runs {timeout:g} s after the stop request; '
                                 'exiting without destroying the node')
         return False
+    context = node.context
     node.destroy_node()
-    rclpy.try_shutdown()
+    context.try_shutdown()
     return True
 
 
