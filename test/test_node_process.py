@@ -1,6 +1,7 @@
 """Stopping node processes: the executor thread, the teardown watchdog, the CLI's NodeProcess."""
 
 import logging
+import signal
 import subprocess
 import sys
 import textwrap
@@ -15,8 +16,11 @@ TEARDOWN_SCRIPT = textwrap.dedent('''
     import rclpy
     from liquid_control.nodes.process import init_ros, limit_teardown
 
-    init_ros([])
+    stop = init_ros([])
     node = rclpy.create_node('teardown_probe')
+    if sys.argv[2] == 'wait':
+        print('ready', flush=True)
+        stop.wait(30)
     limit_teardown(node, float(sys.argv[1]))
 
     def stuck_in_teardown():
@@ -85,6 +89,21 @@ def test_teardown_in_time_exits_cleanly(ros_env):
     assert 'Timeout' not in result.stderr
     # The process does not wait for the watchdog's limit before exiting.
     assert elapsed < 30
+
+
+def test_signals_during_teardown_are_ignored(ros_env):
+    process = subprocess.Popen([sys.executable, '-c', TEARDOWN_SCRIPT, '5.0', 'wait'],
+                               env=ros_env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               text=True)
+    assert process.stdout.readline().strip() == 'ready'
+    # Keep pressing Ctrl-C until the process has gone, through the interpreter's exit.
+    deadline = time.monotonic() + 30
+    while process.poll() is None and time.monotonic() < deadline:
+        process.send_signal(signal.SIGINT)
+        time.sleep(0.02)
+    _, stderr = process.communicate(timeout=30)
+    assert process.returncode == 0, stderr
+    assert 'KeyboardInterrupt' not in stderr
 
 
 def _child(tmp_path, code: str, name: str = 'child') -> NodeProcess:

@@ -260,6 +260,21 @@ def test_training_windows_keep_away_from_blocks():
     assert any(window[0] == 210 for _, window in split.train_windows)
 
 
+def test_validation_blocks_shorter_than_window_raise():
+    # 20 validation frames in 4 blocks of 5, shorter than a 10-frame window.
+    with pytest.raises(DataError, match='validation_blocks=4 makes validation stretches of '
+                                        '5 frames, fewer than 10'):
+        split_episodes([cached(np.arange(200) * 0.05)], 'time', 0.1, sequence_length=10,
+                       stride=1, max_gap_s=0.5, validation_blocks=4)
+
+
+def test_no_windows_error_names_validation_blocks():
+    # Blocks of 12 frames with 10 frames kept free on each side leave no room for windows.
+    with pytest.raises(DataError, match=r'validation_blocks \(5\)'):
+        split_episodes([cached(np.arange(100) * 0.05)], 'time', 0.6, sequence_length=10,
+                       stride=1, max_gap_s=0.5, validation_blocks=5)
+
+
 def _runs_of(mask: np.ndarray):
     """Return (start, stop) of every run of True in ``mask``."""
     edges = np.diff(np.concatenate([[0], mask.astype(np.int8), [0]]))

@@ -103,6 +103,19 @@ def test_resume_adds_validation(subset, tmp_path):
     assert 'val/loss' in metadata['validation_metrics']
 
 
+@pytest.mark.parametrize('changes', [{'validation_fraction': 0.4},
+                                     {'validation_blocks': 2},
+                                     {'sequence_length': 6}])
+def test_resume_other_split_raises(subset, tmp_path, changes):
+    torch.set_num_threads(1)
+    out = tmp_path / 'model.lcm'
+    train(tiny_config(epochs=1), find_episodes(subset), out, progress=False)
+    name, value = next(iter(changes.items()))
+    with pytest.raises(CheckpointError, match=f'but this run uses {name}={value!r}'):
+        train(tiny_config(epochs=2, **changes), find_episodes(subset), out, progress=False,
+              resume=True)
+
+
 def test_resume_without_previous_run_raises(subset, tmp_path):
     with pytest.raises(CheckpointError, match='cannot resume'):
         train(tiny_config(), find_episodes(subset), tmp_path / 'model.lcm', progress=False,

@@ -138,7 +138,8 @@ class Split:
 
 def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str,
                  validation_fraction: float, test_fraction: float = 0.0,
-                 seed: int = 0, validation_blocks: int = 1) -> List[np.ndarray]:
+                 seed: int = 0, validation_blocks: int = 1,
+                 min_block: int = 1) -> List[np.ndarray]:
     """Return one role array per episode: TRAIN, VALIDATION or TEST for every frame.
 
     - ``time``: in recording order, the last ``test_fraction`` of all frames is TEST and
@@ -148,6 +149,8 @@ def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str
       stopping scores N stretches from all over the drive instead of one.
     - ``episode_end``: the same, inside every episode.
     - ``episode``: whole episodes, chosen with ``seed``; needs one more episode than parts.
+
+    A validation stretch of more than one block must have at least ``min_block`` frames.
     """
     roles = [np.full(length, TRAIN, np.int8) for length in lengths]
     total = sum(lengths)
@@ -161,6 +164,11 @@ def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str
             end = int(round(before_test * (block + 1) / validation_blocks))
             count = (validation_count * (block + 1) // validation_blocks
                      - validation_count * block // validation_blocks)
+            if validation_blocks > 1 and 0 < validation_count and count < min_block:
+                raise DataError(
+                    f'validation_blocks={validation_blocks} makes validation stretches of '
+                    f'{count} frames, fewer than {min_block}; lower validation_blocks or '
+                    'raise validation_fraction')
             marks.append((VALIDATION, max(end - count, 0), end))
         for role, start, stop in marks:
             for position, index in enumerate(order):
@@ -232,7 +240,8 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
     """
     roles = assign_roles([len(cached) for cached in episodes],
                          [float(cached.timestamps[0]) for cached in episodes], mode,
-                         validation_fraction, test_fraction, seed, validation_blocks)
+                         validation_fraction, test_fraction, seed, validation_blocks,
+                         min_block=sequence_length)
     train_windows = []
     validation_segments, test_segments = [], []
     for index, cached in enumerate(episodes):
@@ -252,10 +261,14 @@ def split_episodes(episodes: Sequence[CachedEpisode], mode: str, validation_frac
                 f'no frame of the data ({sum(len(e) for e in episodes)} frames) has a valid '
                 'command label, so there is nothing to train on; check the rows.csv valid '
                 'column or the command topic of the import')
+        settings = 'sequence_length, validation_fraction'
+        if validation_blocks > 1:
+            # No training window comes within one window length of a stretch, on either side.
+            settings += f', validation_blocks ({validation_blocks})'
         raise DataError(
             f'no training windows of {sequence_length} frames fit the data '
             f'({sum(len(e) for e in episodes)} frames); record more, or lower '
-            'sequence_length, validation_fraction or test_fraction')
+            f'{settings} or test_fraction')
     if validation_fraction > 0 and not validation_segments:
         raise DataError(f'the validation part of validation_fraction={validation_fraction} '
                         'is empty; raise validation_fraction, or set it to 0 to train for a '

@@ -189,6 +189,10 @@ class PreparedData:
 # The largest share of max_minutes that encoder pretraining may take.
 PRETRAIN_SHARE_OF_MAX_MINUTES = 0.5
 
+# Settings that decide which frames train and which validate; a resumed run keeps them.
+SPLIT_SETTINGS = ('split', 'validation_fraction', 'validation_blocks', 'test_fraction',
+                  'sequence_length', 'stride', 'max_gap_s')
+
 # Settings that decide the pretrained encoder. The recurrent core is not among them.
 PRETRAINING_SETTINGS = ('init_encoder', 'pretrain_epochs', 'pretrain_minutes', 'max_minutes',
                         'pretrain_batch_size', 'pretrain_patience', 'pretrain_ema_decay',
@@ -575,6 +579,26 @@ class Trainer:
             raise CheckpointError(
                 f'cannot resume {self.paths.last}: it is a {saved_config.get("family")} '
                 f'model and this run trains {self.config.family}')
+        # A changed split would validate on frames the first run trained on.
+        defaults = TrainConfig().to_dict()
+        ours_split = self.config.to_dict()
+        moved = [name for name in SPLIT_SETTINGS
+                 if saved_config.get(name, defaults[name]) != ours_split[name]]
+        if saved_config.get('validation_fraction') == 0 and set(moved) <= {
+                'validation_fraction', 'validation_blocks'}:
+            # The first run trained on every frame, so any validation part is allowed.
+            if moved and self.context.is_main:
+                LOGGER.warning('resuming with validation: the earlier epochs trained on '
+                               'the validation frames too')
+            moved = []
+        if moved:
+            raise CheckpointError(
+                f'cannot resume {self.paths.last}: the first run split the data with '
+                + ', '.join(f'{name}={saved_config.get(name, defaults[name])!r}'
+                            for name in moved)
+                + ' but this run uses '
+                + ', '.join(f'{name}={ours_split[name]!r}' for name in moved)
+                + '; resume with the settings of the first run, or train without --resume')
         # Settings such as frame_gap or ode_unfolds leave every tensor shape as it is, so
         # loading the weights alone would not catch a change of them.
         theirs, ours = policy.config.to_dict(), self.policy.config.to_dict()
