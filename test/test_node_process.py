@@ -10,7 +10,7 @@ import time
 from liquid_control.cli import node_process
 from liquid_control.cli.node_process import NodeProcess
 
-# A process with a real rclpy node whose teardown either hangs or finishes.
+# A process with a real rclpy node. Its teardown hangs, finishes, or first waits for SIGINT.
 TEARDOWN_SCRIPT = textwrap.dedent('''
     import sys, time
     import rclpy
