@@ -30,7 +30,7 @@ class NodeProcess:
         return self.process.poll() is None
 
     def wait_for_output(self, text: str, timeout: float) -> bool:
-        """Wait until ``text`` appears in the log; False on timeout or when the node exits."""
+        """Wait until ``text`` appears in the log; return False on a timeout or an exit."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline and self.alive():
             self._log.flush()
@@ -46,7 +46,7 @@ class NodeProcess:
         return '\n'.join(self.log_path.read_text(errors='replace').splitlines()[-lines:])
 
     def stop(self) -> Optional[int]:
-        """Send SIGINT, wait, kill a node that does not stop; return its exit code.
+        """Stop the node with SIGINT, kill it if it does not stop, and return its exit code.
 
         A node that had to be killed, or that stopped with an error, is logged with the
         last lines of its log, so the reason shows without opening the file.

@@ -273,8 +273,11 @@ def run(args: argparse.Namespace) -> int:
                                     imu_topic)
             _logger.info('starting: %s', ' '.join(command))
             policy = NodeProcess('policy_node', command, dict(os.environ), args.out)
-        _wait_for_connection(list(player.publishers().values()), command_sub, node,
-                             policy.process if policy else None, args.startup_timeout)
+        process = None
+        if policy is not None:
+            process = policy.process
+        _wait_for_connection(list(player.publishers().values()), command_sub, node, process,
+                             args.startup_timeout)
         _logger.info('playing %s: camera %s, IMU %s, rate x%g', args.bag, image_topic,
                      imu_topic or 'none', args.rate)
         record = player.play(stop, args.duration)

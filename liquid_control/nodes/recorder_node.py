@@ -31,8 +31,8 @@ from liquid_control.data.sync import (COMMAND_MATCHES, COMMAND_TYPES, IMU_MODES,
                                       INVALID_FRAME_POLICIES, RAW_IMAGE_FORMATS, LabelOptions,
                                       command_from_message, command_mapping)
 from liquid_control.errors import DataError, LiquidControlError
-from liquid_control.nodes.process import (STOP_TIMEOUT_S, Spinner, create_node, init_ros,
-                                          limit_teardown, stop_and_destroy)
+from liquid_control.nodes.process import (CALLBACK_STOP_TIMEOUT_S, Spinner, create_node,
+                                          init_ros, limit_teardown, stop_and_destroy)
 from liquid_control.nodes.messages import imu_msg_to_array
 from liquid_control.nodes.params import ParameterSpec
 from liquid_control.nodes.qos import command_qos, sensor_qos
@@ -420,7 +420,7 @@ def main(args=None) -> int:
             pass
     finally:
         # No callback adds frames once the executor has stopped, so the episode ends whole.
-        spinner.stop(timeout=STOP_TIMEOUT_S)
+        spinner.stop(timeout=CALLBACK_STOP_TIMEOUT_S)
         node.shutdown()
         limit_teardown(node)  # after the episode is written, however long that took
         stopped = stop_and_destroy(node, spinner)

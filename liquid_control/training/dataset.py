@@ -150,7 +150,7 @@ def assign_roles(lengths: Sequence[int], start_times: Sequence[float], mode: str
     - ``episode_end``: the same, inside every episode.
     - ``episode``: whole episodes, chosen with ``seed``; needs one more episode than parts.
 
-    A validation stretch of more than one block must have at least ``min_block`` frames.
+    With more than one block, each validation stretch must have at least ``min_block`` frames.
     """
     roles = [np.full(length, TRAIN, np.int8) for length in lengths]
     total = sum(lengths)

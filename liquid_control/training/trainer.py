@@ -189,7 +189,7 @@ class PreparedData:
 # The largest share of max_minutes that encoder pretraining may take.
 PRETRAIN_SHARE_OF_MAX_MINUTES = 0.5
 
-# Settings that decide which frames train and which validate; a resumed run keeps them.
+# Settings that decide which frames train and which validate. A resumed run must keep them.
 SPLIT_SETTINGS = ('split', 'validation_fraction', 'validation_blocks', 'test_fraction',
                   'sequence_length', 'stride', 'max_gap_s')
 
