@@ -1,5 +1,6 @@
 """Unit tests of the training pieces: config, augmentation, split, batches and loss."""
 
+import json
 import math
 import numpy as np
 import pytest
@@ -523,6 +524,52 @@ def test_comparison_means_keep_counts_whole():
     assert '| 74,780 | 885 |' in mean_line
     assert '| 2,362 |' in mean_line
     assert '0.200 ± 0.004' in mean_line
+
+
+def _comparison_rows(scores):
+    return [{'model': model, 'family': model.split('-')[0], 'seed': seed, 'mae': mae,
+             'rmse': mae * 1.4, 'pearson': r, 'baseline_mae': 0.28}
+            for model, seed, mae, r in scores]
+
+
+def test_paired_differences_compare_seed_by_seed():
+    from liquid_control.training.compare import paired_differences
+    rows = _comparison_rows([
+        ('ncp_ltc', 0, 0.20, 0.78), ('ncp_ltc', 1, 0.22, 0.75), ('ncp_ltc', 2, 0.18, 0.80),
+        ('lstm-64', 0, 0.19, 0.79), ('lstm-64', 1, 0.20, 0.78), ('lstm-64', 2, 0.19, 0.79),
+        # No seed 2, and r of seed 1 is not defined (a constant output).
+        ('cnn-64', 0, 0.21, 0.77), ('cnn-64', 1, 0.23, float('nan'))])
+    lstm, cnn = paired_differences(rows)
+    assert lstm['reference'] == 'ncp_ltc' and lstm['model'] == 'lstm-64'
+    mae = lstm['mae']
+    differences = np.array([-0.01, -0.02, 0.01])
+    assert mae['seeds'] == 3
+    assert mae['difference'] == pytest.approx(differences.mean())
+    assert mae['standard_error'] == pytest.approx(differences.std(ddof=1) / np.sqrt(3))
+    assert mae['better_in'] == 2                  # lower MAE in seeds 0 and 1
+    assert lstm['pearson']['better_in'] == 2      # higher r in seeds 0 and 1
+    assert cnn['mae']['seeds'] == 2 and cnn['mae']['better_in'] == 0
+    assert cnn['pearson'] == {'seeds': 1, 'difference': pytest.approx(-0.01),
+                              'standard_error': None, 'better_in': 0}
+
+
+def test_comparison_tables_show_paired_differences(tmp_path):
+    from liquid_control.training.compare import write_tables
+    rows = _comparison_rows([('ncp_ltc', 0, 0.20, 0.78), ('ncp_ltc', 1, 0.22, 0.75),
+                             ('lstm-64', 0, 0.19, 0.79), ('lstm-64', 1, 0.20, 0.78)])
+    write_tables(tmp_path, rows, 'angular_z', ())
+    text = (tmp_path / 'compare.md').read_text()
+    assert '## Against ncp_ltc, seed by seed' in text
+    line = next(line for line in text.split('seed by seed')[1].splitlines()
+                if line.startswith('| lstm-64 |'))
+    # MAE differences -0.01 and -0.02: mean -0.015, standard error 0.005.
+    assert '| -0.015 ± 0.005 | 2 of 2 |' in line
+    assert '| +0.020 ± 0.010 | 2 of 2 |' in line
+    payload = json.loads((tmp_path / 'compare.json').read_text())
+    assert payload['differences'][0]['pearson']['seeds'] == 2
+    # One seed per model: no section, because a single difference says nothing of spread.
+    write_tables(tmp_path, rows[::2], 'angular_z', ())
+    assert 'seed by seed' not in (tmp_path / 'compare.md').read_text()
 
 
 # -- pretraining weight average ------------------------------------------------------------

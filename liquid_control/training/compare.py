@@ -237,6 +237,74 @@ def mean_rows(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
     return merged
 
 
+# Scores compared seed by seed, and whether a lower value is the better one.
+PAIRED_SCORES = (('mae', True), ('rmse', True), ('pearson', False))
+
+
+def paired_differences(rows: Sequence[Dict[str, object]]) -> List[Dict[str, object]]:
+    """Compare every model with the first model of ``rows``, seed by seed.
+
+    Runs with the same seed share the split and the pretrained encoder, so the difference
+    of a score within a seed leaves out much of what varies between seeds. For each
+    other model and each score of PAIRED_SCORES the result gives the seeds both models
+    ran, the mean of (model - first) over them, the standard error of that mean (None
+    with one seed) and the number of seeds in which the model scored better. Seeds where
+    either score is missing or not finite are left out of that score.
+    """
+    models = list(dict.fromkeys(row['model'] for row in rows))
+    if len(models) < 2:
+        return []
+    reference = models[0]
+
+    def by_seed(model: str, key: str) -> Dict[object, float]:
+        values = {}
+        for row in rows:
+            value = row.get(key)
+            if (row['model'] == model and isinstance(value, (int, float))
+                    and math.isfinite(float(value))):
+                values[row.get('seed')] = float(value)
+        return values
+
+    results = []
+    for model in models[1:]:
+        entry: Dict[str, object] = {'model': model, 'reference': reference}
+        for key, lower_is_better in PAIRED_SCORES:
+            ours, theirs = by_seed(model, key), by_seed(reference, key)
+            seeds = [seed for seed in ours if seed in theirs]
+            differences = np.array([ours[seed] - theirs[seed] for seed in seeds])
+            better = int(np.sum(differences < 0 if lower_is_better else differences > 0))
+            entry[key] = {
+                'seeds': len(seeds),
+                'difference': float(differences.mean()) if len(seeds) else None,
+                'standard_error': (float(differences.std(ddof=1) / math.sqrt(len(seeds)))
+                                   if len(seeds) > 1 else None),
+                'better_in': better}
+        results.append(entry)
+    return results
+
+
+def differences_table(differences: Sequence[Dict[str, object]]) -> str:
+    """Return a Markdown table of ``paired_differences``: mean ± standard error and seeds won."""
+    header = ['model', 'seeds']
+    for key, lower_is_better in PAIRED_SCORES:
+        label = 'Pearson r' if key == 'pearson' else key.upper()
+        header += [f'{label} difference', 'lower in' if lower_is_better else 'higher in']
+    lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
+    for entry in differences:
+        cells = [str(entry['model']), str(max(entry[key]['seeds'] for key, _ in PAIRED_SCORES))]
+        for key, _ in PAIRED_SCORES:
+            score = entry[key]
+            if score['difference'] is None:
+                cells += ['-', '-']
+                continue
+            text = f'{score["difference"]:+.3f}'
+            if score['standard_error'] is not None:
+                text += f' ± {score["standard_error"]:.3f}'
+            cells += [text, f'{score["better_in"]} of {score["seeds"]}']
+        lines.append('| ' + ' | '.join(cells) + ' |')
+    return '\n'.join(lines) + '\n'
+
+
 def _cell(value, digits: int = 3) -> str:
     if value is None:
         return '-'
@@ -295,8 +363,10 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
             return None
         return value
 
+    differences = paired_differences(rows)
     payload = {'runs': [{k: ready(v) for k, v in row.items()} for row in rows],
-               'means': [{k: ready(v) for k, v in row.items()} for row in means]}
+               'means': [{k: ready(v) for k, v in row.items()} for row in means],
+               'differences': differences}
     (out_dir / 'compare.json').write_text(json.dumps(payload, indent=2) + '\n')
     part = rows[0].get('scored_part', 'validation') if rows else 'validation'
     frames = rows[0].get('scored_frames', 0) if rows else 0
@@ -309,4 +379,13 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
             'change.\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
     if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
         text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
+    if any(score['seeds'] > 1 for entry in differences for score in
+           (entry[key] for key, _ in PAIRED_SCORES)):
+        text += (f'\n## Against {differences[0]["reference"]}, seed by seed\n\nEach '
+                 f'difference is a model\'s score minus {differences[0]["reference"]}\'s '
+                 'with the same seed, which shares the split and the pretrained encoder, '
+                 'as the mean over the seeds ± its standard error. A difference smaller '
+                 'than about twice its standard error is within what changes from seed to '
+                 'seed; more seeds narrow it. "lower in" and "higher in" count the seeds in '
+                 'which the model did better.\n\n' + differences_table(differences))
     (out_dir / 'compare.md').write_text(text)
