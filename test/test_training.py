@@ -63,6 +63,17 @@ def test_config_overrides_dotted_keys():
     assert config.max_minutes is None
 
 
+def test_whole_numbers_in_float_settings_become_floats():
+    from liquid_control.training.trainer import pretraining_key
+    from_yaml = TrainConfig(max_minutes=40, pretrain_minutes=5, weight_decay=0)
+    from_command_line = TrainConfig(max_minutes=40.0, pretrain_minutes=5.0, weight_decay=0.0)
+    assert type(from_yaml.max_minutes) is float
+    assert type(from_yaml.weight_decay) is float
+    assert pretraining_key(from_yaml) == pretraining_key(from_command_line)
+    assert type(TrainConfig(epochs=3).epochs) is int
+    assert TrainConfig(max_minutes=None).max_minutes is None
+
+
 def test_config_round_trips_through_dict():
     config = TrainConfig(outputs=('angular_z',), output_weights=(2.0,), seed=3)
     assert TrainConfig.from_dict(config.to_dict()) == config

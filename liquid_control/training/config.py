@@ -80,6 +80,12 @@ class TrainConfig:
         # Types first, so that the range checks below never compare a string with a number.
         for setting in fields(self):
             _check_type(setting.name, getattr(self, setting.name), setting.type)
+            # A whole number in a float setting becomes a float, so max_minutes 40 from
+            # YAML and 40.0 from the command line make the same pretraining key.
+            value = getattr(self, setting.name)
+            if (setting.type in (float, Optional[float]) and isinstance(value, int)
+                    and not isinstance(value, bool)):
+                object.__setattr__(self, setting.name, float(value))
         if self.family not in FAMILIES:
             raise ConfigError(f'family {self.family!r} is unknown; use one of {FAMILIES}')
         if self.split not in SPLITS:
