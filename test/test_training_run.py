@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import hashlib
 import json
+import logging
 import math
 
 import numpy as np
@@ -160,6 +161,22 @@ def test_time_limit_stops_training(subset, tmp_path):
                    tmp_path / 'model.lcm', progress=False)
     assert result.epochs_run == 1
     assert 'time limit' in result.stop_reason
+
+
+def test_time_limit_leaves_the_schedule_alone(subset, tmp_path, caplog):
+    # The learning rate follows the epochs, not the clock, so a seed trains the same on a
+    # busy machine. One batch per epoch: epoch 1 runs at progress 0, the full rate, even
+    # though most of the 0.06 s limit has passed by then.
+    torch.set_num_threads(1)
+    config = tiny_config(epochs=50, max_minutes=0.001, max_batches_per_epoch=1)
+    with caplog.at_level(logging.INFO, logger='liquid_control.training.trainer'):
+        result = train(config, find_episodes(subset), tmp_path / 'short.lcm', progress=False)
+    assert result.epochs_run == 1
+    assert result.history[0]['lr/recurrent'] == config.lr_recurrent
+    assert result.history[0]['lr/encoder'] == config.lr_encoder
+    # The log says how far the rate had decayed and what to change.
+    assert 'after epoch 1 of 50, with the learning rate at 100 %' in caplog.text
+    assert 'set epochs to about 1' in caplog.text
 
 
 def test_train_command_writes_model(subset, tmp_path, capsys):

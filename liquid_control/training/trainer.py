@@ -687,13 +687,14 @@ class Trainer:
             outputs, targets, mask, warmup_frames=warmup,
             output_weights=self.config.output_weights or None)
 
-    def _progress(self, epoch: int, fraction: float, deadline: Optional[float]) -> float:
-        """Return how far the run is, 0..1, by epochs or by the time limit if that is nearer."""
-        progress = (epoch - 1 + fraction) / self.config.epochs
-        if deadline is not None and self.config.max_minutes:
-            remaining = deadline - time.perf_counter()
-            progress = max(progress, 1.0 - remaining / (self.config.max_minutes * 60.0))
-        return progress
+    def _progress(self, epoch: int, fraction: float) -> float:
+        """Return how far the run is through its epochs, 0..1, for the learning-rate schedule.
+
+        The time limit does not enter: a schedule that followed the clock would give the
+        same seed other weights on a busier machine. A run that the limit stops ends
+        with the rate not fully decayed, and the log says so.
+        """
+        return (epoch - 1 + fraction) / self.config.epochs
 
     def _set_learning_rates(self, factor: float) -> None:
         for group in self.optimizer.param_groups:
@@ -731,7 +732,7 @@ class Trainer:
                                 (batch_number + 1) * config.batch_size]]
                 batch = to_tensors(collate(self.episodes, chosen, rng, augmentation,
                                            self.output_signs))
-                progress = self._progress(epoch, batch_number / batch_count, deadline)
+                progress = self._progress(epoch, batch_number / batch_count)
                 # Every rank must use the same rate; rank 0's progress decides.
                 if self.context.distributed:
                     progress = distributed.broadcast_value(self.context, progress)
@@ -941,6 +942,14 @@ class Trainer:
                     self.context, stale >= config.patience)
                 if out_of_time:
                     stop_reason = f'time limit of {config.max_minutes} minutes'
+                    if epoch < config.epochs and config.lr_schedule != 'constant' and \
+                            self.context.is_main:
+                        LOGGER.info('the time limit came after epoch %d of %d, with the '
+                                    'learning rate at %.0f %% of its start; for a schedule '
+                                    'that ends within the limit, set epochs to about %d',
+                                    epoch, config.epochs,
+                                    100.0 * schedule_factor(config, epoch / config.epochs),
+                                    epoch)
                     break
                 if patience_over:
                     stop_reason = (f'no improvement of the validation loss for '
