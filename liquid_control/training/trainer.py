@@ -692,7 +692,7 @@ class Trainer:
 
         The time limit does not enter: a schedule that followed the clock would give the
         same seed other weights on a busier machine. A run that the limit stops ends
-        with the rate not fully decayed, and the log says so.
+        with the rate not fully decayed, and the log gives the rate it reached.
         """
         return (epoch - 1 + fraction) / self.config.epochs
 
