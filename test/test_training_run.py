@@ -22,7 +22,8 @@ from liquid_control.model.policy import build_policy
 from liquid_control.training.dataset import Segment
 from liquid_control.training.normalization import measure_statistics
 from liquid_control.training.pretrain import pretrain_encoder
-from liquid_control.training.trainer import build_policy_config, prepare_data, train
+from liquid_control.training.trainer import (build_policy_config, prepare_data,
+                                             schedule_factor, train)
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -165,18 +166,22 @@ def test_time_limit_stops_training(subset, tmp_path):
 
 def test_time_limit_leaves_the_schedule_alone(subset, tmp_path, caplog):
     # The learning rate follows the epochs, not the clock, so a seed trains the same on a
-    # busy machine. One batch per epoch: epoch 1 runs at progress 0, the full rate, even
-    # though most of the 0.06 s limit has passed by then.
+    # busy machine. With one batch per epoch, epoch k runs at progress (k - 1) / 50,
+    # however much of the 0.06 s limit has passed by then.
     torch.set_num_threads(1)
     config = tiny_config(epochs=50, max_minutes=0.001, max_batches_per_epoch=1)
     with caplog.at_level(logging.INFO, logger='liquid_control.training.trainer'):
         result = train(config, find_episodes(subset), tmp_path / 'short.lcm', progress=False)
-    assert result.epochs_run == 1
-    assert result.history[0]['lr/recurrent'] == config.lr_recurrent
-    assert result.history[0]['lr/encoder'] == config.lr_encoder
+    assert 'time limit' in result.stop_reason
+    for row in result.history:
+        factor = schedule_factor(config, (row['epoch'] - 1) / 50)
+        assert row['lr/recurrent'] == pytest.approx(config.lr_recurrent * factor, rel=1e-9)
+        assert row['lr/encoder'] == pytest.approx(config.lr_encoder * factor, rel=1e-9)
     # The log says how far the rate had decayed and what to change.
-    assert 'after epoch 1 of 50, with the learning rate at 100 %' in caplog.text
-    assert 'set epochs to about 1' in caplog.text
+    epochs = result.epochs_run
+    percent = 100.0 * schedule_factor(config, epochs / 50)
+    assert f'after epoch {epochs} of 50, with the learning rate at {percent:.0f} %' in caplog.text
+    assert f'set epochs to about {epochs}' in caplog.text
 
 
 def test_train_command_writes_model(subset, tmp_path, capsys):
