@@ -219,4 +219,6 @@ def run(args: argparse.Namespace) -> int:
                   f'{metrics.get(f"val/{output}/baseline_mae", float("nan")):.4f}), '
                   f'Pearson r {metrics.get(f"val/{output}/pearson", float("nan")):.3f}')
         print(f'last checkpoint: {result.paths.last}; logs: {result.paths.logs}')
+    if context.distributed:
+        distributed.exit_now(0)
     return 0
