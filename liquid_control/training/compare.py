@@ -247,8 +247,9 @@ def paired_differences(rows: Sequence[Dict[str, object]]) -> List[Dict[str, obje
     Runs with the same seed share the split and the pretrained encoder, so the difference
     of a score within a seed leaves out much of what varies between seeds. For each
     other model and each score of PAIRED_SCORES the result gives the seeds both models
-    ran, the mean of (model - first) over them, the standard error of that mean (None
-    with one seed) and the number of seeds in which the model scored better. Seeds where
+    ran and the mean of (model - first) over them. It also gives the standard error of
+    that mean (None with one seed) and the number of seeds in which the model scored
+    better. Seeds where
     either score is missing or not finite are left out of that score.
     """
     models = list(dict.fromkeys(row['model'] for row in rows))
