@@ -63,7 +63,7 @@ def test_config_overrides_dotted_keys():
     assert config.max_minutes is None
 
 
-def test_whole_numbers_in_float_settings_become_floats():
+def test_float_settings_store_floats():
     from liquid_control.training.trainer import pretraining_key
     from_yaml = TrainConfig(max_minutes=40, pretrain_minutes=5, weight_decay=0)
     from_command_line = TrainConfig(max_minutes=40.0, pretrain_minutes=5.0, weight_decay=0.0)
@@ -551,7 +551,8 @@ def test_paired_differences_compare_seed_by_seed():
         # No seed 2, and r of seed 1 is not defined (a constant output).
         ('cnn-64', 0, 0.21, 0.77), ('cnn-64', 1, 0.23, float('nan'))])
     lstm, cnn = paired_differences(rows)
-    assert lstm['reference'] == 'ncp_ltc' and lstm['model'] == 'lstm-64'
+    assert lstm['reference'] == 'ncp_ltc'
+    assert lstm['model'] == 'lstm-64'
     mae = lstm['mae']
     differences = np.array([-0.01, -0.02, 0.01])
     assert mae['seeds'] == 3
@@ -559,7 +560,8 @@ def test_paired_differences_compare_seed_by_seed():
     assert mae['standard_error'] == pytest.approx(differences.std(ddof=1) / np.sqrt(3))
     assert mae['better_in'] == 2                  # lower MAE in seeds 0 and 1
     assert lstm['pearson']['better_in'] == 2      # higher r in seeds 0 and 1
-    assert cnn['mae']['seeds'] == 2 and cnn['mae']['better_in'] == 0
+    assert cnn['mae']['seeds'] == 2
+    assert cnn['mae']['better_in'] == 0
     assert cnn['pearson'] == {'seeds': 1, 'difference': pytest.approx(-0.01),
                               'standard_error': None, 'better_in': 0}
 
@@ -578,7 +580,7 @@ def test_comparison_tables_show_paired_differences(tmp_path):
     assert '| +0.020 ± 0.010 | 2 of 2 |' in line
     payload = json.loads((tmp_path / 'compare.json').read_text())
     assert payload['differences'][0]['pearson']['seeds'] == 2
-    # One seed per model: no section, because a single difference says nothing of spread.
+    # With one seed per model the section is left out: one difference has no spread.
     write_tables(tmp_path, rows[::2], 'angular_z', ())
     assert 'seed by seed' not in (tmp_path / 'compare.md').read_text()
 

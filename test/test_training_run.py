@@ -177,7 +177,7 @@ def test_time_limit_leaves_the_schedule_alone(subset, tmp_path, caplog):
         factor = schedule_factor(config, (row['epoch'] - 1) / 50)
         assert row['lr/recurrent'] == pytest.approx(config.lr_recurrent * factor, rel=1e-9)
         assert row['lr/encoder'] == pytest.approx(config.lr_encoder * factor, rel=1e-9)
-    # The log says how far the rate had decayed and what to change.
+    # The log gives the rate reached and an epoch count that fits the limit.
     epochs = result.epochs_run
     percent = 100.0 * schedule_factor(config, epochs / 50)
     assert f'after epoch {epochs} of 50, with the learning rate at {percent:.0f} %' in caplog.text

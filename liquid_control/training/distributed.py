@@ -61,12 +61,12 @@ def stop(context: Context) -> None:
 def exit_now(code: int) -> None:
     """End a finished distributed process at once, without the interpreter's finalisation.
 
-    NOTE: in two runs of the two-process test, a rank that had trained, left the process
-    group and closed its files still ended with SIGABRT ("terminate called without an
-    active exception") while Python shut down, so torchrun reported the run as failed.
-    A PyTorch pull request (#179291) describes gloo worker threads that hold tensors into
-    the interpreter's finalisation. Skipping the finalisation avoids that path; the abort
-    was not reproduced here, so the cure is unverified.
+    NOTE: a rank that had trained, left the process group and closed its files has
+    twice ended with SIGABRT ("terminate called without an active exception") while
+    Python shut down, so torchrun reported the run as failed. PyTorch pull request
+    #179291 describes gloo worker threads that hold tensors into the interpreter's
+    finalisation, which this skips. The abort could not be reproduced on demand, so
+    whether this prevents it is unverified.
     """
     sys.stdout.flush()
     sys.stderr.flush()

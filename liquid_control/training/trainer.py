@@ -690,9 +690,9 @@ class Trainer:
     def _progress(self, epoch: int, fraction: float) -> float:
         """Return how far the run is through its epochs, 0..1, for the learning-rate schedule.
 
-        The time limit does not enter: a schedule that followed the clock would give the
-        same seed other weights on a busier machine. A run that the limit stops ends
-        with the rate not fully decayed, and the log gives the rate it reached.
+        The time limit is not used, because a schedule that followed the clock would
+        give the same seed other weights on a busier machine. A run that the limit stops
+        ends with the rate not fully decayed, and the log gives the rate it reached.
         """
         return (epoch - 1 + fraction) / self.config.epochs
 
