@@ -12,7 +12,7 @@ from liquid_control.errors import ConfigError, DataError
 from liquid_control.training.config import TrainConfig, load_train_config, parse_overrides
 from liquid_control.training.dataset import (TEST, TRAIN, VALIDATION, CachedEpisode,
                                              EpisodeSlice, assign_roles, collate,
-                                             mirror_signs, split_episodes)
+                                             mirror_signs, split_episodes, with_burn_in)
 from liquid_control.training.loss import (correlation_loss, sequence_loss,
                                           sharp_turn_weights)
 from liquid_control.training.pretrain import (WARMUP_STEPS, WeightAverage, augment_frame,
@@ -97,6 +97,9 @@ def test_config_round_trips_through_dict():
     ({'validation_blocks': 0}, 'validation_blocks=0 is invalid'),
     ({'validation_blocks': 'many'}, 'validation_blocks'),
     ({'validation_blocks': 3, 'split': 'episode'}, 'needs split=time or split=episode_end'),
+    ({'burn_in_frames': 17}, 'burn_in_frames=17 is invalid'),
+    ({'burn_in_frames': -1}, 'burn_in_frames=-1 is invalid'),
+    ({'burn_in_frames': 2.5}, 'burn_in_frames=2.5 is invalid'),
 ])
 def test_config_rejects_invalid_value(values, word):
     with pytest.raises(ConfigError, match=word):
@@ -356,6 +359,23 @@ def test_collate_carries_true_time_deltas():
     np.testing.assert_array_equal(batch['targets'][0, :, 0], [1, 2, 3, 4, 5])
     assert batch['frames'].shape == (1, 5, 3, 8, 8)
     assert batch['imu'] is None
+
+
+def test_burn_in_takes_the_frames_before_each_window():
+    # Two runs of 10 frames with a 12 s gap between them.
+    episode = cached(np.concatenate([np.arange(10) * 0.05, 12.0 + np.arange(10) * 0.05]))
+    episode.run_start = np.repeat([0, 10], 10)
+    chosen = [(0, np.arange(4, 8)), (0, np.arange(2, 6)), (0, np.arange(12, 16)),
+              (0, np.arange(13, 17))]
+    longer, complete = with_burn_in([episode], chosen, 3)
+    assert complete.tolist() == [True, False, False, True]
+    assert [index for index, _ in longer] == [0, 0, 0, 0]
+    np.testing.assert_array_equal(longer[0][1], [1, 2, 3, 4, 5, 6, 7])
+    # Frames before the run or before the recording are not there: the first frame
+    # stands in for them.
+    np.testing.assert_array_equal(longer[1][1], [2, 2, 2, 2, 3, 4, 5])
+    np.testing.assert_array_equal(longer[2][1], [12, 12, 12, 12, 13, 14, 15])
+    np.testing.assert_array_equal(longer[3][1], [10, 11, 12, 13, 14, 15, 16])
 
 
 # Augmentation that only mirrors, so the expected batch is known exactly.

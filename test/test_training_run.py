@@ -22,8 +22,9 @@ from liquid_control.model.policy import build_policy
 from liquid_control.training.dataset import Segment
 from liquid_control.training.normalization import measure_statistics
 from liquid_control.training.pretrain import pretrain_encoder
-from liquid_control.training.trainer import (build_policy_config, prepare_data,
-                                             schedule_factor, train)
+from liquid_control.training.trainer import (Trainer, build_policy_config, prepare_data,
+                                             schedule_factor, to_tensors, train)
+from liquid_control.training.dataset import collate, with_burn_in
 
 
 def tiny_config(**overrides) -> TrainConfig:
@@ -642,6 +643,44 @@ def test_freeze_encoder_first_epochs(subset, tmp_path):
     changed = [name for name, value in second.encoder.state_dict().items()
                if not torch.equal(value, first.encoder.state_dict()[name])]
     assert changed
+
+
+def test_burn_in_sets_the_start_state(subset, tmp_path):
+    torch.set_num_threads(1)
+    burn_in = 4
+    trainer = Trainer(tiny_config(burn_in_frames=burn_in), find_episodes(subset),
+                      tmp_path / 'model.lcm', progress=False)
+    windows = trainer.split.train_windows[-3:]
+    longer, complete = with_burn_in(trainer.episodes, windows, burn_in)
+    assert complete.all()
+    batch = to_tensors(collate(trainer.episodes, longer, None, None))
+    window = {name: None if value is None else value[:, burn_in:]
+              for name, value in batch.items()}
+    policy = trainer.policy
+    _, state = policy(batch['frames'][:, :burn_in], None, batch['dt'][:, :burn_in])
+    outputs, _ = policy(window['frames'], None, window['dt'], state)
+    expected = trainer._training_loss(outputs, window['targets'], window['mask'], 2)
+    assert torch.allclose(trainer._batch_loss(batch, 2, complete), expected)
+    # Without the frames before them, the windows start from rest as without burn-in.
+    outputs, _ = policy(window['frames'], None, window['dt'])
+    at_rest = trainer._training_loss(outputs, window['targets'], window['mask'], 2)
+    assert not torch.allclose(at_rest, expected)
+    assert torch.allclose(trainer._batch_loss(batch, 2, ~complete), at_rest)
+    # No gradient reaches the burn-in frames.
+    assert not trainer._burned_in_state(batch, burn_in, complete).requires_grad
+
+
+def test_burn_in_training_run(subset, tmp_path, caplog):
+    torch.set_num_threads(1)
+    caplog.set_level(logging.INFO, logger='liquid_control.training.trainer')
+    episodes = find_episodes(subset)
+    plain = train(tiny_config(), episodes, tmp_path / 'plain.lcm', progress=False)
+    burned = train(tiny_config(burn_in_frames=8), episodes, tmp_path / 'burned.lcm',
+                   progress=False)
+    assert burned.history[0]['train/loss'] != plain.history[0]['train/loss']
+    assert 'burn-in: 18 of 26 training windows start from the state' in caplog.text
+    _, metadata = load_checkpoint(burned.paths.best)
+    assert metadata['train_config']['burn_in_frames'] == 8
 
 
 @pytest.mark.parametrize('value', [-1, 1.5, 'two'])

@@ -38,6 +38,7 @@ class TrainConfig:
     stride: int = 4
     max_gap_s: float = 0.5
     warmup_frames: int = 4
+    burn_in_frames: int = 0
     split: str = 'time'
     validation_fraction: float = 0.2
     validation_blocks: int = 1
@@ -127,6 +128,11 @@ class TrainConfig:
         if not 0 <= self.warmup_frames < self.sequence_length:
             raise ConfigError(f'warmup_frames={self.warmup_frames} is invalid: use 0 <= '
                               f'warmup_frames < sequence_length ({self.sequence_length})')
+        if not (isinstance(self.burn_in_frames, int)
+                and 0 <= self.burn_in_frames <= self.sequence_length):
+            raise ConfigError(f'burn_in_frames={self.burn_in_frames!r} is invalid: use a whole '
+                              f'number from 0 to sequence_length ({self.sequence_length}); '
+                              'a longer burn-in could reach into the validation frames')
         if not 0.0 <= self.validation_fraction < 0.9:
             raise ConfigError(f'validation_fraction={self.validation_fraction} is invalid: '
                               'use a value from 0 (no validation: train for a fixed number '

@@ -327,6 +327,27 @@ def collate(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.nd
     }
 
 
+def with_burn_in(episodes: Sequence[CachedEpisode], chosen: Sequence[Tuple[int, np.ndarray]],
+                 frames: int) -> Tuple[List[Tuple[int, np.ndarray]], np.ndarray]:
+    """Put the ``frames`` frames before each window in front of it.
+
+    Returns the longer windows and, per window, whether those frames exist: they must
+    follow each other without a time gap, in the window's run. A window without them gets
+    copies of its first frame instead, and its state must start from rest.
+    """
+    longer, complete = [], np.zeros(len(chosen), bool)
+    for position, (episode_index, window) in enumerate(chosen):
+        window = np.asarray(window, np.int64)
+        first = int(window[0])
+        if first - frames >= int(episodes[episode_index].run_start[first]):
+            complete[position] = True
+            before = np.arange(first - frames, first, dtype=np.int64)
+        else:
+            before = np.full(frames, first, np.int64)
+        longer.append((episode_index, np.concatenate([before, window])))
+    return longer, complete
+
+
 def window_labels(cached: CachedEpisode, window: np.ndarray):
     """Return the time deltas, targets (missing ones as 0), validity and IMU of a window.
 

@@ -34,7 +34,8 @@ from liquid_control.training import distributed
 from liquid_control.training.config import TrainConfig
 from liquid_control.training.core_warmup import warm_up_core
 from liquid_control.training.dataset import (CachedEpisode, Split, cache_episode, collate,
-                                             mirror_signs, segment_arrays, split_episodes)
+                                             mirror_signs, segment_arrays, split_episodes,
+                                             with_burn_in)
 from liquid_control.training.logs import EpochLog, summary_line
 from liquid_control.training.loss import correlation_loss, sequence_loss, sharp_turn_weights
 from liquid_control.training.normalization import Statistics, measure_statistics
@@ -433,6 +434,12 @@ class Trainer:
             # state belongs to the weights it moved, so training continues from those.
             self._load_training_weights(resume_state)
 
+        if self.config.burn_in_frames and self.context.is_main:
+            _, complete = with_burn_in(self.episodes, self.split.train_windows,
+                                       self.config.burn_in_frames)
+            LOGGER.info('burn-in: %d of %d training windows start from the state that the %d '
+                        'frames before them leave; the rest start from rest, at the start of '
+                        'a run', int(complete.sum()), len(complete), self.config.burn_in_frames)
         if self.context.distributed:
             from torch.nn.parallel import DistributedDataParallel
             self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
@@ -648,10 +655,29 @@ class Trainer:
             return std.detach().float().reshape(-1)
         return torch.ones(len(self.config.outputs))
 
-    def _batch_loss(self, batch: Dict[str, Optional[torch.Tensor]], warmup: int
-                    ) -> torch.Tensor:
-        outputs, _ = self.model(batch['frames'], batch['imu'], batch['dt'])  # (B, T, O)
+    def _batch_loss(self, batch: Dict[str, Optional[torch.Tensor]], warmup: int,
+                    complete: Optional[np.ndarray] = None) -> torch.Tensor:
+        """Return the loss of a batch; with ``complete`` set, its first frames burn in."""
+        state = None
+        if complete is not None:
+            burn_in = self.config.burn_in_frames
+            state = self._burned_in_state(batch, burn_in, complete)
+            batch = {name: None if value is None else value[:, burn_in:]
+                     for name, value in batch.items()}
+        outputs, _ = self.model(batch['frames'], batch['imu'], batch['dt'], state)  # (B, T, O)
         return self._training_loss(outputs, batch['targets'], batch['mask'], warmup)
+
+    def _burned_in_state(self, batch: Dict[str, Optional[torch.Tensor]], burn_in: int,
+                         complete: np.ndarray) -> torch.Tensor:
+        """Run the first ``burn_in`` frames without gradients; return the state they leave.
+
+        Windows whose frames before them were missing (``complete`` False) start from rest.
+        """
+        imu = batch['imu'][:, :burn_in] if batch['imu'] is not None else None
+        with torch.no_grad():
+            _, state = self.policy(batch['frames'][:, :burn_in], imu, batch['dt'][:, :burn_in])
+        rest = self.policy.initial_state(len(complete))
+        return torch.where(torch.from_numpy(complete)[:, None], state, rest)
 
     def _training_loss(self, outputs: torch.Tensor, targets: torch.Tensor,
                        mask: torch.Tensor, warmup: int) -> torch.Tensor:
@@ -730,6 +756,10 @@ class Trainer:
                 chosen = [windows[i] for i in
                           order[batch_number * config.batch_size:
                                 (batch_number + 1) * config.batch_size]]
+                complete = None
+                if config.burn_in_frames:
+                    chosen, complete = with_burn_in(self.episodes, chosen,
+                                                    config.burn_in_frames)
                 batch = to_tensors(collate(self.episodes, chosen, rng, augmentation,
                                            self.output_signs))
                 progress = self._progress(epoch, batch_number / batch_count)
@@ -738,7 +768,7 @@ class Trainer:
                     progress = distributed.broadcast_value(self.context, progress)
                 self._set_learning_rates(schedule_factor(config, progress))
                 self.optimizer.zero_grad(set_to_none=True)
-                loss = self._batch_loss(batch, config.warmup_frames)
+                loss = self._batch_loss(batch, config.warmup_frames, complete)
                 if not torch.isfinite(loss):
                     raise LiquidControlError(
                         f'training failed: the loss became {loss.item()} in epoch {epoch}; lower '
