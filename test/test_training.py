@@ -371,8 +371,8 @@ def test_burn_in_takes_the_frames_before_each_window():
     assert complete.tolist() == [True, False, False, True]
     assert [index for index, _ in longer] == [0, 0, 0, 0]
     np.testing.assert_array_equal(longer[0][1], [1, 2, 3, 4, 5, 6, 7])
-    # Frames before the run or before the recording are not there: the first frame
-    # stands in for them.
+    # Where the frames before a window are missing (before the run or the recording),
+    # its first frame is repeated in their place.
     np.testing.assert_array_equal(longer[1][1], [2, 2, 2, 2, 3, 4, 5])
     np.testing.assert_array_equal(longer[2][1], [12, 12, 12, 12, 13, 14, 15])
     np.testing.assert_array_equal(longer[3][1], [10, 11, 12, 13, 14, 15, 16])
