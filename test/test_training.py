@@ -361,7 +361,7 @@ def test_collate_carries_true_time_deltas():
     assert batch['imu'] is None
 
 
-def test_burn_in_takes_the_frames_before_each_window():
+def test_burn_in_prepends_earlier_frames():
     # Two runs of 10 frames with a 12 s gap between them.
     episode = cached(np.concatenate([np.arange(10) * 0.05, 12.0 + np.arange(10) * 0.05]))
     episode.run_start = np.repeat([0, 10], 10)
