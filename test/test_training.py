@@ -100,6 +100,7 @@ def test_config_round_trips_through_dict():
     ({'burn_in_frames': 17}, 'burn_in_frames=17 is invalid'),
     ({'burn_in_frames': -1}, 'burn_in_frames=-1 is invalid'),
     ({'burn_in_frames': 2.5}, 'burn_in_frames=2.5 is invalid'),
+    ({'burn_in_frames': True}, 'burn_in_frames=True is invalid'),
 ])
 def test_config_rejects_invalid_value(values, word):
     with pytest.raises(ConfigError, match=word):

@@ -159,8 +159,8 @@ def test_every_family_trains_one_batch(subset, tmp_path, family):
 
 def test_time_limit_stops_training(subset, tmp_path):
     torch.set_num_threads(1)
-    # 60 microseconds: the limit has passed when the first batch ends, however fast
-    # the machine.
+    # 60 microseconds is shorter than one batch (milliseconds here), so the limit has
+    # passed when the first batch ends.
     result = train(tiny_config(epochs=50, max_minutes=1e-6), find_episodes(subset),
                    tmp_path / 'model.lcm', progress=False)
     assert result.epochs_run == 1

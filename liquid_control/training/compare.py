@@ -249,8 +249,7 @@ def paired_differences(rows: Sequence[Dict[str, object]]) -> List[Dict[str, obje
     other model and each score of PAIRED_SCORES the result gives the seeds both models
     ran and the mean of (model - first) over them. It also gives the standard error of
     that mean (None with one seed) and the number of seeds in which the model scored
-    better. Seeds where
-    either score is missing or not finite are left out of that score.
+    better. Seeds where either score is missing or not finite are left out of that score.
     """
     models = list(dict.fromkeys(row['model'] for row in rows))
     if len(models) < 2:

@@ -128,8 +128,8 @@ class TrainConfig:
         if not 0 <= self.warmup_frames < self.sequence_length:
             raise ConfigError(f'warmup_frames={self.warmup_frames} is invalid: use 0 <= '
                               f'warmup_frames < sequence_length ({self.sequence_length})')
-        if not (isinstance(self.burn_in_frames, int)
-                and 0 <= self.burn_in_frames <= self.sequence_length):
+        if (not isinstance(self.burn_in_frames, int) or isinstance(self.burn_in_frames, bool)
+                or not 0 <= self.burn_in_frames <= self.sequence_length):
             raise ConfigError(f'burn_in_frames={self.burn_in_frames!r} is invalid: use a whole '
                               f'number from 0 to sequence_length ({self.sequence_length}); '
                               'a longer burn-in could reach into the validation frames')

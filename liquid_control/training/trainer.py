@@ -672,6 +672,8 @@ class Trainer:
         """Run the first ``burn_in`` frames without gradients; return the state they leave.
 
         Windows whose frames before them were missing (``complete`` False) start from rest.
+        NOTE: burn-in has not run under torchrun. It calls the policy outside the
+        distributed wrapper, so only the window's pass synchronises gradients.
         """
         imu = batch['imu'][:, :burn_in] if batch['imu'] is not None else None
         with torch.no_grad():
