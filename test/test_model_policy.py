@@ -113,6 +113,16 @@ def test_elapsed_time_matters_for_liquid_cells():
         assert not torch.allclose(fast, slow), family
 
 
+def test_sensory_motor_synapses_in_ltc_only():
+    direct = {'kind': 'auto_ncp', 'sparsity': 0.5, 'sensory_motor_fanin': 32}
+    plain = build_policy(_config()).parameter_counts()['recurrent']
+    counts = build_policy(_config(wiring=direct)).parameter_counts()
+    # 32 features to each of the 2 motor neurons, 4 parameters a synapse.
+    assert counts['recurrent'] - plain == 4 * 32 * 2
+    with pytest.raises(ConfigError, match='first layer only'):
+        build_policy(_config(family='ncp_cfc', wiring=direct))
+
+
 def test_dt_shapes_accepted():
     policy = build_policy(_config()).eval()
     frame = torch.rand(2, 3, 24, 32)

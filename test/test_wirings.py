@@ -60,6 +60,31 @@ def test_ncp_every_neuron_has_input():
         assert (np.count_nonzero(wiring.adjacency[command], axis=1) > 0).all()
 
 
+def test_sensory_motor_fanin_adds_only_direct_synapses():
+    plain = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4)
+    direct = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4, sensory_motor_fanin=5)
+    motor = direct.motor_neurons
+    # Each motor neuron gets 5 distinct inputs; everything else is the plain wiring.
+    assert (np.count_nonzero(direct.sensory_adjacency[:, motor], axis=0) == 5).all()
+    assert not plain.sensory_adjacency[:, motor].any()
+    others = [index for index in range(direct.units) if index not in motor]
+    np.testing.assert_array_equal(direct.sensory_adjacency[:, others],
+                                  plain.sensory_adjacency[:, others])
+    np.testing.assert_array_equal(direct.adjacency, plain.adjacency)
+    assert direct.settings['sensory_motor_fanin'] == 5
+    assert 'sensory_motor_fanin' not in plain.settings
+    # 4 parameters per synapse: 2 motor neurons x 5 inputs more.
+    assert LTCCell(direct).parameter_count() - LTCCell(plain).parameter_count() == 4 * 10
+    assert wirings.Wiring.from_dict(json.loads(json.dumps(direct.to_dict()))) == direct
+
+
+def test_sensory_motor_fanin_is_checked():
+    with pytest.raises(ConfigError, match='sensory_motor_fanin=13 exceeds input_size=12'):
+        wirings.auto_ncp(12, 10, 2, sensory_motor_fanin=13)
+    with pytest.raises(ConfigError, match='sensory_motor_fanin'):
+        wirings.auto_ncp(12, 10, 2, sensory_motor_fanin=-1)
+
+
 def test_auto_ncp_sizes():
     sizes = wirings.auto_ncp_sizes(19, 2, sparsity=0.5)
     assert sizes['motor_neurons'] == 2

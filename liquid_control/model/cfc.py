@@ -79,6 +79,11 @@ class WiredCfC(nn.Module):
         super().__init__()
         if wiring.kind not in ('ncp', 'auto_ncp'):
             raise ConfigError(f'a CfC core needs a layered NCP wiring, got {wiring.kind}')
+        later_layers = [index for _, indices in wiring.layers[1:] for index in indices]
+        if wiring.sensory_adjacency[:, later_layers].any():
+            raise ConfigError('a CfC core feeds the inputs to its first layer only, but this '
+                              'wiring has sensory synapses to later layers; use '
+                              'sensory_motor_fanin: 0 or an LTC core')
         self.wiring = wiring
         self.state_size = wiring.units
         self.neuron_count = wiring.units

@@ -187,7 +187,7 @@ def _check_positive(name: str, value: int, minimum: int = 1) -> int:
 
 def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons: int,
         sensory_fanout: int, inter_fanout: int, recurrent_command_synapses: int,
-        motor_fanin: int, seed: int = 0) -> Wiring:
+        motor_fanin: int, seed: int = 0, sensory_motor_fanin: int = 0) -> Wiring:
     """Build a neural circuit policy wiring: sensory -> inter -> command -> motor.
 
     Each input connects to ``sensory_fanout`` distinct inter neurons, and each inter
@@ -197,6 +197,8 @@ def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons
     A neuron left without an incoming synapse (or a command neuron without an outgoing
     one) gets one extra synapse from (to) a random neuron of the adjacent layer, so every
     input can reach a motor neuron. Polarities are +1 or -1 with equal probability.
+    ``sensory_motor_fanin`` > 0 also gives each motor neuron synapses from that many
+    distinct inputs, a direct path next to the layers; the published NCP has none (0).
     Neuron order: motor ``0..M-1``, command ``M..M+C-1``, inter ``M+C..N-1``.
     """
     input_size = _check_positive('input_size', input_size)
@@ -208,7 +210,10 @@ def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons
     recurrent_command_synapses = _check_positive(
         'recurrent_command_synapses', recurrent_command_synapses, minimum=0)
     motor_fanin = _check_positive('motor_fanin', motor_fanin)
+    sensory_motor_fanin = _check_positive('sensory_motor_fanin', sensory_motor_fanin,
+                                          minimum=0)
     for name, value, limit, layer in (
+            ('sensory_motor_fanin', sensory_motor_fanin, input_size, 'input_size'),
             ('sensory_fanout', sensory_fanout, inter_neurons, 'inter_neurons'),
             ('inter_fanout', inter_fanout, command_neurons, 'command_neurons'),
             ('motor_fanin', motor_fanin, command_neurons, 'command_neurons'),
@@ -256,12 +261,20 @@ def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons
         if not adjacency[source, motor].any():
             adjacency[source, rng.choice(motor)] = _polarity(rng)
 
+    # Sensory -> motor, drawn last so that wirings without it stay as they were.
+    if sensory_motor_fanin:
+        for target in motor:
+            sources = rng.choice(input_size, size=sensory_motor_fanin, replace=False)
+            sensory_adjacency[sources, target] = _polarity(rng, sensory_motor_fanin)
+
     settings = {
         'inter_neurons': inter_neurons, 'command_neurons': command_neurons,
         'motor_neurons': motor_neurons, 'sensory_fanout': sensory_fanout,
         'inter_fanout': inter_fanout, 'recurrent_command_synapses': recurrent_command_synapses,
         'motor_fanin': motor_fanin,
     }
+    if sensory_motor_fanin:
+        settings['sensory_motor_fanin'] = sensory_motor_fanin
     layers = [('inter', inter.tolist()), ('command', command.tolist()),
               ('motor', motor.tolist())]
     return Wiring('ncp', input_size, sensory_adjacency, adjacency, motor_neurons, layers,
@@ -311,10 +324,13 @@ def auto_ncp_sizes(units: int, output_size: int, sparsity: float = 0.5) -> Dict[
 
 
 def auto_ncp(input_size: int, units: int, output_size: int, sparsity: float = 0.5,
-             seed: int = 0) -> Wiring:
-    """Build an NCP sized automatically from (units, outputs, sparsity); see auto_ncp_sizes."""
+             seed: int = 0, sensory_motor_fanin: int = 0) -> Wiring:
+    """Build an NCP sized automatically from (units, outputs, sparsity); see auto_ncp_sizes.
+
+    ``sensory_motor_fanin`` is passed to ``ncp``.
+    """
     sizes = auto_ncp_sizes(units, output_size, sparsity)
-    wiring = ncp(input_size, seed=seed, **sizes)
+    wiring = ncp(input_size, seed=seed, sensory_motor_fanin=sensory_motor_fanin, **sizes)
     wiring.kind = 'auto_ncp'
     wiring.settings['sparsity'] = float(sparsity)
     return wiring
