@@ -60,7 +60,7 @@ def test_ncp_every_neuron_has_input():
         assert (np.count_nonzero(wiring.adjacency[command], axis=1) > 0).all()
 
 
-def test_sensory_motor_fanin_adds_only_direct_synapses():
+def test_sensory_motor_fanin_adds_direct_synapses():
     plain = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4)
     direct = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4, sensory_motor_fanin=5)
     motor = direct.motor_neurons
