@@ -180,8 +180,11 @@ def test_gradients_reach_every_parameter():
 
 
 @pytest.mark.skipif(native.load_kernel() is None, reason='no C compiler for the kernel')
-def test_native_kernel_matches_pytorch():
-    model = LTC(lane_keeping_ncp(32, seed=2))
+@pytest.mark.parametrize('wiring', [lane_keeping_ncp(32, seed=2),
+                                    auto_ncp(32, 19, 1, seed=2, sensory_motor_fanin=32)],
+                         ids=['lane_keeping', 'sensory_motor'])
+def test_native_kernel_matches_pytorch(wiring):
+    model = LTC(wiring)
     inputs = torch.randn(3, 7, 32)
     elapsed = torch.rand(3, 7) * 2 + 0.01
     state = 0.2 * torch.randn(3, 19)
