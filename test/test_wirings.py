@@ -64,7 +64,7 @@ def test_sensory_motor_fanin_adds_direct_synapses():
     plain = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4)
     direct = wirings.auto_ncp(12, 10, 2, sparsity=0.5, seed=4, sensory_motor_fanin=5)
     motor = direct.motor_neurons
-    # Each motor neuron gets 5 distinct inputs; everything else is the plain wiring.
+    # Each motor neuron gets 5 distinct inputs, and the rest matches the plain wiring.
     assert (np.count_nonzero(direct.sensory_adjacency[:, motor], axis=0) == 5).all()
     assert not plain.sensory_adjacency[:, motor].any()
     others = [index for index in range(direct.units) if index not in motor]

@@ -81,9 +81,9 @@ class WiredCfC(nn.Module):
             raise ConfigError(f'a CfC core needs a layered NCP wiring, got {wiring.kind}')
         later_layers = [index for _, indices in wiring.layers[1:] for index in indices]
         if wiring.sensory_adjacency[:, later_layers].any():
-            raise ConfigError('a CfC core feeds the inputs to its first layer only, but this '
-                              'wiring has sensory synapses to later layers; use '
-                              'sensory_motor_fanin: 0 or an LTC core')
+            raise ConfigError('invalid wiring for a CfC core: it has sensory synapses to later '
+                              'layers, but a CfC feeds the inputs to its first layer only. Use '
+                              'sensory_motor_fanin: 0, or an LTC family such as ncp_ltc')
         self.wiring = wiring
         self.state_size = wiring.units
         self.neuron_count = wiring.units

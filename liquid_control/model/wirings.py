@@ -261,7 +261,7 @@ def ncp(input_size: int, inter_neurons: int, command_neurons: int, motor_neurons
         if not adjacency[source, motor].any():
             adjacency[source, rng.choice(motor)] = _polarity(rng)
 
-    # Sensory -> motor, drawn last so that wirings without it stay as they were.
+    # Sensory -> motor synapses are drawn last, so wirings without them keep their draws.
     if sensory_motor_fanin:
         for target in motor:
             sources = rng.choice(input_size, size=sensory_motor_fanin, replace=False)
