@@ -32,8 +32,9 @@ def test_demo_drives_and_prints_json(ros_env, tmp_path):
     assert report['commands_received'] > 50
     assert Path(report['video']).is_file()
     with Image.open(report['video']) as video:
-        # One frame per 0.1 s of simulated time once frames arrive: over 10 for 4 s.
-        assert video.n_frames >= 10
+        # One frame per 0.1 s of simulated time from the first command on: about 40 for
+        # 4 s, fewer only if the best-effort camera topic drops many frames.
+        assert video.n_frames >= 30
         width, height = video.size
     assert width > 1.8 * height  # camera and saliency panels side by side
     assert (tmp_path / 'sim_node.log').is_file()
@@ -83,4 +84,4 @@ def test_demo_with_frame_gap_model(ros_env, tmp_path):
     report = json.loads(result.stdout)
     assert report['tiles_visited'] > 5
     with Image.open(report['video']) as video:
-        assert video.n_frames >= 8
+        assert video.n_frames >= 20   # about 30 for 3 s

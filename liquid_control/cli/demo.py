@@ -30,7 +30,7 @@ DEFAULT_SEED = 1000             # tracks from 1000 on are never used for trainin
 MAX_LAP_SECONDS = 120.0         # simulated seconds before a lap run gives up
 GIF_FRAME_PERIOD_S = 0.1        # one GIF frame per 0.1 s of simulated time
 GIF_SCALE = 4                   # the network input (42x48 for the bundled model) is enlarged 4x
-STARTUP_TIMEOUT_S = 90.0        # wall time for both nodes to start (torch import is slow)
+STARTUP_TIMEOUT_S = 90.0        # wall time for each node to start (torch import is slow)
 RECENT_FRAMES = 64               # camera frames kept to find a frame gap's earlier frame
 
 
@@ -91,11 +91,13 @@ def run(args: argparse.Namespace) -> int:
     earlier_s = runner.policy.config.frame_gap / _demo_control_rate_hz()
     monitor = SimMonitor(domain_id, frame_period=0.0 if args.no_video else GIF_FRAME_PERIOD_S,
                          earlier_s=earlier_s)
-    nodes = [
-        NodeProcess('sim_node', _sim_command(args.seed, args.noise), env, out_dir),
-        NodeProcess('policy_node', _policy_command(model), env, out_dir),
-    ]
+    nodes = [NodeProcess('sim_node', _sim_command(args.seed, args.noise), env, out_dir)]
     try:
+        # The car waits for the first command, so starting the policy only once this
+        # process receives the camera puts the start of the drive in the GIF: DDS can
+        # take seconds to match one subscription while the others already run.
+        _wait_for_sim(monitor, nodes[0], need_frame=not args.no_video)
+        nodes.append(NodeProcess('policy_node', _policy_command(model), env, out_dir))
         status = _drive(monitor, nodes, seconds, lap=args.seconds is None, timeout=timeout)
     finally:
         for node in nodes:
@@ -194,6 +196,7 @@ class SimMonitor:
         self.command_count = 0
         self.status: Optional[dict] = None
         self._next_frame_time = 0.0
+        self.frame_seen = False
         self._lock = threading.Lock()
         self.context = rclpy.Context()
         # Without rclpy's handlers, Ctrl-C raises KeyboardInterrupt in the main thread, so
@@ -223,6 +226,7 @@ class SimMonitor:
 
         with self._lock:
             status = self.status
+            self.frame_seen = True
         # Frames count only once the car moves; until then the simulator repeats one frame.
         if status is None or status['steps'] == 0:
             return
@@ -236,6 +240,11 @@ class SimMonitor:
             earlier = frame_before(list(self._recent), stamp - self.earlier_s)
             self.earlier_frames.append(image_msg_to_rgb(earlier))
 
+    def sees_sim(self, need_frame: bool) -> bool:
+        """Return whether a status, and with ``need_frame`` a camera frame, arrived."""
+        with self._lock:
+            return self.status is not None and (self.frame_seen or not need_frame)
+
     def latest_status(self) -> Optional[dict]:
         """Return the newest status, or None before the first."""
         with self._lock:
@@ -246,6 +255,23 @@ class SimMonitor:
         from liquid_control.nodes.process import stop_and_destroy
 
         stop_and_destroy(self.node, self._spinner)
+
+
+def _wait_for_sim(monitor: SimMonitor, sim: NodeProcess, need_frame: bool) -> None:
+    """Wait until the monitor receives the simulator's status and, if needed, its camera."""
+    started = time.monotonic()
+    while not monitor.sees_sim(need_frame):
+        if not sim.alive():
+            raise LiquidControlError(
+                f'{sim.name} exited with code {sim.process.returncode}; last lines of '
+                f'{sim.log_path}:\n{sim.output_tail()}')
+        if time.monotonic() - started > STARTUP_TIMEOUT_S:
+            missing = 'status' if monitor.latest_status() is None else 'camera'
+            raise LiquidControlError(
+                f'no {missing} from {sim.name} within {STARTUP_TIMEOUT_S:g} s; last lines '
+                f'of {sim.log_path}:\n{sim.output_tail()}')
+        time.sleep(0.05)
+    _logger.info('simulator up after %.1f s; starting the policy', time.monotonic() - started)
 
 
 def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: bool,
