@@ -22,7 +22,7 @@ from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
 from liquid_control.errors import DataError
 from liquid_control.evaluation import plots
-from liquid_control.evaluation.metrics import regression_metrics
+from liquid_control.evaluation.metrics import regression_metrics, timing_metrics
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.evaluation.replay import evaluate_episodes, load_frames, trace_neurons
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
@@ -188,6 +188,13 @@ def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, epis
         human = np.abs(np.diff(targets[:, column]))[pairs]
         assert values['target_mean_abs_change'] == pytest.approx(
             np.nanmean(human), rel=1e-5)
+        segment = (np.arange(FRAMES) > PAUSE_AFTER).astype(int)
+        timing = timing_metrics(predictions[:, column], targets[:, column], segment,
+                                PERIOD_NS * 1e-9)
+        assert values['lag_frames'] == timing['lag_frames']
+        assert values['lag_s'] == pytest.approx(timing['lag_s'], rel=1e-4)
+        assert values['pearson_at_lag'] == pytest.approx(timing['pearson_at_lag'], abs=1e-4)
+        assert values['pearson_fast'] == pytest.approx(timing['pearson_fast'], abs=1e-4)
 
     predictions_csv = (out / 'predictions.csv').read_text().splitlines()
     assert len(predictions_csv) == FRAMES + 1

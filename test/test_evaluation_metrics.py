@@ -7,7 +7,8 @@ import pytest
 from scipy import stats
 
 from liquid_control.errors import ConfigError
-from liquid_control.evaluation.metrics import change_metrics, regression_metrics
+from liquid_control.evaluation.metrics import (_shifted_pairs, change_metrics,
+                                               regression_metrics, timing_metrics)
 from liquid_control.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS, parse_perturbation, parse_perturbations)
 from liquid_control.evaluation.ssim import mean_ssim, ssim
@@ -75,6 +76,80 @@ def test_change_without_pairs_is_nan():
     result = change_metrics(np.array([1.0, 2.0]), np.array([1.0, 2.0]), np.array([0, 1]))
     assert math.isnan(result['mean_abs_change'])
     assert math.isnan(result['target_mean_abs_change'])
+
+
+def _late_copy(target, segment, delay):
+    """The target delayed by ``delay`` frames inside each segment, as a slow policy."""
+    late = target.copy()
+    for name in np.unique(segment):
+        index = np.flatnonzero(segment == name)
+        late[index[delay:]] = target[index[:-delay]]
+        late[index[:delay]] = target[index[0]]
+    return late
+
+
+def test_timing_finds_the_delay_inside_segments():
+    rng = np.random.default_rng(0)
+    target = np.cumsum(rng.normal(size=400))
+    segment = np.repeat([0, 1], 200)
+    late = _late_copy(target, segment, 3)
+    result = timing_metrics(late, target, segment, frame_period_s=0.05)
+    assert result['lag_frames'] == 3
+    assert result['lag_s'] == pytest.approx(0.15)
+    assert result['pearson_at_lag'] == pytest.approx(1.0)
+    # A policy ahead of the human gets a negative lag.
+    early = timing_metrics(target, late, segment, frame_period_s=0.05)
+    assert early['lag_frames'] == -3
+
+
+def test_timing_pairs_stay_inside_segments():
+    values = np.arange(12.0)
+    segment = np.repeat([0, 1], 6)
+    late, early = _shifted_pairs(values, values, segment, 2)
+    assert late.size == 8   # 4 pairs in each segment of 6 frames
+    assert np.all(late - early == 2)
+    assert np.all((late < 6) == (early < 6))
+
+
+def test_timing_fast_r_catches_smoothing():
+    time = np.arange(600) * 0.05
+    slow = np.sin(2 * np.pi * time / 10.0)            # a 10 s turn
+    jerks = 0.3 * np.sign(np.sin(2 * np.pi * time / 0.4))   # 0.4 s corrections
+    target = slow + jerks
+    segment = np.zeros(600, dtype=int)
+    smooth = timing_metrics(slow, target, segment, frame_period_s=0.05)
+    exact = timing_metrics(target, target, segment, frame_period_s=0.05)
+    assert exact['pearson_fast'] == pytest.approx(1.0)
+    assert abs(smooth['pearson_fast']) < 0.2
+    # Over the whole signal the smooth policy still correlates well.
+    assert regression_metrics(slow, target)['pearson'] > 0.8
+
+
+def test_timing_leaves_out_nan_targets_and_short_segments():
+    rng = np.random.default_rng(1)
+    target = np.cumsum(rng.normal(size=300))
+    prediction = target + rng.normal(scale=0.1, size=300)
+    with_gaps = target.copy()
+    with_gaps[100:110] = np.nan
+    segment = np.zeros(300, dtype=int)
+    result = timing_metrics(prediction, with_gaps, segment, frame_period_s=0.05)
+    assert result['lag_frames'] == 0
+    assert np.isfinite(result['pearson_fast'])
+    # Segments shorter than the one-second window give no fast part.
+    short = timing_metrics(prediction[:15], target[:15], np.zeros(15), frame_period_s=0.05)
+    assert short['lag_frames'] == 0
+    assert math.isnan(short['pearson_fast'])
+    # Two frames are too few for any r.
+    pair = timing_metrics(prediction[:2], target[:2], np.zeros(2), frame_period_s=0.05)
+    assert all(math.isnan(value) for value in pair.values())
+
+
+def test_timing_rejects_bad_input():
+    values = np.zeros(5)
+    with pytest.raises(ValueError, match='4 and 5'):
+        timing_metrics(values, values[:4], values, frame_period_s=0.05)
+    with pytest.raises(ValueError, match='frame_period_s=0'):
+        timing_metrics(values, values, values, frame_period_s=0.0)
 
 
 def test_change_rejects_mismatched_lengths():

@@ -232,6 +232,12 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
     ltc_row = next(line for line in table.splitlines() if line.startswith('| ncp_ltc |'))
     evaluation = json.loads((tmp_path / 'cmp' / 'ncp_ltc-s0' / 'metrics.json').read_text())
     assert f"| {evaluation['angular_z']['mean_abs_change']:.3f} |" in ltc_row
+    header = [cell.strip() for cell in table.splitlines()[
+        next(i for i, line in enumerate(table.splitlines()) if line.startswith('| model |'))
+    ].split('|')]
+    cells = [cell.strip() for cell in ltc_row.split('|')]
+    assert cells[header.index('lag ms')] == f"{1000 * evaluation['angular_z']['lag_s']:.0f}"
+    assert cells[header.index('r fast')] == f"{evaluation['angular_z']['pearson_fast']:.3f}"
     assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
     # Both models start from one encoder pretraining: the second reuses the first's.
     ltc, ltc_metadata = load_checkpoint(tmp_path / 'cmp' / 'ncp_ltc-s0.lcm')

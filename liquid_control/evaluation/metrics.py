@@ -4,11 +4,13 @@ Every function takes 1-D arrays of equal length. ``regression_metrics`` drops th
 whose target is NaN (no human command was recorded) before scoring. Its result includes
 the count of scored frames, so a reader can see how much data a number rests on.
 ``change_metrics`` measures how much a command moves from one frame to the next, which
-an actuator feels as jitter and the accuracy metrics do not show.
+an actuator feels as jitter and the accuracy metrics do not show. ``timing_metrics``
+measures how late the policy follows the human and how well it follows the fast part of
+the human's commands, which a smooth but late policy misses.
 """
 
 import math
-from typing import Dict, Optional
+from typing import Dict, Iterator, Optional, Tuple
 
 import numpy as np
 
@@ -110,3 +112,88 @@ def change_metrics(prediction: np.ndarray, target: np.ndarray,
         'target_mean_abs_change': float(np.mean(target_change)) if target_change.size
         else math.nan,
     }
+
+
+def timing_metrics(prediction: np.ndarray, target: np.ndarray, segment: np.ndarray,
+                   frame_period_s: float, max_lag_frames: int = 10,
+                   fast_window_s: float = 1.0) -> Dict[str, float]:
+    """Measure the policy's delay behind the human and its fit to fast changes.
+
+    - ``lag_frames``: the shift L in -max_lag_frames..max_lag_frames that gives the highest
+      Pearson r between the policy at frame i + L and the human at frame i, over pairs of
+      frames in one segment. L > 0 means the policy acts L frames after the human. Of
+      shifts with equal r, the one nearest 0 wins.
+    - ``lag_s``: ``lag_frames`` times ``frame_period_s``.
+    - ``pearson_at_lag``: the r at that shift.
+    - ``pearson_fast``: Pearson r after subtracting from both signals their centred moving
+      average over ``fast_window_s``, which leaves the changes faster than about that
+      window. Frames whose window leaves the segment or contains a NaN target are left out.
+
+    Frames with a NaN target do not count. Every value is NaN when too few frames remain.
+    """
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    segment = np.asarray(segment).reshape(-1)
+    if not prediction.shape == target.shape == segment.shape:
+        raise ValueError(f'prediction, target and segment have {prediction.size}, '
+                         f'{target.size} and {segment.size} values, but each needs one '
+                         'value per frame')
+    if not frame_period_s > 0:
+        raise ValueError(f'frame_period_s={frame_period_s} is invalid: give the time '
+                         'between frames in seconds, above 0')
+    result = {'lag_frames': math.nan, 'lag_s': math.nan, 'pearson_at_lag': math.nan,
+              'pearson_fast': math.nan}
+
+    best = None
+    for lag in sorted(range(-max_lag_frames, max_lag_frames + 1), key=abs):
+        late, early = _shifted_pairs(prediction, target, segment, lag)
+        if late.size < 3:
+            continue
+        r = pearson(late, early)
+        if not math.isnan(r) and (best is None or r > best[1]):
+            best = (lag, r)
+    if best is not None:
+        result.update(lag_frames=best[0], lag_s=best[0] * frame_period_s,
+                      pearson_at_lag=best[1])
+
+    window = max(1, int(round(fast_window_s / frame_period_s)) // 2 * 2 + 1)  # odd
+    fast_prediction, fast_target = [], []
+    for start, stop in _segment_bounds(segment):
+        if stop - start < window:
+            continue
+        kernel = np.full(window, 1.0 / window)
+        for signal, out in ((prediction, fast_prediction), (target, fast_target)):
+            piece = signal[start:stop]
+            trend = np.convolve(piece, kernel, mode='valid')
+            margin = window // 2
+            out.append(piece[margin:stop - start - margin] - trend)
+    if fast_prediction:
+        fast_prediction = np.concatenate(fast_prediction)
+        fast_target = np.concatenate(fast_target)
+        kept = np.isfinite(fast_target)
+        if np.count_nonzero(kept) >= 3:
+            result['pearson_fast'] = pearson(fast_prediction[kept], fast_target[kept])
+    return result
+
+
+def _shifted_pairs(prediction: np.ndarray, target: np.ndarray, segment: np.ndarray,
+                   lag: int) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (prediction[i + lag], target[i]) for the i where both frames share a segment."""
+    count = prediction.size
+    first = max(0, -lag)
+    last = count - max(0, lag)
+    if last <= first:
+        return np.empty(0), np.empty(0)
+    index = np.arange(first, last)
+    late, early = prediction[index + lag], target[index]
+    kept = (segment[index + lag] == segment[index]) & np.isfinite(early)
+    return late[kept], early[kept]
+
+
+def _segment_bounds(segment: np.ndarray) -> Iterator[Tuple[int, int]]:
+    """Yield (start, stop) of each run of equal segment numbers."""
+    changes = np.flatnonzero(segment[1:] != segment[:-1]) + 1
+    starts = np.concatenate([[0], changes])
+    stops = np.concatenate([changes, [segment.size]])
+    for start, stop in zip(starts, stops):
+        yield int(start), int(stop)

@@ -23,7 +23,8 @@ import torch
 
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import DataError
-from liquid_control.evaluation.metrics import change_metrics, regression_metrics
+from liquid_control.evaluation.metrics import (change_metrics, regression_metrics,
+                                               timing_metrics)
 from liquid_control.evaluation.perturbations import Perturbation
 
 LOGGER = logging.getLogger(__name__)
@@ -43,8 +44,8 @@ class EvaluationResult:
     between state resets. ``predictions`` and ``targets`` (N, O) are in the outputs'
     physical units, with NaN targets where no human command was recorded. ``scored``
     (N, O) bool marks a valid frame with that output's target present. ``metrics`` maps
-    each output name to ``regression_metrics`` of its scored frames and to
-    ``change_metrics`` of its segments.
+    each output name to ``regression_metrics`` of its scored frames, ``change_metrics``
+    of its segments and, when a segment has two frames, ``timing_metrics``.
     """
 
     output_names: Tuple[str, ...]
@@ -330,21 +331,33 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
     scored = np.concatenate(columns['scored'])
     segments = np.concatenate(columns['segment'])
     baseline_values = _baseline_values(baseline, output_names)
+    timestamps = np.concatenate(columns['timestamps'])
+    frame_period = _frame_period(timestamps, segments)
     metrics = {}
     for index, name in enumerate(output_names):
         masked_target = np.where(scored[:, index], targets[:, index], np.nan)
         metrics[name] = regression_metrics(predictions[:, index], masked_target,
                                            baseline_values[name])
         metrics[name].update(change_metrics(predictions[:, index], masked_target, segments))
+        if frame_period is not None:
+            metrics[name].update(timing_metrics(predictions[:, index], masked_target,
+                                                segments, frame_period))
     return EvaluationResult(
         output_names=output_names,
         output_units=tuple(getattr(policy, 'output_units', ('',) * len(output_names))),
         perturbation=None if perturbation is None else perturbation.name,
-        timestamps=np.concatenate(columns['timestamps']),
+        timestamps=timestamps,
         episode_index=np.concatenate(columns['episode']),
         segment_index=segments,
         predictions=predictions, targets=targets, scored=scored, metrics=metrics,
         duration_s=duration, eval_seconds=elapsed, baseline=baseline_values)
+
+
+def _frame_period(timestamps: np.ndarray, segments: np.ndarray) -> Optional[float]:
+    """Return the median interval between consecutive frames of a segment, or None."""
+    steps = np.diff(timestamps)[segments[1:] == segments[:-1]]
+    steps = steps[steps > 0]
+    return float(np.median(steps)) if steps.size else None
 
 
 @torch.no_grad()

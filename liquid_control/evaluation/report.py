@@ -22,7 +22,7 @@ figcaption { color: #555; font-size: 0.9em; }
 """
 
 METRIC_COLUMNS = ('mae', 'rmse', 'r2', 'pearson', 'baseline_mae', 'mean_abs_change',
-                  'target_mean_abs_change')
+                  'target_mean_abs_change', 'lag_s', 'pearson_fast')
 
 
 def _number(value, digits: int = 3) -> str:
@@ -57,7 +57,8 @@ def _accuracy_table(metrics: Mapping, output_names: Sequence[str]) -> str:
             ratio = values['mae'] / baseline
         rows.append([name] + [values.get(key) for key in METRIC_COLUMNS] + [ratio])
     return _table(['output', 'MAE', 'RMSE', 'R²', 'Pearson r', 'baseline MAE',
-                   'change / frame', 'human change / frame', 'MAE / baseline'], rows)
+                   'change / frame', 'human change / frame', 'lag (s)', 'r fast',
+                   'MAE / baseline'], rows)
 
 
 def _robustness_table(metrics: Mapping, output_names: Sequence[str]) -> str:
@@ -110,7 +111,11 @@ def write_report(out_dir: Path, metrics: Mapping, output_names: Sequence[str],
     parts.append('<p class="note">The baseline is a constant predictor at the training '
                  'mean of each output. MAE / baseline below 1 means the policy beats it. '
                  'Change / frame is the mean absolute change of a command between '
-                 'consecutive frames, the policy\'s and the human\'s.</p>')
+                 'consecutive frames, the policy\'s and the human\'s. Lag is how late '
+                 'the policy follows the human: the shift of its commands that correlates '
+                 'best with the human\'s. r fast is Pearson r of the changes faster than '
+                 'about a second, what remains after subtracting a one-second moving '
+                 'average from both.</p>')
     parts.append(_accuracy_table(metrics, output_names))
     if metrics.get('robustness'):
         parts.append('<h2>Robustness</h2>')

@@ -166,6 +166,7 @@ def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: floa
         'r2': clean.get('r2'), 'baseline_mae': clean.get('baseline_mae'),
         'mean_abs_change': clean.get('mean_abs_change'),
         'target_mean_abs_change': clean.get('target_mean_abs_change'),
+        'lag_s': clean.get('lag_s'), 'pearson_fast': clean.get('pearson_fast'),
         'realtime_factor': metrics.get('realtime_factor'),
     }
     baseline = clean.get('baseline_mae')
@@ -317,6 +318,12 @@ def _cell(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _milliseconds(seconds) -> str:
+    if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
+        return '-'
+    return f'{1000.0 * seconds:.0f}'
+
+
 def _count(value) -> str:
     # Counts stay whole numbers with separators, also as a mean over seeds.
     if isinstance(value, float) and math.isfinite(value):
@@ -329,7 +336,8 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
     """Return a Markdown table: parameters, accuracy and robustness, one row per entry."""
     noise = [name for name in perturbations if name.startswith('noise')]
     header = ['model', 'seed', 'encoder params', 'recurrent params', f'{output} MAE',
-              'MAE / constant', 'RMSE', 'Pearson r', 'change / frame'] + [
+              'MAE / constant', 'RMSE', 'Pearson r', 'change / frame', 'lag ms',
+              'r fast'] + [
               f'r @ {n}' for n in noise] + [
               'train min', 'pretrain steps', 'epochs (best)', 'eval x real time']
     lines = ['| ' + ' | '.join(header) + ' |', '|' + '---|' * len(header)]
@@ -345,7 +353,8 @@ def markdown_table(rows: Sequence[Dict[str, object]], output: str,
             epochs = f'{row["epochs"]} ({row.get("best_epoch")})'
         cells = [row['model'], str(row.get('seed')), _count(row.get('encoder_parameters')),
                  _count(row.get('recurrent_parameters')), mae, _cell(row.get('mae_ratio'), 2),
-                 _cell(row.get('rmse')), pearson, _cell(row.get('mean_abs_change'))]
+                 _cell(row.get('rmse')), pearson, _cell(row.get('mean_abs_change')),
+                 _milliseconds(row.get('lag_s')), _cell(row.get('pearson_fast'))]
         cells += [_cell(row.get(f'{name} pearson')) for name in noise]
         cells += [_cell(row.get('train_minutes'), 1), _count(row.get('pretrain_steps')), epochs,
                   _cell(row.get('realtime_factor'), 0)]
@@ -374,9 +383,12 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
     text = (f'# Model comparison\n\nScored on the {part} part ({frames} frames); '
             f'constant predictor MAE {_cell(first.get("baseline_mae"))}. "change / frame" '
             'is the mean absolute change of the command between consecutive frames; the '
-            f'human\'s is {_cell(first.get("target_mean_abs_change"))}. A "-" marks a '
-            'value that is not defined, such as Pearson r of a model whose output does not '
-            'change.\n\n## Every run\n\n' + markdown_table(rows, output, perturbations))
+            f'human\'s is {_cell(first.get("target_mean_abs_change"))}. "lag ms" is how '
+            'late the model follows the human (the shift of its commands that correlates '
+            'best); "r fast" is Pearson r of the changes faster than about a second. A '
+            '"-" marks a value that is not defined, such as Pearson r of a model whose '
+            'output does not change.\n\n## Every run\n\n'
+            + markdown_table(rows, output, perturbations))
     if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
         text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
     if any(score['seeds'] > 1 for entry in differences for score in
