@@ -150,6 +150,8 @@ def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, epis
         capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr
     metrics = json.loads((out / 'metrics.json').read_text())
+    lag_ms = 1000 * metrics['angular_z']['lag_s']
+    assert f'angular_z: lag behind the human {lag_ms:.0f} ms' in completed.stdout
 
     policy, _ = load_checkpoint(checkpoint)
     predictions = _independent_replay(policy, jpegs)
@@ -401,7 +403,7 @@ def test_imu_policy_rejects_episode_without_imu():
 
 
 def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_path,
-                                                     caplog):
+                                                     caplog, capsys):
     _, jpegs, _ = known_bag
     store = get_typestore(Stores.ROS2_KILTED)
     bag = tmp_path / 'camera_only'
@@ -420,6 +422,7 @@ def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_
     assert code == 0
     assert '--no-commands' in caplog.text
     assert 'check the command topic' not in caplog.text
+    assert 'lag behind the human' not in capsys.readouterr().out   # no human to lag
     assert (out / 'angular_z_time.png').is_file()
     assert not (out / 'angular_z_scatter.png').exists()
     assert not (out / 'angular_z_errors.png').exists()

@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
               f'R2 {values["r2"]:.3f}  r {values["pearson"]:.3f}  '
               f'baseline MAE {values["baseline_mae"]:.4f}  change/frame '
               f'{values["mean_abs_change"]:.4f} (human {values["target_mean_abs_change"]:.4f})')
-        if 'lag_s' in values:
+        if math.isfinite(values.get('lag_s', math.nan)):
             print(f'{name}: lag behind the human {1000 * values["lag_s"]:.0f} ms (r '
                   f'{values["pearson_at_lag"]:.3f} there), r of fast changes '
                   f'{values["pearson_fast"]:.3f}')
