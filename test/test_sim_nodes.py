@@ -202,9 +202,12 @@ def test_sim_waits_for_first_command(start):
 def test_sim_pauses_at_step_limit(start):
     observer, processes = start(('sim_node', {'seed': 9, 'max_episode_steps': 40,
                                               'episode_end': 'pause'}))
+    # The status is latched, so it arrives once discovery has matched the observer.
+    assert observer.wait_for(lambda: observer.latest_status() is not None, timeout=60), \
+        processes[0].output()
     observer.drive(20.0, 0.0, seconds=2.5)
     assert observer.wait_for(lambda: observer.latest_status()['steps'] == 40, timeout=20), \
-        processes[0].output()
+        (observer.latest_status(), processes[0].output())
     images = len(observer.images)
     time.sleep(1.0)
     assert len(observer.images) == images
