@@ -107,8 +107,8 @@ def test_signals_during_teardown_are_ignored(ros_env):
 
 
 def _child(tmp_path, code: str, name: str = 'child') -> NodeProcess:
-    # A shell running these tests in the background ignores SIGINT, and Python children
-    # inherit that; the rclpy nodes install their own handler, so this child does too.
+    # A shell that runs these tests in the background ignores SIGINT, and children inherit
+    # that. The rclpy nodes install their own handler, so this child installs one too.
     code = 'import signal\nsignal.signal(signal.SIGINT, signal.default_int_handler)\n' + code
     process = NodeProcess(name, [sys.executable, '-c', code], {'PYTHONUNBUFFERED': '1'},
                           tmp_path)
