@@ -170,9 +170,9 @@ def timing_metrics(prediction: np.ndarray, target: np.ndarray, segment: np.ndarr
     if fast_prediction:
         fast_prediction = np.concatenate(fast_prediction)
         fast_target = np.concatenate(fast_target)
-        kept = np.isfinite(fast_target)
-        if np.count_nonzero(kept) >= 3:
-            result['pearson_fast'] = pearson(fast_prediction[kept], fast_target[kept])
+        finite = np.isfinite(fast_target)
+        if np.count_nonzero(finite) >= 3:
+            result['pearson_fast'] = pearson(fast_prediction[finite], fast_target[finite])
     return result
 
 
@@ -186,8 +186,8 @@ def _shifted_pairs(prediction: np.ndarray, target: np.ndarray, segment: np.ndarr
         return np.empty(0), np.empty(0)
     index = np.arange(first, last)
     late, early = prediction[index + lag], target[index]
-    kept = (segment[index + lag] == segment[index]) & np.isfinite(early)
-    return late[kept], early[kept]
+    paired = (segment[index + lag] == segment[index]) & np.isfinite(early)
+    return late[paired], early[paired]
 
 
 def _segment_bounds(segment: np.ndarray) -> Iterator[Tuple[int, int]]:
