@@ -8,6 +8,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
+from liquid_control.errors import LiquidControlError
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 BUNDLED_MODEL = REPO_ROOT / 'models' / 'carracing_ncp.lcm'
 
@@ -85,3 +87,41 @@ def test_demo_with_frame_gap_model(ros_env, tmp_path):
     assert report['tiles_visited'] > 5
     with Image.open(report['video']) as video:
         assert video.n_frames >= 20   # about 30 for 3 s
+
+
+def _stand_in_sim(tmp_path, code):
+    """A process in place of sim_node that publishes nothing, for the start-up checks."""
+    from liquid_control.cli.node_process import NodeProcess
+
+    return NodeProcess('sim_node', [sys.executable, '-c', code], {'PYTHONUNBUFFERED': '1'},
+                       tmp_path)
+
+
+def test_demo_start_reports_a_sim_that_exits(tmp_path):
+    from liquid_control.cli import demo
+
+    monitor = demo.SimMonitor(domain_id=97, frame_period=0.1)
+    sim = _stand_in_sim(tmp_path, 'import sys\nprint("track seed invalid")\nsys.exit(3)\n')
+    try:
+        with pytest.raises(LiquidControlError) as error:
+            demo._wait_for_sim(monitor, sim, need_frame=True)
+    finally:
+        sim.stop()
+        monitor.close()
+    assert 'sim_node exited with code 3' in str(error.value)
+    assert 'track seed invalid' in str(error.value)
+
+
+def test_demo_start_times_out_without_status(tmp_path, monkeypatch):
+    from liquid_control.cli import demo
+
+    monkeypatch.setattr(demo, 'STARTUP_TIMEOUT_S', 1.0)
+    monitor = demo.SimMonitor(domain_id=98, frame_period=0.1)
+    sim = _stand_in_sim(tmp_path, 'import time\ntime.sleep(30)\n')
+    try:
+        with pytest.raises(LiquidControlError, match='timed out after 1 s waiting for the '
+                                                     'status of sim_node'):
+            demo._wait_for_sim(monitor, sim, need_frame=True)
+    finally:
+        sim.stop()
+        monitor.close()

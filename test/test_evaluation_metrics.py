@@ -88,7 +88,7 @@ def _late_copy(target, segment, delay):
     return late
 
 
-def test_timing_finds_the_delay_inside_segments():
+def test_timing_finds_known_delay():
     rng = np.random.default_rng(0)
     target = np.cumsum(rng.normal(size=400))
     segment = np.repeat([0, 1], 200)
@@ -125,7 +125,7 @@ def test_timing_fast_r_catches_smoothing():
     assert regression_metrics(slow, target)['pearson'] > 0.8
 
 
-def test_timing_leaves_out_nan_targets_and_short_segments():
+def test_timing_skips_nan_and_short_segments():
     rng = np.random.default_rng(1)
     target = np.cumsum(rng.normal(size=300))
     prediction = target + rng.normal(scale=0.1, size=300)

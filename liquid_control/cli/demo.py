@@ -93,9 +93,9 @@ def run(args: argparse.Namespace) -> int:
                          earlier_s=earlier_s)
     nodes = [NodeProcess('sim_node', _sim_command(args.seed, args.noise), env, out_dir)]
     try:
+        # DDS can take seconds to match one subscription while the others already run.
         # The car waits for the first command, so starting the policy only once this
-        # process receives the camera puts the start of the drive in the GIF: DDS can
-        # take seconds to match one subscription while the others already run.
+        # process receives the camera puts the whole drive in the GIF.
         _wait_for_sim(monitor, nodes[0], need_frame=not args.no_video)
         nodes.append(NodeProcess('policy_node', _policy_command(model), env, out_dir))
         status = _drive(monitor, nodes, seconds, lap=args.seconds is None, timeout=timeout)
@@ -268,10 +268,12 @@ def _wait_for_sim(monitor: SimMonitor, sim: NodeProcess, need_frame: bool) -> No
         if time.monotonic() - started > STARTUP_TIMEOUT_S:
             missing = 'status' if monitor.latest_status() is None else 'camera'
             raise LiquidControlError(
-                f'no {missing} from {sim.name} within {STARTUP_TIMEOUT_S:g} s; last lines '
-                f'of {sim.log_path}:\n{sim.output_tail()}')
+                f'timed out after {STARTUP_TIMEOUT_S:g} s waiting for the {missing} of '
+                f'{sim.name}; the machine may be too busy. Last lines of {sim.log_path}:\n'
+                f'{sim.output_tail()}')
         time.sleep(0.05)
-    _logger.info('simulator up after %.1f s; starting the policy', time.monotonic() - started)
+    _logger.info('simulator ready after %.1f s, starting the policy',
+                 time.monotonic() - started)
 
 
 def _drive(monitor: SimMonitor, nodes: List[NodeProcess], seconds: float, lap: bool,

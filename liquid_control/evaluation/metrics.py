@@ -87,6 +87,18 @@ def regression_metrics(prediction: np.ndarray, target: np.ndarray,
     return result
 
 
+def _frame_columns(prediction, target, segment) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Return the three inputs as flat arrays, checking that each has one value a frame."""
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    segment = np.asarray(segment).reshape(-1)
+    if not prediction.shape == target.shape == segment.shape:
+        raise ValueError(f'prediction, target and segment have {prediction.size}, '
+                         f'{target.size} and {segment.size} values, but each needs one '
+                         'value per frame')
+    return prediction, target, segment
+
+
 def change_metrics(prediction: np.ndarray, target: np.ndarray,
                    segment: np.ndarray) -> Dict[str, float]:
     """Compute the mean absolute change of a command between consecutive frames.
@@ -95,13 +107,7 @@ def change_metrics(prediction: np.ndarray, target: np.ndarray,
     segment (a replay that the state carries through). ``target_mean_abs_change`` is the
     human's, over the pairs whose two targets are not NaN. Both are NaN without such pairs.
     """
-    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    segment = np.asarray(segment).reshape(-1)
-    if not prediction.shape == target.shape == segment.shape:
-        raise ValueError(f'prediction, target and segment have {prediction.size}, '
-                         f'{target.size} and {segment.size} values, but each needs one '
-                         'value per frame')
+    prediction, target, segment = _frame_columns(prediction, target, segment)
     same_segment = segment[1:] == segment[:-1]
     prediction_change = np.abs(np.diff(prediction))[same_segment]
     target_change = np.abs(np.diff(target))[same_segment]
@@ -131,13 +137,7 @@ def timing_metrics(prediction: np.ndarray, target: np.ndarray, segment: np.ndarr
 
     Frames with a NaN target do not count. Every value is NaN when too few frames remain.
     """
-    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    segment = np.asarray(segment).reshape(-1)
-    if not prediction.shape == target.shape == segment.shape:
-        raise ValueError(f'prediction, target and segment have {prediction.size}, '
-                         f'{target.size} and {segment.size} values, but each needs one '
-                         'value per frame')
+    prediction, target, segment = _frame_columns(prediction, target, segment)
     if not frame_period_s > 0:
         raise ValueError(f'frame_period_s={frame_period_s} is invalid: give the time '
                          'between frames in seconds, above 0')

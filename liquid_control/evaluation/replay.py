@@ -354,7 +354,10 @@ def evaluate_episodes(policy, episodes: Sequence, perturbation: Optional[Perturb
 
 
 def _frame_period(timestamps: np.ndarray, segments: np.ndarray) -> Optional[float]:
-    """Return the median interval between consecutive frames of a segment, or None."""
+    """Return the median interval between consecutive frames of one segment.
+
+    Returns None when no segment has two frames.
+    """
     steps = np.diff(timestamps)[segments[1:] == segments[:-1]]
     steps = steps[steps > 0]
     return float(np.median(steps)) if steps.size else None
