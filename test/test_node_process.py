@@ -5,10 +5,12 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 from liquid_control.cli import node_process
 from liquid_control.cli.node_process import NodeProcess
+from liquid_control.nodes.process import StopRequest
 
 # A process with a real rclpy node. Its teardown hangs, finishes, or first waits for SIGINT.
 TEARDOWN_SCRIPT = textwrap.dedent('''
@@ -104,6 +106,52 @@ def test_signals_during_teardown_are_ignored(ros_env):
     _, stderr = process.communicate(timeout=30)
     assert process.returncode == 0, stderr
     assert 'KeyboardInterrupt' not in stderr
+
+
+# Polls the stop request without sleeping, so SIGINT often arrives in the middle of a poll.
+# With a threading.Event as the request, set() in the handler then waited for the lock that
+# the interrupted wait() held, and 61 of 100 such children hung in a run here.
+STOP_POLL_SCRIPT = textwrap.dedent('''
+    from liquid_control.nodes.process import request_stop_on_signals
+
+    stop = request_stop_on_signals()
+    print('ready', flush=True)
+    polls = 0
+    while not stop.wait(0):
+        polls += 1
+    print('stopped after', polls, 'polls', flush=True)
+''')
+
+
+def test_signal_mid_poll_ends_loop(ros_env):
+    for attempt in range(10):
+        process = subprocess.Popen([sys.executable, '-c', STOP_POLL_SCRIPT], env=ros_env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        assert process.stdout.readline().strip() == 'ready', process.communicate()[1]
+        time.sleep(0.02)
+        process.send_signal(signal.SIGINT)
+        try:
+            stdout, stderr = process.communicate(timeout=10)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.communicate()
+            raise AssertionError(f'child {attempt} still polled 10 s after SIGINT')
+        assert process.returncode == 0, stderr
+        assert stdout.startswith('stopped after'), stdout
+
+
+def test_stop_request_wait():
+    stop = StopRequest()
+    started = time.monotonic()
+    assert stop.wait(0.05) is False
+    assert time.monotonic() - started >= 0.05
+
+    threading.Timer(0.2, stop.set).start()
+    started = time.monotonic()
+    assert stop.wait(30) is True
+    assert time.monotonic() - started < 10
+    assert stop.is_set()
+    assert stop.wait(0) is True
 
 
 def _child(tmp_path, code: str, name: str = 'child') -> NodeProcess:

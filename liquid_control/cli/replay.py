@@ -225,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     from liquid_control.nodes.bag_player import (IMAGE_TYPES, IMU_TYPE, BagPlayer, open_reader,
                                                  pick_topic, topic_types)
     from liquid_control.nodes.dds import apply_large_frame_profile
-    from liquid_control.nodes.process import Spinner, stop_and_destroy
+    from liquid_control.nodes.process import Spinner, StopRequest, stop_and_destroy
 
     if not args.use_running_node and args.model is None:
         raise ConfigError('--model is required unless --use-running-node is given')
@@ -265,7 +265,7 @@ def run(args: argparse.Namespace) -> int:
     spinner = Spinner(node)
 
     policy = None
-    stop = threading.Event()
+    stop = StopRequest()
     previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         if not args.use_running_node:

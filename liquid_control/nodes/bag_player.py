@@ -9,7 +9,6 @@ measurements, the player records the wall time at which each frame stamp was pub
 
 import importlib
 import logging
-import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -20,6 +19,7 @@ from rclpy.node import Node
 from rclpy.serialization import deserialize_message
 
 from liquid_control.errors import DataError
+from liquid_control.nodes.process import StopRequest
 from liquid_control.nodes.qos import sensor_qos
 
 _logger = logging.getLogger(__name__)
@@ -162,7 +162,7 @@ class BagPlayer:
                                         message_type)
             yield connection.topic, timestamp, message
 
-    def play(self, stop: Optional[threading.Event] = None,
+    def play(self, stop: Optional[StopRequest] = None,
              duration: Optional[float] = None) -> PlaybackRecord:
         """Publish the selected messages at their recorded times; return what was published.
 
@@ -195,7 +195,7 @@ class BagPlayer:
         return record
 
     @staticmethod
-    def _wait_until(due: float, stop: Optional[threading.Event]) -> bool:
+    def _wait_until(due: float, stop: Optional[StopRequest]) -> bool:
         """Sleep until monotonic time ``due``; return True when ``stop`` was set."""
         while True:
             remaining = due - time.monotonic()

@@ -16,6 +16,7 @@ import faulthandler
 import signal
 import sys
 import threading
+import time
 from typing import Callable, Optional, Sequence, Tuple, Type, TypeVar
 
 import rclpy
@@ -31,10 +32,56 @@ NodeType = TypeVar('NodeType', bound=Node)
 TEARDOWN_LIMIT_S = 5.0
 
 
-def init_ros(args: Optional[Sequence[str]]) -> threading.Event:
-    """Initialise rclpy without its signal handlers and return the stop event.
+class StopRequest:
+    """A stop flag that a signal handler sets and the node's main loop reads.
 
-    The event is set by SIGINT or SIGTERM; the caller shuts its node down in order.
+    Python runs a signal handler in the main thread, between two bytecodes of whatever that
+    thread was doing. ``threading.Event.set()`` in the handler deadlocks when the main
+    thread was inside ``Event.wait()`` at that moment and held the event's internal lock,
+    which ``set()`` then waits for forever. So the handler only stores a flag, and
+    ``wait`` polls it. The flag is never cleared.
+    """
+
+    POLL_S = 0.02  # how often ``wait`` looks at the flag
+
+    def __init__(self) -> None:
+        self._requested = False
+
+    def set(self) -> None:
+        """Request the stop. Safe in a signal handler: it takes no lock."""
+        self._requested = True
+
+    def is_set(self) -> bool:
+        """Return whether a stop was requested."""
+        return self._requested
+
+    def wait(self, timeout: float) -> bool:
+        """Sleep until a stop is requested or ``timeout`` seconds pass; return the flag."""
+        deadline = time.monotonic() + timeout
+        while not self._requested:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            time.sleep(min(remaining, self.POLL_S))
+        return self._requested
+
+
+def request_stop_on_signals() -> StopRequest:
+    """Install SIGINT and SIGTERM handlers that set the returned stop request."""
+    stop = StopRequest()
+
+    def request_stop(signum, frame) -> None:
+        stop.set()
+
+    signal.signal(signal.SIGINT, request_stop)
+    signal.signal(signal.SIGTERM, request_stop)
+    return stop
+
+
+def init_ros(args: Optional[Sequence[str]]) -> StopRequest:
+    """Initialise rclpy without its signal handlers and return the stop request.
+
+    SIGINT or SIGTERM set the request; the caller shuts its node down in order.
 
     NOTE: a signal that arrives before this runs, while the node's module is still being
     imported, gets Python's default action. The process then ends without a zero command,
@@ -43,14 +90,7 @@ def init_ros(args: Optional[Sequence[str]]) -> threading.Event:
     """
     apply_large_frame_profile()
     rclpy.init(args=args, signal_handler_options=SignalHandlerOptions.NO)
-    stop = threading.Event()
-
-    def request_stop(signum, frame) -> None:
-        stop.set()
-
-    signal.signal(signal.SIGINT, request_stop)
-    signal.signal(signal.SIGTERM, request_stop)
-    return stop
+    return request_stop_on_signals()
 
 
 def create_node(node_name: str, factory: Callable[[], NodeType],
@@ -147,7 +187,7 @@ def stop_and_destroy(node: Node, spinner: Spinner,
     return True
 
 
-def spin_until_stopped(node: Node, stop: threading.Event) -> None:
+def spin_until_stopped(node: Node, stop: StopRequest) -> None:
     """Spin ``node`` in the calling thread until ``stop`` is set, then shut the executor down."""
     executor = SingleThreadedExecutor()
     executor.add_node(node)
