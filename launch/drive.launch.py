@@ -19,13 +19,14 @@ DEFAULT_PARAMS = os.path.join('config', 'policy.yaml')
 # (name, default value, description)
 ARGUMENTS = (
     ('model', '', 'Policy checkpoint (.lcm). Empty keeps model_path from params_file, '
-     'whose default is the model shipped with the package.'),
+     'which the node requires to be set.'),
     ('params_file', '', 'Parameter YAML for policy_node. Empty selects the package\'s '
      'config/policy.yaml.'),
-    ('image_topic', 'camera/image_raw', 'Camera topic: sensor_msgs/Image, or '
-     'sensor_msgs/CompressedImage when compressed is true.'),
+    ('image_topic', 'camera/image_raw', 'Camera topic of sensor_msgs/Image. With '
+     'compressed true, the node reads IMAGE_TOPIC/compressed, as image_transport names it.'),
     ('compressed', 'false', 'true subscribes to sensor_msgs/CompressedImage (JPEG or PNG) '
-     'on image_topic instead of sensor_msgs/Image.'),
+     'on IMAGE_TOPIC/compressed instead of sensor_msgs/Image on IMAGE_TOPIC, as '
+     'record.launch.py does.'),
     ('imu_topic', 'imu/data', 'IMU topic (sensor_msgs/Imu); unused by models trained '
      'without IMU input.'),
     ('cmd_vel_topic', 'cmd_vel', 'Output velocity command topic (geometry_msgs/Twist, or '
@@ -56,8 +57,11 @@ def node_settings(values: Dict[str, str], share_dir: str) -> Tuple[
     if values['model']:
         overrides['model_path'] = values['model']
     params_file = values['params_file'] or os.path.join(share_dir, DEFAULT_PARAMS)
-    camera_input = 'image_raw/compressed' if compressed else 'image_raw'
-    remappings = [(camera_input, values['image_topic']),
+    if compressed:
+        camera_remapping = ('image_raw/compressed', values['image_topic'] + '/compressed')
+    else:
+        camera_remapping = ('image_raw', values['image_topic'])
+    remappings = [camera_remapping,
                   ('imu/data', values['imu_topic']),
                   ('cmd_vel', values['cmd_vel_topic'])]
     return [params_file, overrides], remappings, ['--log-level', values['log_level']]

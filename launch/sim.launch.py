@@ -23,13 +23,15 @@ def generate_launch_description() -> LaunchDescription:
     policy_params = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config', 'policy.yaml'])
     recorder_params = PathJoinSubstitution([FindPackageShare(PACKAGE), 'config',
                                             'recorder.yaml'])
+    bundled_model = PathJoinSubstitution([FindPackageShare(PACKAGE), 'models',
+                                          'carracing_ncp.lcm'])
     arguments = [
         DeclareLaunchArgument('driver', default_value='policy',
                               choices=['policy', 'expert'],
                               description='Who drives: the policy node or the expert.'),
-        DeclareLaunchArgument('model', default_value='',
-                              description='Policy checkpoint (.lcm); empty uses the bundled '
-                                          'model.'),
+        DeclareLaunchArgument('model', default_value=bundled_model,
+                              description='Policy checkpoint (.lcm); the default is the '
+                                          'CarRacing model shipped with the package.'),
         DeclareLaunchArgument('seed', default_value='0', description='Track seed.'),
         DeclareLaunchArgument('noise_std', default_value='0.0',
                               description='Camera noise, fraction of full scale.'),

@@ -84,9 +84,11 @@ def test_launch_params_file_names_only_declared_parameters():
 
 def test_launch_remaps_compressed_input(launch_module):
     values = {name: default for name, default, _ in launch_module.ARGUMENTS}
-    values.update(compressed='true', image_topic='/cam/compressed')
+    values.update(compressed='true', image_topic='/cam/image_raw')
     _, remappings, _ = launch_module.node_settings(values, str(REPO_ROOT))
-    assert ('image_raw/compressed', '/cam/compressed') in remappings
+    # The same topic as record.launch.py records for these arguments.
+    assert ('image_raw/compressed', '/cam/image_raw/compressed') in remappings
+    assert not any(source == 'image_raw' for source, _ in remappings)
 
 
 def test_launch_rejects_non_boolean(launch_module):
@@ -131,8 +133,7 @@ def test_launch_settings_run_directly(launch_module, ros_env, tmp_path, model, c
         'control_rate_hz: 20.0', 'control_rate_hz: 25.0'))
     values.update(model=str(model), namespace='/robot', compressed=str(compressed).lower(),
                   log_level='debug', params_file=str(params_file))
-    if compressed:
-        values['image_topic'] = 'camera/image_raw/compressed'
+    values['image_topic'] = 'camera/image_raw'
     command = _command_line([sys.executable, '-m', 'liquid_control.nodes.policy_node'],
                             launch_module, values)
     node = NodeProcess(command, ros_env, tmp_path / 'node.log')

@@ -6,11 +6,13 @@ input watchdog, except where a test measures the watchdog itself.
 """
 
 import signal
+import sys
 import time
 
 import pytest
 
-from node_harness import NodeProcess, Peer, is_zero, make_checkpoint, node_command, sample_frame
+from node_harness import (POLICY_YAML, NodeProcess, Peer, is_zero, make_checkpoint,
+                          node_command, sample_frame)
 
 RELAXED = {'input_timeout': 1.0, 'imu_timeout': 1.0}
 
@@ -130,6 +132,9 @@ def test_shutdown_publishes_zero(launch, model, sig):
     assert peer.wait_for(lambda: len(peer.command_list()) > count, timeout=2.0)
     assert is_zero(peer.command_list()[-1])
     assert 'shutdown: zero command published' in node.output()
+    # The package's DDS profile shortens the heartbeat period, so the acknowledgement comes
+    # well within the node's wait; with Fast DDS's default it came after 2.7 s.
+    assert 'not acknowledged' not in node.output()
 
 
 def _call(peer, service_type, name, request, timeout=10.0):
@@ -232,6 +237,17 @@ def test_missing_model_rejected_at_startup(ros_env, tmp_path):
     node = NodeProcess(node_command(tmp_path / 'missing.lcm'), ros_env, tmp_path / 'node.log')
     assert node.process.wait(timeout=60) == 2
     assert 'missing.lcm' in node.output()
+
+
+def test_empty_model_path_rejected_at_startup(ros_env, tmp_path):
+    # config/policy.yaml leaves model_path empty. The node must not fall back to the
+    # simulator's model on a robot.
+    command = [sys.executable, '-m', 'liquid_control.nodes.policy_node', '--ros-args',
+               '--params-file', str(POLICY_YAML)]
+    node = NodeProcess(command, ros_env, tmp_path / 'node.log')
+    assert node.process.wait(timeout=60) == 2
+    assert "parameter 'model_path' is empty" in node.output()
+    assert 'carracing_ncp.lcm' in node.output()
 
 
 def test_runtime_parameter_change_validated(launch, model):

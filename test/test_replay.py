@@ -2,8 +2,11 @@
 
 import csv
 import json
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -146,6 +149,63 @@ def test_replay_uses_running_node(shared_data, ros_env, tmp_path, model):
         assert node.alive()
     finally:
         assert node.stop() == 0
+
+
+def _text(path: Path) -> str:
+    return path.read_text() if path.is_file() else ''
+
+
+def _lines_of(stream, lines: list) -> None:
+    for line in stream:
+        lines.append(line)
+
+
+# SIGINT twice: the second lands while replay stops its policy node. SIGTERM: what a
+# service manager or `timeout` sends.
+@pytest.mark.parametrize('signals', [(signal.SIGINT, signal.SIGINT), (signal.SIGTERM,)],
+                         ids=['sigint-twice', 'sigterm'])
+def test_replay_signal_keeps_summary(shared_data, ros_env, tmp_path, model, signals):
+    out = tmp_path / 'out'
+    command = [sys.executable, '-m', 'liquid_control.cli.main', 'replay',
+               str(shared_data / 'euroc_v101_micro'), '--model', str(model), '--out', str(out),
+               '--rate', '0.5', *RELAXED]
+    process = subprocess.Popen(command, env=ros_env, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, text=True)
+    errors = []
+    reader = threading.Thread(target=_lines_of, args=(process.stderr, errors), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 120
+        while not any('playing' in line for line in errors) and time.monotonic() < deadline:
+            assert process.poll() is None, ''.join(errors)
+            time.sleep(0.1)
+        time.sleep(2.0)
+        process.send_signal(signals[0])
+        node_log = out / 'policy_node.log'
+        for number in signals[1:]:
+            # Send it once the policy node has started its shutdown, while replay waits
+            # for that node to exit.
+            deadline = time.monotonic() + 30
+            while 'shutdown' not in _text(node_log) and time.monotonic() < deadline:
+                time.sleep(0.01)
+            process.send_signal(number)
+        stdout, _ = process.communicate(timeout=60)
+    finally:
+        if process.poll() is None:
+            process.kill()
+            process.wait()
+    reader.join(timeout=10)
+    log = ''.join(errors)
+
+    assert process.returncode == 0, log
+    assert 'Traceback' not in log
+    assert 'terminate called' not in log
+    summary = _summary(out)
+    assert summary['interrupted'] is True
+    assert 0 < summary['frames_published'] < 95
+    assert summary['node_exit_code'] == 0
+    assert len(_csv_rows(out)) == summary['commands']
+    assert 'written to' in stdout
 
 
 @pytest.mark.parametrize('arguments, fragment', [

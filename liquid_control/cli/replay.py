@@ -196,11 +196,14 @@ def _node_command(args, compressed: bool, use_imu: bool, image_topic: str,
     return command
 
 
-def _wait_for_connection(publishers, recorder_sub, node, process, timeout: float) -> None:
+def _wait_for_connection(publishers, recorder_sub, node, process, timeout: float,
+                         stop) -> None:
     from liquid_control.errors import LiquidControlError
 
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
+        if stop.is_set():
+            raise KeyboardInterrupt
         if process is not None and process.poll() is not None:
             raise LiquidControlError(
                 f'policy_node exited with code {process.returncode} during start-up; '
@@ -216,16 +219,13 @@ def _wait_for_connection(publishers, recorder_sub, node, process, timeout: float
 def run(args: argparse.Namespace) -> int:
     """Replay the bag, record the commands and write the summary; return the exit code."""
     import rclpy
-    from geometry_msgs.msg import TwistStamped
-    from diagnostic_msgs.msg import DiagnosticArray
-    from rclpy.qos import QoSProfile, ReliabilityPolicy
+    from rclpy.signals import SignalHandlerOptions
 
-    from liquid_control.cli.node_process import NodeProcess
     from liquid_control.errors import ConfigError
-    from liquid_control.nodes.bag_player import (IMAGE_TYPES, IMU_TYPE, BagPlayer, open_reader,
-                                                 pick_topic, topic_types)
+    from liquid_control.nodes.bag_player import (IMAGE_TYPES, IMU_TYPE, open_reader, pick_topic,
+                                                 topic_types)
     from liquid_control.nodes.dds import apply_large_frame_profile
-    from liquid_control.nodes.process import Spinner, StopRequest, stop_and_destroy
+    from liquid_control.nodes.process import StopRequest
 
     if not args.use_running_node and args.model is None:
         raise ConfigError('--model is required unless --use-running-node is given')
@@ -249,7 +249,32 @@ def run(args: argparse.Namespace) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
 
     apply_large_frame_profile()
-    rclpy.init(args=[])
+    # From here on SIGINT and SIGTERM only set a flag: playback stops, the policy node is
+    # stopped, and the summary of what was played is still written. A second signal during
+    # that teardown changes nothing.
+    rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
+    stop = StopRequest()
+    previous_handlers = {number: signal.signal(number, lambda *_: stop.set())
+                         for number in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        return _play(args, reader, image_topic, imu_topic, compressed, stop)
+    finally:
+        for number, handler in previous_handlers.items():
+            signal.signal(number, handler)
+
+
+def _play(args: argparse.Namespace, reader, image_topic: str, imu_topic: Optional[str],
+          compressed: bool, stop) -> int:
+    """Start the policy node, play the bag to it and write what came back."""
+    import rclpy
+    from diagnostic_msgs.msg import DiagnosticArray
+    from geometry_msgs.msg import TwistStamped
+    from rclpy.qos import QoSProfile, ReliabilityPolicy
+
+    from liquid_control.cli.node_process import NodeProcess
+    from liquid_control.nodes.bag_player import BagPlayer
+    from liquid_control.nodes.process import Spinner, stop_and_destroy
+
     node = rclpy.create_node('liquid_control_replay')
     recorder = CommandRecorder()
     command_sub = node.create_subscription(
@@ -265,8 +290,6 @@ def run(args: argparse.Namespace) -> int:
     spinner = Spinner(node)
 
     policy = None
-    stop = StopRequest()
-    previous_handler = signal.signal(signal.SIGINT, lambda *_: stop.set())
     try:
         if not args.use_running_node:
             command = _node_command(args, compressed, imu_topic is not None, image_topic,
@@ -277,18 +300,18 @@ def run(args: argparse.Namespace) -> int:
         if policy is not None:
             process = policy.process
         _wait_for_connection(list(player.publishers().values()), command_sub, node, process,
-                             args.startup_timeout)
+                             args.startup_timeout, stop)
         _logger.info('playing %s: camera %s, IMU %s, rate x%g', args.bag, image_topic,
                      imu_topic or 'none', args.rate)
         record = player.play(stop, args.duration)
-        time.sleep(max(args.tail, 0.0))
-        # Wait for one more diagnostics message so deadline_misses covers the whole run.
-        _, before = recorder.snapshot()
-        deadline = time.monotonic() + 2.5
-        while time.monotonic() < deadline and recorder.snapshot()[1] == before:
-            time.sleep(0.05)
+        if not stop.wait(max(args.tail, 0.0)):
+            # Wait for one more diagnostics message so deadline_misses covers the whole run.
+            _, before = recorder.snapshot()
+            deadline = time.monotonic() + 2.5
+            while (time.monotonic() < deadline and recorder.snapshot()[1] == before
+                   and not stop.wait(0.05)):
+                pass
     finally:
-        signal.signal(signal.SIGINT, previous_handler)
         exit_code = policy.stop() if policy else None
         stop_and_destroy(node, spinner)
         reader.close()

@@ -39,8 +39,9 @@ class ParameterSpec:
 
 
 SPECS: Tuple[ParameterSpec, ...] = (
-    ParameterSpec('model_path', '', 'Policy checkpoint (.lcm) to run. Empty selects the model '
-                  'shipped with the package.', read_only=True),
+    ParameterSpec('model_path', '', 'Policy checkpoint (.lcm) to run; required. The CarRacing '
+                  'model shipped with the package is models/carracing_ncp.lcm in its share '
+                  'folder, for the simulator only.', read_only=True),
     ParameterSpec('compressed', False, 'Subscribe to sensor_msgs/CompressedImage (JPEG or PNG) '
                   "on 'image_raw/compressed' instead of sensor_msgs/Image on 'image_raw'.",
                   read_only=True),

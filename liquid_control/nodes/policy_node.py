@@ -109,7 +109,13 @@ class PolicyNode(Node):
         from liquid_control.paths import bundled_model
 
         torch.set_num_threads(self.params.num_threads)
-        self.model_path = self.params.model_path or str(bundled_model())
+        if not self.params.model_path:
+            # A robot must never drive with the simulator's model by accident.
+            raise ConfigError("parameter 'model_path' is empty: set it to your trained policy "
+                              '(-p model_path:=policy.lcm, or model:=policy.lcm with '
+                              'drive.launch.py). The CarRacing model for the simulator is '
+                              f'{bundled_model()}')
+        self.model_path = self.params.model_path
         self.runner = load_runner(self.model_path)
         names = self.runner.output_names
         if 'linear_x' not in names and 'angular_z' not in names:
