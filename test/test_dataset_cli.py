@@ -82,6 +82,14 @@ def test_dataset_info_missing_folder(tmp_path, capsys):
     assert 'absent not found' in capsys.readouterr().err
 
 
+def test_dataset_info_on_tub_says_import(capsys):
+    tub = SHARED_DATA / 'donkey_indoor_train_tub'
+    assert main(['dataset', 'info', str(tub)]) == 2
+    error = capsys.readouterr().err
+    assert 'is a donkeycar tub, not a folder of episodes' in error
+    assert f'liquid-control import {tub} --out DIR' in error
+
+
 def test_import_cli_tub(tmp_path, capsys):
     tub = SHARED_DATA / 'donkey_indoor_train_tub'
     if not tub.is_dir():

@@ -51,11 +51,13 @@ def test_demo_missing_model_is_an_error(ros_env, tmp_path):
     assert 'absent.lcm' in result.stderr
 
 
-@pytest.mark.parametrize('arguments', [['--seconds', '0'], ['--noise', '2']])
+@pytest.mark.parametrize('arguments', [['--seconds', '0'], ['--noise', '2'],
+                                       ['--domain-id', '250'], ['--domain-id', '-1']])
 def test_demo_rejects_invalid_options(ros_env, tmp_path, arguments):
     result = _demo(arguments + ['--out', str(tmp_path)], ros_env, timeout=60)
     assert result.returncode == 2
     assert 'invalid' in result.stderr
+    assert f'{arguments[0]} {arguments[1]}' in result.stderr
 
 
 def test_demo_with_frame_gap_model(ros_env, tmp_path):

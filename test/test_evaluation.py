@@ -22,7 +22,7 @@ from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
 from liquid_control.errors import DataError
 from liquid_control.evaluation import plots
-from liquid_control.evaluation.metrics import regression_metrics, timing_metrics
+from liquid_control.evaluation.metrics import describe_lag, regression_metrics, timing_metrics
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.evaluation.replay import evaluate_episodes, load_frames, trace_neurons
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
@@ -150,8 +150,7 @@ def test_evaluate_command_matches_independent_replay(known_bag, checkpoint, epis
         capture_output=True, text=True, timeout=180)
     assert completed.returncode == 0, completed.stderr
     metrics = json.loads((out / 'metrics.json').read_text())
-    lag_ms = 1000 * metrics['angular_z']['lag_s']
-    assert f'angular_z: lag behind the human {lag_ms:.0f} ms' in completed.stdout
+    assert f'angular_z: {describe_lag(metrics["angular_z"])}' in completed.stdout
 
     policy, _ = load_checkpoint(checkpoint)
     predictions = _independent_replay(policy, jpegs)
@@ -422,7 +421,11 @@ def test_evaluate_without_commands_skips_empty_plots(known_bag, checkpoint, tmp_
     assert code == 0
     assert '--no-commands' in caplog.text
     assert 'check the command topic' not in caplog.text
-    assert 'lag behind the human' not in capsys.readouterr().out   # no human to lag
+    printed = capsys.readouterr().out
+    # No human to lag behind or to run ahead of.
+    assert 'lag behind the human' not in printed
+    assert 'ahead of the human' not in printed
+    assert 'no clear lag' not in printed
     assert (out / 'angular_z_time.png').is_file()
     assert not (out / 'angular_z_scatter.png').exists()
     assert not (out / 'angular_z_errors.png').exists()

@@ -7,8 +7,9 @@ import pytest
 from scipy import stats
 
 from liquid_control.errors import ConfigError
-from liquid_control.evaluation.metrics import (_shifted_pairs, change_metrics,
-                                               regression_metrics, timing_metrics)
+from liquid_control.evaluation.metrics import (MAX_LAG_FRAMES, _shifted_pairs, change_metrics,
+                                               describe_lag, regression_metrics,
+                                               timing_metrics)
 from liquid_control.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS, parse_perturbation, parse_perturbations)
 from liquid_control.evaluation.ssim import mean_ssim, ssim
@@ -100,6 +101,19 @@ def test_timing_finds_known_delay():
     # A policy ahead of the human gets a negative lag.
     early = timing_metrics(target, late, segment, frame_period_s=0.05)
     assert early['lag_frames'] == -3
+
+
+def test_describe_lag_late_early_and_edge():
+    base = {'pearson_at_lag': 0.8, 'pearson_fast': 0.4}
+    late = describe_lag({**base, 'lag_frames': 3, 'lag_s': 0.15})
+    assert late.startswith('lag behind the human 150 ms (r 0.800 there)')
+    assert late.endswith('r of fast changes 0.400')
+    early = describe_lag({**base, 'lag_frames': -2, 'lag_s': -0.1})
+    assert early.startswith('ahead of the human by 100 ms')
+    # A best shift at the search limit is not reported as a lag.
+    edge = describe_lag({**base, 'lag_frames': -MAX_LAG_FRAMES, 'lag_s': -0.5})
+    assert edge.startswith(f'no clear lag within {MAX_LAG_FRAMES} frames')
+    assert 'ms' not in edge
 
 
 def test_timing_pairs_stay_inside_segments():

@@ -13,6 +13,22 @@ def workspace(colcon_workspace) -> Path:
     return colcon_workspace
 
 
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_package_xml_declares_imported_ros_packages():
+    sources = list((REPO_ROOT / 'liquid_control').rglob('*.py'))
+    sources += list((REPO_ROOT / 'launch').glob('*.py'))
+    imported = set()
+    for source in sources:
+        imported |= set(re.findall(r'^\s*(?:from|import) (\w+_msgs|std_srvs|rclpy)\b',
+                                   source.read_text(), re.MULTILINE))
+    declared = set(re.findall(r'<exec_depend>([\w-]+)</exec_depend>',
+                              (REPO_ROOT / 'package.xml').read_text()))
+    assert 'nav_msgs' in imported
+    assert imported - declared == set()
+
+
 def test_colcon_installs_share_files(workspace):
     share = workspace / 'install' / 'liquid_control' / 'share' / 'liquid_control'
     assert (share / 'package.xml').is_file()

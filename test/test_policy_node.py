@@ -5,8 +5,10 @@ The machine is shared, so timeouts in these tests are generous and every node ru
 input watchdog, except where a test measures the watchdog itself.
 """
 
+import re
 import signal
 import sys
+import threading
 import time
 
 import pytest
@@ -310,6 +312,36 @@ def test_clock_jump_back_resets_state(launch, model):
     assert _nonzero(peer.command_list()), node.output()
     run_clock(10.0, 1.0)
     assert 'policy state reset: the clock jumped back' in node.output()
+
+
+def test_sim_clock_running_at_start_is_no_miss(launch, model):
+    from rosgraph_msgs.msg import Clock
+
+    node, peer = launch(model, dict(RELAXED, use_sim_time=True, max_stamp_offset=0.0),
+                        wait=False)
+    clock_pub = peer.node.create_publisher(Clock, '/clock', 10)
+    # As in the demo, the simulator's clock runs while the node starts.
+    stop = threading.Event()
+
+    def publish_clock():
+        begin = time.monotonic()
+        while not stop.is_set():
+            clock_pub.publish(Clock(clock=_time_msg(100.0 + time.monotonic() - begin)))
+            time.sleep(0.005)
+
+    publisher = threading.Thread(target=publish_clock, daemon=True)
+    publisher.start()
+    try:
+        assert node.wait_for_output('ready:', timeout=60), node.output()
+        assert node.wait_for_output('past the first control tick', timeout=10), node.output()
+        time.sleep(1.0)
+    finally:
+        stop.set()
+        publisher.join()
+    log = node.output()
+    # Only real scheduling delays remain: a few periods at most, never the start-up time.
+    assert all(float(late) < 500 for late in re.findall(r'started ([\d.]+) ms late', log))
+    assert all(int(count) < 10 for count in re.findall(r'(\d+) control tick\(s\) skipped', log))
 
 
 def _time_msg(seconds: float):

@@ -113,6 +113,15 @@ def test_train_set_rejects_value(subset, tmp_path, capsys, setting, words):
     assert not (tmp_path / 'm.lcm').exists()
 
 
+def test_train_bad_model_key_before_import(tmp_path, capsys):
+    # A misspelt model setting is reported before the tub is imported, not minutes later.
+    tub = SHARED_DATA / 'donkey_indoor_train_tub'
+    error = run_failing(capsys, 'train', tub, '--out', tmp_path / 'm.lcm', '--cache-dir',
+                        tmp_path / 'cache', '--set', 'model.unitz=32')
+    assert 'unitz' in error
+    assert not (tmp_path / 'cache').exists()
+
+
 def test_train_threads_option_rejects_negative(subset, tmp_path, capsys):
     error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
                         '--threads', '-1')

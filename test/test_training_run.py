@@ -384,6 +384,42 @@ def test_train_command_without_validation(subset, tmp_path, capsys):
     assert (tmp_path / 'cli.lcm').is_file()
 
 
+def test_train_scores_held_out_part(subset, tmp_path):
+    torch.set_num_threads(1)
+    config = tiny_config(epochs=1, test_fraction=0.2)
+    result = train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    _, metadata = load_checkpoint(result.paths.best)
+    assert metadata['test_metrics'] == pytest.approx(
+        {key: value for key, value in result.test_metrics.items() if math.isfinite(value)})
+    # The constant predictor's MAE on the test frames, computed here from their labels.
+    data = prepare_data(config, find_episodes(subset))
+    assert data.split.test_segments
+    labels = np.concatenate([data.episodes[s.episode_index].targets[s.start:s.stop, 0][
+        data.episodes[s.episode_index].valid[s.start:s.stop]]
+        for s in data.split.test_segments])
+    mean = metadata['training_output_mean']['angular_z']
+    expected = float(np.mean(np.abs(labels[np.isfinite(labels)] - mean)))
+    baseline = result.test_metrics['test/angular_z/baseline_mae']
+    assert baseline == pytest.approx(expected, rel=1e-4)
+    assert result.test_metrics['test/angular_z/mae'] > 0
+    assert result.test_metrics['test/angular_z/mae'] != result.best_metrics[
+        'val/angular_z/mae']
+
+
+def test_train_command_prints_held_out_score(subset, tmp_path, capsys):
+    code = main(['train', str(subset), '--out', str(tmp_path / 'cli.lcm'), '--epochs', '1',
+                 '--sequence-length', '8', '--batch-size', '8', '--threads', '1',
+                 '--test-fraction', '0.2', '--no-progress', '--set', 'stride=2',
+                 '--set', 'warmup_frames=2', '--set', 'pretrain_epochs=0',
+                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}'])
+    assert code == 0
+    out = capsys.readouterr().out
+    _, metadata = load_checkpoint(tmp_path / 'cli.lcm')
+    mae = metadata['test_metrics']['test/angular_z/mae']
+    assert f'held-out test angular_z: MAE {mae:.4f}' in out
+    assert 'validation angular_z: MAE' in out
+
+
 def test_compare_without_held_out_part_raises(subset, tmp_path, capsys):
     code = main(['compare', str(subset), '--out', str(tmp_path / 'cmp'), '--models',
                  'ncp_ltc', '--epochs', '1', '--validation-fraction', '0',
@@ -539,6 +575,17 @@ def test_pretraining_warns_near_constant_predictor(subset, tmp_path, caplog):
     assert pretraining['validation_mae'] > 0.9 * expected
     assert 'hardly better than a constant predictor' in caplog.text
     assert 'raise pretrain_epochs' in caplog.text
+
+
+def test_pretraining_warning_names_time_limit(subset, tmp_path, caplog):
+    torch.set_num_threads(1)
+    # 0.3 s of pretraining ends long before 1000 epochs.
+    config = tiny_config(pretrain_epochs=1000, pretrain_minutes=0.005, pretrain_batch_size=16)
+    caplog.set_level('INFO')
+    train(config, find_episodes(subset), tmp_path / 'model.lcm', progress=False)
+    assert 'hardly better than a constant predictor' in caplog.text
+    assert 'reached its time limit' in caplog.text
+    assert 'raise pretrain_epochs' not in caplog.text
 
 
 def test_compare_table_explains_undefined_values(subset, tmp_path):

@@ -57,11 +57,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='print the result as one JSON object (score, tiles_visited, '
                              'duration_s, ...)')
     parser.add_argument('--domain-id', type=int, default=None,
-                        help='ROS_DOMAIN_ID of the demo nodes (default: a random id in '
-                             '30..101)')
+                        help='ROS_DOMAIN_ID of the demo nodes, 0..232 (default: a random '
+                             'id in 30..101)')
     parser.add_argument('--timeout', type=float, default=None,
                         help='wall-clock seconds before the run is stopped as too slow '
                              '(default: 4 x the simulated time + 60)')
+
+
+# The largest domain id whose DDS ports Fast DDS can compute.
+MAX_DOMAIN_ID = 232
 
 
 def run(args: argparse.Namespace) -> int:
@@ -73,6 +77,9 @@ def run(args: argparse.Namespace) -> int:
         raise ConfigError(f'--seconds {args.seconds} is invalid: give a positive number')
     if not 0.0 <= args.noise <= 1.0:
         raise ConfigError(f'--noise {args.noise} is invalid: use a fraction in [0, 1]')
+    if args.domain_id is not None and not 0 <= args.domain_id <= MAX_DOMAIN_ID:
+        raise ConfigError(f'--domain-id {args.domain_id} is invalid: use 0..{MAX_DOMAIN_ID} '
+                          '(ROS 2 recommends 0..101 on Linux)')
     model = Path(args.model) if args.model is not None else bundled_model()
     if not model.is_file():
         raise FileNotFoundError(f'model not found: {model}. Pass --model PATH or rebuild the '

@@ -97,6 +97,7 @@ def run(args: argparse.Namespace) -> int:
     from liquid_control.data.sources import load_episodes
     from liquid_control.data.sync import LabelOptions
     from liquid_control.errors import LiquidControlError
+    from liquid_control.evaluation.metrics import describe_lag
     from liquid_control.evaluation.perturbations import parse_perturbations
     from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
     from liquid_control.model.checkpoint import load_checkpoint
@@ -151,9 +152,7 @@ def run(args: argparse.Namespace) -> int:
               f'baseline MAE {values["baseline_mae"]:.4f}  change/frame '
               f'{values["mean_abs_change"]:.4f} (human {values["target_mean_abs_change"]:.4f})')
         if math.isfinite(values.get('lag_s', math.nan)):
-            print(f'{name}: lag behind the human {1000 * values["lag_s"]:.0f} ms (r '
-                  f'{values["pearson_at_lag"]:.3f} there), r of fast changes '
-                  f'{values["pearson_fast"]:.3f}')
+            print(f'{name}: {describe_lag(values)}')
     if metrics['scored_frames'] == 0 and args.no_commands:
         LOGGER.info('no human commands (--no-commands), so the accuracy metrics are NaN; '
                     'the report shows the policy outputs, neuron activity and saliency')

@@ -13,7 +13,8 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     defaults = LabelOptions()
     group = parser.add_argument_group('labels (the same options as the recorder node)')
     group.add_argument('--no-commands', action='store_true',
-                       help='import camera and IMU only when the source has no command topic')
+                       help='import camera and IMU without commands, for a source that has '
+                            'no command topic')
     group.add_argument('--command-match', choices=COMMAND_MATCHES,
                        default=defaults.command_match,
                        help='nearest: the command closest in time to the frame; latest: the '

@@ -60,8 +60,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='share of frames kept for validation (0..0.9); 0 trains on '
                              'every frame for the full --epochs, without early stopping')
     parser.add_argument('--test-fraction', type=float,
-                        help='last share of the recording never used in training, kept for '
-                             'a final score (default 0)')
+                        help='last share of the recording never used in training; the best '
+                             'checkpoint is scored on it at the end (default 0)')
     parser.add_argument('--patience', type=int,
                         help='stop after this many epochs without a better validation loss')
     parser.add_argument('--seed', type=int, help='seed of weights, shuffling and augmentation')
@@ -73,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--resume', action='store_true',
                         help='continue from MODEL.last.lcm and MODEL_logs/resume.pt')
     parser.add_argument('--cache-dir', type=Path,
-                        help='where imported bags and tubs are kept (default '
+                        help='where imported bags and tubs are kept (default: '
+                             '$XDG_CACHE_HOME/liquid_control/imports, else '
                              '~/.cache/liquid_control/imports)')
     parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
 
@@ -161,6 +162,16 @@ def check_init_encoder(config) -> None:
                               'liquid-control train') from error
 
 
+def check_model_settings(config) -> None:
+    """Raise ConfigError now, before any data loads, for model settings the policy rejects."""
+    from liquid_control.data.preprocess import Preprocessing
+    from liquid_control.training.trainer import build_policy_config
+
+    # IMU use and output units come from the data later; neither changes which keys are valid.
+    build_policy_config(config, Preprocessing.from_dict(config.preprocessing), use_imu=False,
+                        units=[''] * len(config.outputs))
+
+
 def check_sources(sources, cache_dir=None) -> None:
     """Raise ConfigError for a source listed twice or a ``--cache-dir`` that is not a folder.
 
@@ -200,6 +211,7 @@ def run(args: argparse.Namespace) -> int:
     config = load_config(args)
     check_output(args.out)
     check_init_encoder(config)
+    check_model_settings(config)
     check_sources(args.data, args.cache_dir)
     context = distributed.start()
     try:
@@ -213,11 +225,17 @@ def run(args: argparse.Namespace) -> int:
         output = config.outputs[0]
         print(f'best checkpoint: {result.paths.best} (epoch {result.best_epoch} of '
               f'{result.epochs_run}, {result.stop_reason})')
-        if f'val/{output}/mae' in metrics:
-            print(f'validation {output}: MAE {metrics.get(f"val/{output}/mae", float("nan")):.4f}'
-                  f' (constant predictor '
-                  f'{metrics.get(f"val/{output}/baseline_mae", float("nan")):.4f}), '
-                  f'Pearson r {metrics.get(f"val/{output}/pearson", float("nan")):.3f}')
+        for part, prefix, values in (('validation', 'val', metrics),
+                                     ('held-out test', 'test', result.test_metrics)):
+            if f'{prefix}/{output}/mae' not in values:
+                continue
+            mae = values[f'{prefix}/{output}/mae']
+            constant = values.get(f'{prefix}/{output}/baseline_mae', float('nan'))
+            print(f'{part} {output}: MAE {mae:.4f} (constant predictor {constant:.4f}), '
+                  f'Pearson r {values.get(f"{prefix}/{output}/pearson", float("nan")):.3f}')
+            if mae >= constant:
+                print(f'  no better than the constant predictor on the {part} part: train '
+                      'longer (--epochs, --max-minutes) or check the data')
         print(f'last checkpoint: {result.paths.last}; logs: {result.paths.logs}')
     if context.distributed:
         distributed.exit_now(0)

@@ -120,8 +120,12 @@ def change_metrics(prediction: np.ndarray, target: np.ndarray,
     }
 
 
+# Largest shift, in frames, that ``timing_metrics`` tries between policy and human.
+MAX_LAG_FRAMES = 10
+
+
 def timing_metrics(prediction: np.ndarray, target: np.ndarray, segment: np.ndarray,
-                   frame_period_s: float, max_lag_frames: int = 10,
+                   frame_period_s: float, max_lag_frames: int = MAX_LAG_FRAMES,
                    fast_window_s: float = 1.0) -> Dict[str, float]:
     """Measure the policy's delay behind the human and its fit to fast changes.
 
@@ -197,3 +201,21 @@ def _segment_bounds(segment: np.ndarray) -> Iterator[Tuple[int, int]]:
     stops = np.concatenate([changes, [segment.size]])
     for start, stop in zip(starts, stops):
         yield int(start), int(stop)
+
+
+def describe_lag(values: Dict[str, float], max_lag_frames: int = MAX_LAG_FRAMES) -> str:
+    """Return one line on the lag and fast-change fit in ``values`` (from ``timing_metrics``).
+
+    A best shift at the edge of the search is no real peak, so the line reports that instead
+    of giving it as the lag.
+    """
+    if abs(values['lag_frames']) >= max_lag_frames:
+        lag = (f'no clear lag within {max_lag_frames} frames either way (the best r, '
+               f'{values["pearson_at_lag"]:.3f}, is at the limit of the search)')
+    elif values['lag_s'] >= 0:
+        lag = (f'lag behind the human {1000 * values["lag_s"]:.0f} ms (r '
+               f'{values["pearson_at_lag"]:.3f} there)')
+    else:
+        lag = (f'ahead of the human by {-1000 * values["lag_s"]:.0f} ms (r '
+               f'{values["pearson_at_lag"]:.3f} there)')
+    return f'{lag}, r of fast changes {values["pearson_fast"]:.3f}'

@@ -89,6 +89,7 @@ class PolicyNode(Node):
         self._imu: Optional[np.ndarray] = None
         self._imu_received: Optional[float] = None
         self._last_expected_tick: Optional[float] = None
+        self._ticked = False  # whether the control timer has fired since start-up
         self._elapsed = ElapsedTime()
         self._limiter = OutputLimiter(*self._limits(self.params))
         self._watchdog = InputWatchdog(
@@ -220,6 +221,17 @@ class PolicyNode(Node):
         expected = info.expected_call_time.nanoseconds * 1e-9
         if self._shutting_down:
             return
+        if not self._ticked:
+            self._ticked = True
+            ahead = self._now() - expected
+            if ahead > self.params.control_period:
+                # With use_sim_time the clock reads 0 until the first /clock message, so the
+                # first tick can be due long before the clock's new time. That is start-up,
+                # not a deadline miss: the loop starts at the next tick.
+                self.get_logger().info(f'the clock is {ahead:.3f} s past the first control '
+                                       'tick (start-up, or the first /clock message); '
+                                       'starting at the next tick')
+                return
         self._count_skipped_ticks(expected, self.params.control_period)
         if not self._worker.offer((expected, started)):
             self.counters.deadline_misses += 1

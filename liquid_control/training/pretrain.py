@@ -283,7 +283,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
     if progress and context.is_main:
         from tqdm import tqdm
         bar = tqdm(total=total_steps, desc='pretraining encoder', unit='step', leave=False)
-    epoch, out_of_time = 0, False
+    epoch, out_of_time, out_of_patience = 0, False, False
     try:
         while (epochs <= 0 or epoch < epochs) and not out_of_time:
             epoch += 1
@@ -344,6 +344,7 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
             else:
                 stale += 1
                 if stale >= patience:
+                    out_of_patience = True
                     break
     finally:
         if bar is not None:
@@ -376,8 +377,16 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                     f'validation MAE {best_score:.3f} std, constant predictor '
                     f'{constant:.3f}' if scores else 'no validation')
         if scores and best_score > CONSTANT_MARGIN * constant:
+            if out_of_time:
+                remedy = (f'pretraining reached its time limit after {epoch} epochs: raise '
+                          '--max-minutes or pretrain_minutes')
+            elif out_of_patience:
+                remedy = (f'the validation score stopped improving after epoch {best_epoch}: '
+                          'raise pretrain_patience, or record more varied driving')
+            else:
+                remedy = f'raise pretrain_epochs ({epoch} here)'
             LOGGER.warning('the pretrained encoder is hardly better than a constant predictor '
                            'on the validation frames (MAE %.3f against %.3f std), so the '
-                           'policy will barely react to the camera; raise pretrain_epochs '
-                           '(%d here)', best_score, constant, epoch)
+                           'policy will barely react to the camera; %s', best_score, constant,
+                           remedy)
     return summary

@@ -76,6 +76,9 @@ class TrainResult:
     stop_reason: str
     parameter_counts: Dict[str, int]
     history: List[Dict[str, float]] = field(default_factory=list)
+    # Metrics of the best checkpoint on the held-out test part (test_fraction > 0), keyed
+    # like the validation ones with 'test/' in place of 'val/'.
+    test_metrics: Dict[str, float] = field(default_factory=dict)
 
 
 def decide_imu(config: TrainConfig, episodes: Sequence) -> bool:
@@ -797,21 +800,28 @@ class Trainer:
         mean_loss = total / max(seen, 1)
         return distributed.mean_over_ranks(self.context, mean_loss), out_of_time
 
-    @torch.no_grad()
     def validate(self) -> Dict[str, float]:
         """Replay every validation segment from a fresh state; return loss and metrics.
 
         Without validation segments (``validation_fraction: 0``) the loss is NaN and there
         are no metrics.
         """
-        if not self.split.validation_segments:
-            return {'val/loss': math.nan}
-        policy = self.scored_policy
+        return self.score_segments(self.scored_policy, self.split.validation_segments, 'val')
+
+    @torch.no_grad()
+    def score_segments(self, policy, segments, prefix: str) -> Dict[str, float]:
+        """Replay ``segments`` through ``policy`` from a fresh state; return loss and metrics.
+
+        Keys are ``PREFIX/loss`` and ``PREFIX/OUTPUT/METRIC``; without segments the loss
+        is NaN and there are no metrics.
+        """
+        if not segments:
+            return {f'{prefix}/loss': math.nan}
         policy.eval()
         predictions, targets, masks = [], [], []
         losses, weights = 0.0, 0.0
         try:
-            for segment in self.split.validation_segments:
+            for segment in segments:
                 cached = self.episodes[segment.episode_index]
                 batch = to_tensors(segment_arrays(cached, segment))
                 outputs, _ = policy(batch['frames'], batch['imu'], batch['dt'])
@@ -829,13 +839,32 @@ class Trainer:
         prediction = np.concatenate(predictions)
         target = np.concatenate(targets)
         mask = np.concatenate(masks)
-        values = {'val/loss': losses / weights if weights else math.nan}
+        values = {f'{prefix}/loss': losses / weights if weights else math.nan}
         means = self.output_mean()
         for index, name in enumerate(self.config.outputs):
             scored_target = np.where(mask, target[:, index], np.nan)
             metrics = regression_metrics(prediction[:, index], scored_target, means[name])
             for key in ('mae', 'rmse', 'pearson', 'r2', 'baseline_mae'):
-                values[f'val/{name}/{key}'] = metrics[key]
+                values[f'{prefix}/{name}/{key}'] = metrics[key]
+        return values
+
+    def score_test_part(self) -> Dict[str, float]:
+        """Score the best checkpoint on the held-out test part and record it in that file.
+
+        Returns the 'test/...' metrics, or an empty dict without a test part. The metrics
+        are stored as ``test_metrics`` in the best checkpoint's metadata.
+        """
+        if not self.split.test_segments:
+            return {}
+        policy, metadata = load_checkpoint(self.paths.best)
+        values = self.score_segments(policy, self.split.test_segments, 'test')
+        metadata['test_metrics'] = {key: float(value) for key, value in values.items()
+                                    if math.isfinite(value)}
+        self._save(self.paths.best, metadata, policy)
+        for name in self.config.outputs:
+            LOGGER.info('held-out test %s (best checkpoint): MAE %.4f (constant predictor '
+                        '%.4f), Pearson r %.3f', name, values[f'test/{name}/mae'],
+                        values[f'test/{name}/baseline_mae'], values[f'test/{name}/pearson'])
         return values
 
     def output_mean(self) -> Dict[str, float]:
@@ -883,10 +912,11 @@ class Trainer:
             'torch_version': torch.__version__,
         }
 
-    def _save(self, path: Path, metadata: dict) -> None:
+    def _save(self, path: Path, metadata: dict, policy=None) -> None:
+        """Write ``policy`` (by default the scored policy) with ``metadata`` to ``path``."""
         try:
             path.parent.mkdir(parents=True, exist_ok=True)
-            save_checkpoint(path, self.scored_policy, metadata)
+            save_checkpoint(path, self.scored_policy if policy is None else policy, metadata)
         except OSError as error:
             raise CheckpointError(f'cannot write checkpoint {path}: {error}; free disk space '
                                   'or choose a writable --out') from error
@@ -1002,10 +1032,11 @@ class Trainer:
             LOGGER.info('stopped after epoch %d (%s), without validation; %.1f minutes; '
                         'the best checkpoint %s is the last epoch\'s', epoch, stop_reason,
                         train_seconds / 60.0, self.paths.best)
+        test_metrics = self.score_test_part() if self.context.is_main else {}
         return TrainResult(paths=self.paths, epochs_run=epoch, best_epoch=best_epoch,
                            best_metrics=best_metrics, train_seconds=train_seconds,
                            stop_reason=stop_reason, parameter_counts=dict(counts),
-                           history=list(self.history))
+                           history=list(self.history), test_metrics=test_metrics)
 
 
 def training_metadata_problem(metadata: dict) -> Optional[str]:
