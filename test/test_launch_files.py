@@ -144,6 +144,8 @@ def test_launch_settings_run_directly(launch_module, ros_env, tmp_path, model, c
         assert node.wait_for_output('ready:', timeout=60), node.output()
         peer.wait_connected()
         assert '25 Hz on /robot/cmd_vel' in node.output()
+        # Every key of policy.yaml and every launch override is a declared parameter.
+        assert 'unknown parameter' not in node.output()
         peer.stream(1.0)
         assert any(not is_zero(c) for c in peer.command_list()), node.output()
         assert '[DEBUG]' in node.output()

@@ -235,6 +235,17 @@ def test_invalid_parameter_rejected_at_startup(ros_env, tmp_path, model, name, v
     assert fragment in node.output()
 
 
+def test_misspelt_parameter_warned(ros_env, tmp_path, model):
+    node = NodeProcess(node_command(model, {'control_rate': 10.0}), ros_env,
+                       tmp_path / 'node.log')
+    try:
+        assert node.wait_for_output('ready:', timeout=60), node.output()
+        assert 'unknown parameter(s) ignored: control_rate;' in node.output()
+        assert 'control_rate_hz' in node.output()
+    finally:
+        assert node.stop() == 0
+
+
 def test_missing_model_rejected_at_startup(ros_env, tmp_path):
     node = NodeProcess(node_command(tmp_path / 'missing.lcm'), ros_env, tmp_path / 'node.log')
     assert node.process.wait(timeout=60) == 2

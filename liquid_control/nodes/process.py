@@ -17,7 +17,7 @@ import signal
 import sys
 import threading
 import time
-from typing import Callable, Optional, Sequence, Tuple, Type, TypeVar
+from typing import Callable, List, Optional, Sequence, Tuple, Type, TypeVar
 
 import rclpy
 from rclpy.executors import SingleThreadedExecutor
@@ -97,11 +97,33 @@ def create_node(node_name: str, factory: Callable[[], NodeType],
                 startup_errors: Tuple[Type[BaseException], ...]) -> Optional[NodeType]:
     """Build the node; on a start-up error log it as fatal, shut rclpy down, return None."""
     try:
-        return factory()
+        node = factory()
     except startup_errors as error:
         rclpy.logging.get_logger(node_name).fatal(f'start-up failed: {error}')
         rclpy.try_shutdown()
         return None
+    warn_unknown_parameters(node)
+    return node
+
+
+def warn_unknown_parameters(node: Node) -> List[str]:
+    """Log one warning naming the parameter overrides ``node`` does not declare; return them.
+
+    rclpy ignores such overrides, so a misspelt ``-p control_rate:=10`` or YAML key would
+    otherwise pass unnoticed while the node runs with its default.
+    """
+    # NOTE: rclpy has no public accessor for the overrides; without this private
+    # attribute (another rclpy version) the check is skipped.
+    overrides = getattr(node, '_parameter_overrides', None)
+    if not isinstance(overrides, dict):
+        return []
+    unknown = sorted(name for name in overrides
+                     if not name.startswith('qos_overrides.') and not node.has_parameter(name))
+    if unknown:
+        declared = ', '.join(sorted(node.get_parameters_by_prefix('')))
+        node.get_logger().warning(f'unknown parameter(s) ignored: {", ".join(unknown)}; '
+                                  f'check the spelling. {node.get_name()} has: {declared}')
+    return unknown
 
 
 def limit_teardown(node: Node, limit_s: float = TEARDOWN_LIMIT_S) -> None:
