@@ -32,7 +32,14 @@ def generate_launch_description() -> LaunchDescription:
         DeclareLaunchArgument('model', default_value=bundled_model,
                               description='Policy checkpoint (.lcm); the default is the '
                                           'CarRacing model shipped with the package.'),
-        DeclareLaunchArgument('seed', default_value='0', description='Track seed.'),
+        DeclareLaunchArgument('seed', default_value='0',
+                              description='Track seed. Tracks 0-7 trained the bundled model; '
+                                          '1000 is the demo\'s unseen track.'),
+        DeclareLaunchArgument('episode_end', default_value='pause',
+                              choices=['pause', 'hold', 'reset'],
+                              description='After the lap: pause stops the simulator, so a '
+                                          'recording ends with the lap; hold brakes and '
+                                          'keeps publishing; reset drives the next track.'),
         DeclareLaunchArgument('noise_std', default_value='0.0',
                               description='Camera noise, fraction of full scale.'),
         DeclareLaunchArgument('rate_hz', default_value='50.0',
@@ -49,7 +56,10 @@ def generate_launch_description() -> LaunchDescription:
         package=PACKAGE, executable='sim_node', name='sim_node', output='screen',
         parameters=[sim_params, {'seed': LaunchConfiguration('seed'),
                                  'noise_std': LaunchConfiguration('noise_std'),
-                                 'rate_hz': LaunchConfiguration('rate_hz')}])
+                                 'rate_hz': LaunchConfiguration('rate_hz'),
+                                 'episode_end': LaunchConfiguration('episode_end'),
+                                 # The car stands until the driver's first command.
+                                 'wait_for_command': True}])
     expert = Node(
         package=PACKAGE, executable='expert_node', name='expert_node', output='screen',
         condition=LaunchConfigurationEquals('driver', 'expert'),

@@ -638,3 +638,29 @@ def test_pretraining_rate_warms_up_then_decays():
     assert rate_factor(10 * WARMUP_STEPS, 0.5) == pytest.approx(0.525)
     assert rate_factor(10 * WARMUP_STEPS, 1.0) == pytest.approx(0.05)
     assert rate_factor(10 * WARMUP_STEPS, 3.0) == pytest.approx(0.05)
+
+
+def test_progress_bars_only_on_a_terminal(monkeypatch):
+    import argparse
+    import sys
+
+    from liquid_control.cli.train import show_progress
+
+    monkeypatch.setattr(sys.stderr, 'isatty', lambda: False)
+    assert not show_progress(argparse.Namespace(no_progress=False))
+    monkeypatch.setattr(sys.stderr, 'isatty', lambda: True)
+    assert show_progress(argparse.Namespace(no_progress=False))
+    assert not show_progress(argparse.Namespace(no_progress=True))
+
+
+def test_epoch_summary_names_every_output():
+    from liquid_control.training.logs import summary_line
+
+    values = {'train/loss': 0.5, 'val/loss': 0.4, 'time/epoch_s': 3.0,
+              'val/angular_z/mae': 0.12, 'val/angular_z/baseline_mae': 0.3,
+              'val/angular_z/pearson': 0.9, 'val/linear_x/mae': 1.1,
+              'val/linear_x/baseline_mae': 2.0, 'val/linear_x/pearson': 0.8}
+    line = summary_line(2, 10, values, ['angular_z', 'linear_x'], improved=True)
+    assert 'angular_z MAE 0.1200 (constant 0.3000), r 0.900' in line
+    assert 'linear_x MAE 1.1000 (constant 2.0000), r 0.800' in line
+    assert line.endswith('best so far')

@@ -5,7 +5,7 @@ import logging
 from pathlib import Path
 
 from liquid_control.cli.train import (check_init_encoder, check_sources, check_writable_folder,
-                                      load_config, load_data)
+                                      load_config, load_data, show_progress)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +48,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='write the evaluation plots and report of every run')
     parser.add_argument('--cache-dir', type=Path,
                         help='where imported bags and tubs are kept')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='hide the progress bars (hidden anyway when stderr is not a '
+                             'terminal, e.g. in a log file)')
 
 
 def run(args: argparse.Namespace) -> int:
@@ -83,6 +85,6 @@ def run(args: argparse.Namespace) -> int:
     episodes = load_data(args.data, args.cache_dir)
     compare(config, episodes, args.out, specs, seeds=args.seeds,
             perturbations=args.perturbations, reuse=args.reuse, plots=args.plots,
-            sources=[str(s) for s in args.data], progress=not args.no_progress)
+            sources=[str(s) for s in args.data], progress=show_progress(args))
     print((args.out / 'compare.md').read_text(), end='')
     return 0

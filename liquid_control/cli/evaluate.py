@@ -119,7 +119,7 @@ def run(args: argparse.Namespace) -> int:
         loaded = load_episodes(source, cache_dir=args.cache_dir,
                                image_topic=args.image_topic, imu_topic=args.imu_topic,
                                command_topic=args.command_topic, **label_options)
-        LOGGER.info('source %s: %d episodes, %d frames', source, len(loaded),
+        LOGGER.info('source %s: %d episode(s), %d frames', source, len(loaded),
                     sum(len(episode) for episode in loaded))
         episodes.extend(loaded)
 

@@ -6,6 +6,7 @@ Run it under ``torchrun --nproc_per_node=N`` to train with distributed data para
 
 import argparse
 import logging
+import sys
 import tempfile
 from pathlib import Path
 
@@ -76,7 +77,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='where imported bags and tubs are kept (default: '
                              '$XDG_CACHE_HOME/liquid_control/imports, else '
                              '~/.cache/liquid_control/imports)')
-    parser.add_argument('--no-progress', action='store_true', help='hide the progress bars')
+    parser.add_argument('--no-progress', action='store_true',
+                        help='hide the progress bars (hidden anyway when stderr is not a '
+                             'terminal, e.g. in a log file)')
 
 
 def collect_overrides(args: argparse.Namespace) -> dict:
@@ -162,6 +165,11 @@ def check_init_encoder(config) -> None:
                               'liquid-control train') from error
 
 
+def show_progress(args: argparse.Namespace) -> bool:
+    """Return whether to draw progress bars: not with --no-progress or into a file or pipe."""
+    return not args.no_progress and sys.stderr.isatty()
+
+
 def check_model_settings(config) -> None:
     """Raise ConfigError now, before any data loads, for model settings the policy rejects."""
     from liquid_control.data.preprocess import Preprocessing
@@ -217,7 +225,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         episodes = load_data(args.data, args.cache_dir)
         result = train(config, episodes, args.out, sources=[str(s) for s in args.data],
-                       resume=args.resume, progress=not args.no_progress, context=context)
+                       resume=args.resume, progress=show_progress(args), context=context)
     finally:
         distributed.stop(context)
     if context.is_main:

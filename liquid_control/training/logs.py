@@ -4,7 +4,7 @@ import csv
 import logging
 import math
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence
 
 LOGGER = logging.getLogger(__name__)
 
@@ -70,15 +70,21 @@ def _format(value) -> str:
     return str(value)
 
 
-def summary_line(epoch: int, epochs: int, values: Dict[str, float], output: str,
+def summary_line(epoch: int, epochs: int, values: Dict[str, float], outputs: Sequence[str],
                  improved: bool) -> str:
-    """Return a one-line epoch summary, e.g. ``epoch 3/30 train 0.41 val 0.38 ...``."""
+    """Return a one-line epoch summary, e.g. ``epoch 3/30 train 0.41 val 0.38 ...``.
+
+    Every output in ``outputs`` with validation metrics gets its MAE, the constant
+    predictor's MAE and Pearson r.
+    """
     parts = [f'epoch {epoch}/{epochs}', f'train loss {values["train/loss"]:.4f}']
     validation = values.get('val/loss', math.nan)
     parts.append(f'val loss {validation:.4f}' if math.isfinite(validation) else
                  'no validation')
-    mae = values.get(f'val/{output}/mae')
-    if mae is not None:
+    for output in outputs:
+        mae = values.get(f'val/{output}/mae')
+        if mae is None:
+            continue
         parts.append(f'{output} MAE {mae:.4f} '
                      f'(constant {values.get(f"val/{output}/baseline_mae", math.nan):.4f})')
         parts.append(f'r {values.get(f"val/{output}/pearson", math.nan):.3f}')

@@ -991,7 +991,7 @@ class Trainer:
                         stale += 1
                     self.history.append({'epoch': epoch, **values})
                     log.write(epoch, values)
-                    LOGGER.info(summary_line(epoch, config.epochs, values, config.outputs[0],
+                    LOGGER.info(summary_line(epoch, config.epochs, values, config.outputs,
                                              improved and validated))
                     total_s = values['time/total_s']
                     if improved:
