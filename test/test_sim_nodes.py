@@ -145,6 +145,23 @@ def test_expert_drives_sim_over_dds(start):
         assert process.stop() == 0, process.output()
 
 
+def test_expert_labels_stop_when_episode_ends(start):
+    observer, processes = start(('sim_node', {'seed': 12, 'max_episode_steps': 60,
+                                              'episode_end': 'hold'}),
+                                ('expert_node', {'label_topic': 'expert/cmd_vel'}))
+    assert observer.wait_for(lambda: (observer.latest_status() or {}).get('done', False),
+                             timeout=30), processes[0].output() + processes[1].output()
+    assert observer.wait_for(lambda: 'labels paused' in processes[1].output(), timeout=10)
+    time.sleep(0.3)
+    with observer._lock:
+        before = len(observer.labels)
+    # The car stands on hold and frames keep coming, but no label drives it any more.
+    time.sleep(1.5)
+    assert len(observer.labels) == before
+    assert before >= 20
+    assert observer.latest_status()['done']
+
+
 def test_sim_publishes_camera_imu_clock_track(start):
     observer, processes = start(('sim_node', {'seed': 2, 'image_width': 64,
                                               'image_height': 48}))

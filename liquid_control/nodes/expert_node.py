@@ -9,6 +9,7 @@ driven command, so the recorded labels show how the expert recovers from the dev
 that the noise causes.
 """
 
+import json
 import math
 import sys
 from dataclasses import fields
@@ -22,6 +23,7 @@ from rcl_interfaces.msg import FloatingPointRange, ParameterDescriptor
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
 from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy
+from std_msgs.msg import String
 
 from liquid_control.nodes.process import create_node, init_ros, limit_teardown, spin_until_stopped
 from liquid_control.nodes.qos import command_qos
@@ -90,6 +92,9 @@ class ExpertNode(Node):
                                    float(value('noise_time_constant')),
                                    int(value('noise_seed')))
         self.expert: Optional[PurePursuitExpert] = None
+        # Set while the simulator reports its episode over (status 'done'): the car stands,
+        # so a label would teach a recorder to drive where the car does not.
+        self._episode_done = False
 
         self._command_pub = self.create_publisher(Twist, value('command_topic'), command_qos())
         self._label_pub = None
@@ -103,6 +108,7 @@ class ExpertNode(Node):
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.create_subscription(Path, 'track', self._on_track, latched)
         self.create_subscription(Odometry, 'odom', self._on_odom, 10)
+        self.create_subscription(String, 'status', self._on_status, latched)
         self.get_logger().info(
             f'ready: commands on {self._command_pub.topic_name}, labels on '
             f'{self._label_pub.topic_name if self._label_pub else "(none)"}, max speed '
@@ -119,6 +125,17 @@ class ExpertNode(Node):
         self.noise.reset()
         self.get_logger().info(f'new track: {len(track)} points, {track.length:.0f} m')
 
+    def _on_status(self, msg: String) -> None:
+        try:
+            done = bool(json.loads(msg.data).get('done', False))
+        except (ValueError, AttributeError) as error:
+            self.get_logger().error(f'status message rejected: {error}: {msg.data[:200]!r}')
+            return
+        if done != self._episode_done:
+            self.get_logger().info('episode over: labels paused until the next one starts'
+                                   if done else 'episode running: labels resumed')
+        self._episode_done = done
+
     def _on_odom(self, msg: Odometry) -> None:
         if self.expert is None:
             return
@@ -126,7 +143,7 @@ class ExpertNode(Node):
         yaw = 2.0 * math.atan2(pose.orientation.z, pose.orientation.w)
         speed = float(msg.twist.twist.linear.x)
         linear_x, angular_z = self.expert.command(pose.position.x, pose.position.y, yaw, speed)
-        if self._label_pub is not None:
+        if self._label_pub is not None and not self._episode_done:
             label = _twist(linear_x, angular_z)
             if self._label_stamped:
                 label = TwistStamped(header=msg.header, twist=label)
