@@ -92,8 +92,8 @@ class ExpertNode(Node):
                                    float(value('noise_time_constant')),
                                    int(value('noise_seed')))
         self.expert: Optional[PurePursuitExpert] = None
-        # Set while the simulator reports its episode over (status 'done'): the car stands,
-        # so a label would teach a recorder to drive where the car does not.
+        # Set while the simulator reports its episode over (status 'done'). The car then
+        # brakes to a stop, so a label would teach a recorder to drive where it does not.
         self._episode_done = False
 
         self._command_pub = self.create_publisher(Twist, value('command_topic'), command_qos())
