@@ -58,7 +58,7 @@ def generate_launch_description() -> LaunchDescription:
                                  'noise_std': LaunchConfiguration('noise_std'),
                                  'rate_hz': LaunchConfiguration('rate_hz'),
                                  'episode_end': LaunchConfiguration('episode_end'),
-                                 # The car stands until the driver's first command.
+                                 # The car does not move before the driver's first command.
                                  'wait_for_command': True}])
     expert = Node(
         package=PACKAGE, executable='expert_node', name='expert_node', output='screen',

@@ -135,7 +135,7 @@ def test_shutdown_publishes_zero(launch, model, sig):
     assert is_zero(peer.command_list()[-1])
     assert 'shutdown: zero command published' in node.output()
     # The package's DDS profile shortens the heartbeat period, so the acknowledgement comes
-    # well within the node's wait; with Fast DDS's default it came after 2.7 s.
+    # well within the node's wait. With Fast DDS's default it came after 2.7 s.
     assert 'not acknowledged' not in node.output()
 
 

@@ -155,7 +155,7 @@ def test_expert_labels_stop_when_episode_ends(start):
     time.sleep(0.3)
     with observer._lock:
         before = len(observer.labels)
-    # The car stands on hold and frames keep coming, but no label drives it any more.
+    # The car is held and frames keep coming, but no label arrives any more.
     time.sleep(1.5)
     assert len(observer.labels) == before
     assert before >= 20

@@ -371,12 +371,17 @@ def test_no_validation_trains_all_epochs(subset, tmp_path, capsys):
     assert 'validation MAE' not in best_metadata['pretraining']
 
 
-def test_train_command_without_validation(subset, tmp_path, capsys):
-    code = main(['train', str(subset), '--out', str(tmp_path / 'cli.lcm'), '--epochs', '1',
+def _train_command(subset, out, *options) -> int:
+    """Run ``liquid-control train`` for one small epoch on ``subset`` with ``options``."""
+    return main(['train', str(subset), '--out', str(out), '--epochs', '1',
                  '--sequence-length', '8', '--batch-size', '8', '--threads', '1',
-                 '--validation-fraction', '0', '--no-progress', '--set', 'stride=2',
-                 '--set', 'warmup_frames=2', '--set', 'pretrain_epochs=0',
-                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}'])
+                 '--no-progress', '--set', 'stride=2', '--set', 'warmup_frames=2',
+                 '--set', 'pretrain_epochs=0',
+                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}', *options])
+
+
+def test_train_command_without_validation(subset, tmp_path, capsys):
+    code = _train_command(subset, tmp_path / 'cli.lcm', '--validation-fraction', '0')
     assert code == 0
     out = capsys.readouterr().out
     assert 'best checkpoint' in out
@@ -407,11 +412,7 @@ def test_train_scores_held_out_part(subset, tmp_path):
 
 
 def test_train_command_prints_held_out_score(subset, tmp_path, capsys):
-    code = main(['train', str(subset), '--out', str(tmp_path / 'cli.lcm'), '--epochs', '1',
-                 '--sequence-length', '8', '--batch-size', '8', '--threads', '1',
-                 '--test-fraction', '0.2', '--no-progress', '--set', 'stride=2',
-                 '--set', 'warmup_frames=2', '--set', 'pretrain_epochs=0',
-                 '--set', 'preprocessing={crop_top: 0.4, height: 24, width: 48}'])
+    code = _train_command(subset, tmp_path / 'cli.lcm', '--test-fraction', '0.2')
     assert code == 0
     out = capsys.readouterr().out
     _, metadata = load_checkpoint(tmp_path / 'cli.lcm')

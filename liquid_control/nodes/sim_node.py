@@ -266,8 +266,8 @@ class SimNode(Node):
         self._episode += 1
         self._end_logged = False
         self._paused = False
-        # The last frame of the old episode went out at the current stamp, so the new
-        # episode's first frame takes the next one; a repeated stamp is out of order.
+        # The last frame of the old episode went out at the current stamp. The new
+        # episode's first frame takes the next one, because a recorder drops a repeated stamp.
         self._total_steps += 1
         self._publish_episode_start()
 
