@@ -82,7 +82,7 @@ def test_dataset_info_missing_folder(tmp_path, capsys):
     assert 'absent not found' in capsys.readouterr().err
 
 
-def test_dataset_info_on_tub_says_import(capsys):
+def test_dataset_info_rejects_tub(capsys):
     tub = SHARED_DATA / 'donkey_indoor_train_tub'
     assert main(['dataset', 'info', str(tub)]) == 2
     error = capsys.readouterr().err

@@ -103,7 +103,7 @@ def test_timing_finds_known_delay():
     assert early['lag_frames'] == -3
 
 
-def test_describe_lag_late_early_and_edge():
+def test_describe_lag_cases():
     base = {'pearson_at_lag': 0.8, 'pearson_fast': 0.4}
     late = describe_lag({**base, 'lag_frames': 3, 'lag_s': 0.15})
     assert late.startswith('lag behind the human 150 ms (r 0.800 there)')

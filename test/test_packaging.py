@@ -16,7 +16,7 @@ def workspace(colcon_workspace) -> Path:
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_package_xml_declares_imported_ros_packages():
+def test_package_xml_declares_imports():
     sources = list((REPO_ROOT / 'liquid_control').rglob('*.py'))
     sources += list((REPO_ROOT / 'launch').glob('*.py'))
     imported = set()

@@ -252,7 +252,7 @@ def test_missing_model_rejected_at_startup(ros_env, tmp_path):
     assert 'missing.lcm' in node.output()
 
 
-def test_empty_model_path_rejected_at_startup(ros_env, tmp_path):
+def test_empty_model_path_rejected(ros_env, tmp_path):
     # config/policy.yaml leaves model_path empty. The node must not fall back to the
     # simulator's model on a robot.
     command = [sys.executable, '-m', 'liquid_control.nodes.policy_node', '--ros-args',
@@ -325,7 +325,7 @@ def test_clock_jump_back_resets_state(launch, model):
     assert 'policy state reset: the clock jumped back' in node.output()
 
 
-def test_sim_clock_running_at_start_is_no_miss(launch, model):
+def test_running_sim_clock_at_start(launch, model):
     from rosgraph_msgs.msg import Clock
 
     node, peer = launch(model, dict(RELAXED, use_sim_time=True, max_stamp_offset=0.0),

@@ -145,7 +145,7 @@ def test_expert_drives_sim_over_dds(start):
         assert process.stop() == 0, process.output()
 
 
-def test_expert_labels_stop_when_episode_ends(start):
+def test_expert_no_labels_after_episode(start):
     observer, processes = start(('sim_node', {'seed': 12, 'max_episode_steps': 60,
                                               'episode_end': 'hold'}),
                                 ('expert_node', {'label_topic': 'expert/cmd_vel'}))
@@ -232,7 +232,7 @@ def test_sim_pauses_at_step_limit(start):
     assert processes[0].wait_for_output('step limit 40 reached', timeout=5)
 
 
-def test_sim_reset_keeps_stamps_increasing(start):
+def test_sim_reset_stamps_increase(start):
     observer, processes = start(('sim_node', {'seed': 10, 'max_episode_steps': 20,
                                               'episode_end': 'reset'}))
     assert observer.wait_for(lambda: observer.latest_status() is not None, timeout=60), \

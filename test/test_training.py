@@ -640,7 +640,7 @@ def test_pretraining_rate_warms_up_then_decays():
     assert rate_factor(10 * WARMUP_STEPS, 3.0) == pytest.approx(0.05)
 
 
-def test_progress_bars_only_on_a_terminal(monkeypatch):
+def test_progress_bars_only_on_terminal(monkeypatch):
     import argparse
     import sys
 

@@ -411,7 +411,7 @@ def test_train_scores_held_out_part(subset, tmp_path):
         'val/angular_z/mae']
 
 
-def test_train_command_prints_held_out_score(subset, tmp_path, capsys):
+def test_train_prints_held_out_score(subset, tmp_path, capsys):
     code = _train_command(subset, tmp_path / 'cli.lcm', '--test-fraction', '0.2')
     assert code == 0
     out = capsys.readouterr().out

@@ -175,7 +175,7 @@ def check_model_settings(config) -> None:
     from liquid_control.data.preprocess import Preprocessing
     from liquid_control.training.trainer import build_policy_config
 
-    # IMU use and output units come from the data later; neither changes which keys are valid.
+    # IMU use and output units come from the data later. Neither changes which keys are valid.
     build_policy_config(config, Preprocessing.from_dict(config.preprocessing), use_imu=False,
                         units=[''] * len(config.outputs))
 

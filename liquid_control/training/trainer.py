@@ -810,9 +810,9 @@ class Trainer:
 
     @torch.no_grad()
     def score_segments(self, policy, segments, prefix: str) -> Dict[str, float]:
-        """Replay ``segments`` through ``policy`` from a fresh state; return loss and metrics.
+        """Replay ``segments`` through ``policy`` from a fresh state and return loss and metrics.
 
-        Keys are ``PREFIX/loss`` and ``PREFIX/OUTPUT/METRIC``; without segments the loss
+        Keys are ``PREFIX/loss`` and ``PREFIX/OUTPUT/METRIC``. Without segments the loss
         is NaN and there are no metrics.
         """
         if not segments:
