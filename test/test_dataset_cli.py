@@ -77,6 +77,14 @@ def test_dataset_info_partial_episodes(tmp_path, capsys):
     assert statistics['per_episode'][1]['finished'] is False
 
 
+def test_dataset_info_source_not_object(tmp_path, capsys):
+    writer = EpisodeWriter(tmp_path / 'data', {'source': None})
+    writer.add(0, EncodedImage(JPEG, 'jpg'), FrameLabels())
+    writer.close()
+    assert main(['dataset', 'info', str(tmp_path / 'data'), '--json']) == 0
+    assert json.loads(capsys.readouterr().out)['per_episode'][0]['source'] is None
+
+
 def test_dataset_info_missing_folder(tmp_path, capsys):
     assert main(['dataset', 'info', str(tmp_path / 'absent')]) == 2
     assert 'absent not found' in capsys.readouterr().err

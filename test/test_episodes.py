@@ -291,7 +291,11 @@ def _edit_row(folder, row_number, column, value):
     ('frame', '/etc/hostname', 'not a file name inside'),
     ('frame', '../../outside.jpg', 'not a file name inside'),
     ('linear_x', 'inf', 'valid'),
+    ('linear_x', 'nan', 'valid'),
+    ('angular_z', '', 'valid'),
+    ('valid', 'yes', "valid is 'yes', expected 0 or 1"),
     ('stamp_ns', str(2 ** 70), 'outside the 64-bit range|invalid'),
+    ('stamp_ns', '1', 'line 3: stamp_ns 1 does not follow 1'),
 ])
 def test_episode_damaged_row_value_rejected(tmp_path, column, value, message):
     folder = _write_episode(tmp_path, [1, 2, 3])
@@ -313,3 +317,56 @@ def test_episode_metadata_not_object_rejected(tmp_path):
     (folder / 'metadata.json').write_text('[1, 2]')
     with pytest.raises(DataError, match='not a JSON object'):
         Episode(folder)
+
+
+def test_episode_lost_rows_rejected(tmp_path):
+    folder = _write_episode(tmp_path, [1, 2, 3])
+    lines = (folder / 'rows.csv').read_text().splitlines(keepends=True)
+    (folder / 'rows.csv').write_text(''.join(lines[:-1]))
+    with pytest.raises(DataError, match='has 2 rows but metadata.json says frame_count 3'):
+        Episode(folder)
+
+
+@pytest.mark.parametrize('version', [None, 0, True, '1'])
+def test_episode_bad_format_version_rejected(tmp_path, version):
+    folder = _write_episode(tmp_path, [1])
+    metadata = json.loads((folder / 'metadata.json').read_text())
+    metadata['format_version'] = version
+    (folder / 'metadata.json').write_text(json.dumps(metadata))
+    with pytest.raises(DataError, match='expected a whole number from 1'):
+        Episode(folder)
+
+
+def test_find_episodes_names_missing_metadata(tmp_path):
+    _write_episode(tmp_path, [1])
+    folder = _write_episode(tmp_path, [1])
+    (folder / 'metadata.json').unlink()
+    with pytest.raises(DataError, match='episode_0001 is not an episode: metadata.json is '
+                       'missing'):
+        find_episodes(tmp_path)
+
+
+def test_writer_command_beyond_float32_is_invalid(tmp_path):
+    writer = EpisodeWriter(tmp_path, {})
+    labels = FrameLabels(linear_x=0.5, angular_z=1e39, command_status='ok')
+    writer.add(1, EncodedImage(_jpeg(0), 'jpg'), labels)
+    episode = Episode(writer.close('test'))
+    assert episode.valid.tolist() == [False]
+
+
+@pytest.mark.parametrize('imu_value', [1e39, math.inf])
+def test_writer_rejects_imu_beyond_float32(tmp_path, imu_value):
+    writer = EpisodeWriter(tmp_path, {})
+    labels = FrameLabels(imu=np.array([0.0, 0.0, imu_value, 0.0, 0.0, 9.8]),
+                         imu_status='recorded')
+    with pytest.raises(DataError, match='beyond float32'):
+        writer.add(1, EncodedImage(_jpeg(0), 'jpg'), labels)
+    assert len(writer) == 0
+
+
+@pytest.mark.parametrize('stamp', [-1, 2 ** 63])
+def test_writer_rejects_stamp_outside_int64(tmp_path, stamp):
+    writer = EpisodeWriter(tmp_path, {})
+    with pytest.raises(DataError, match='is outside 0..'):
+        writer.add(stamp, EncodedImage(_jpeg(0), 'jpg'), _labels(0))
+    assert len(writer) == 0

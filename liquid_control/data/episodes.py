@@ -56,6 +56,9 @@ IMU_STATUSES = ('recorded', 'interpolated', 'nearest', 'missing')
 COMMAND_STATUSES = ('ok', 'missing')
 
 _EPISODE_NAME = re.compile(r'^episode_(\d+)(\.partial)?$')
+# Values are read back as float32: a larger magnitude would come back as infinity.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+_INT64_MAX = 2 ** 63 - 1
 _logger = logging.getLogger(__name__)
 
 
@@ -76,9 +79,13 @@ class FrameLabels:
 
     @property
     def valid(self) -> bool:
-        """Whether the frame has a usable command (both fields finite)."""
-        return (self.command_status == 'ok' and math.isfinite(self.linear_x)
-                and math.isfinite(self.angular_z))
+        """Whether the frame has a usable command (both fields finite in float32)."""
+        return (self.command_status == 'ok' and _fits_float32(self.linear_x)
+                and _fits_float32(self.angular_z))
+
+
+def _fits_float32(value: float) -> bool:
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
 
 
 @dataclass
@@ -268,6 +275,15 @@ class EpisodeWriter:
         if self._closed:
             raise DataError(f'episode {self.final_dir} is closed; start a new one')
         stamp_ns = int(stamp_ns)
+        if not 0 <= stamp_ns <= _INT64_MAX:
+            raise DataError(f'frame stamp {stamp_ns} ns is outside 0..{_INT64_MAX} (int64 '
+                            f'nanoseconds); episode {self.partial_dir} keeps its earlier '
+                            'frames. Check the clock or the source of the stamps.')
+        if labels.imu is not None and not all(abs(v) <= FLOAT32_MAX or math.isnan(v)
+                                              for v in labels.imu):
+            raise DataError(f'IMU values {tuple(labels.imu)} at stamp {stamp_ns} ns include '
+                            'an infinity or a magnitude beyond float32; mark the reading '
+                            'missing (NaN) instead')
         if self._last_stamp_ns is not None and stamp_ns <= self._last_stamp_ns:
             raise DataError(
                 f'frame stamp {stamp_ns} ns does not increase (previous {self._last_stamp_ns} '
@@ -379,6 +395,12 @@ def _parse_float(text: str) -> float:
     return float(text) if text else math.nan
 
 
+def _parse_valid(text: str) -> bool:
+    if text not in ('0', '1'):
+        raise ValueError(f'valid is {text!r}, expected 0 or 1')
+    return text == '1'
+
+
 def _is_plain_frame_name(name: str) -> bool:
     """Return True for a relative path that stays inside the episode folder."""
     path = Path(name)
@@ -440,11 +462,10 @@ def _load_table(rows_path: str, mtime_ns: int, size: int, finished: bool) -> _Ta
             angular.append(_parse_float(row[position['angular_z']]))
             command_status.append(row[position['command_status']])
             age.append(_parse_float(row[position['command_age_s']]))
-            valid.append(row[position['valid']] == '1')
+            valid.append(_parse_valid(row[position['valid']]))
         except (ValueError, OverflowError) as error:
             raise DataError(f'{rows_path} line {line_number} is invalid: {error}') from None
-        if valid[-1] and not all(math.isfinite(value) for value in
-                                 (linear[-1], angular[-1]) if not math.isnan(value)):
+        if valid[-1] and not (_fits_float32(linear[-1]) and _fits_float32(angular[-1])):
             raise DataError(f'{rows_path} line {line_number} marks a command of '
                             f'({linear[-1]}, {angular[-1]}) valid; the episode is damaged')
 
@@ -454,20 +475,24 @@ def _load_table(rows_path: str, mtime_ns: int, size: int, finished: bool) -> _Ta
         raise DataError(f'{rows_path}: a stamp_ns value is outside the 64-bit range; the '
                         'episode is damaged') from None
     if stamp_array.size > 1 and np.any(np.diff(stamp_array) <= 0):
-        raise DataError(f'{rows_path}: timestamps do not increase strictly; the episode is '
-                        'damaged')
-    table = _Table(
-        stamp_ns=stamp_array,
-        frames=frames,
-        imu=np.asarray(imu, dtype=np.float32).reshape(-1, len(IMU_FIELDS)),
-        imu_status=np.asarray(imu_status, dtype=str),
-        commands={'linear_x': np.asarray(linear, dtype=np.float32),
-                  'angular_z': np.asarray(angular, dtype=np.float32)},
-        command_status=np.asarray(command_status, dtype=str),
-        command_age_s=np.asarray(age, dtype=np.float32),
-        valid=np.asarray(valid, dtype=bool),
-        dropped_rows=dropped,
-        notes=notes)
+        first = int(np.flatnonzero(np.diff(stamp_array) <= 0)[0]) + 1
+        # Line 1 is the header, so row i is on line i + 2.
+        raise DataError(f'{rows_path} line {first + 2}: stamp_ns {stamp_array[first]} does '
+                        f'not follow {stamp_array[first - 1]} of the line before; timestamps '
+                        'must increase strictly. The episode is damaged.')
+    with np.errstate(over='ignore'):  # Beyond float32 reads as infinity, never valid.
+        table = _Table(
+            stamp_ns=stamp_array,
+            frames=frames,
+            imu=np.asarray(imu, dtype=np.float32).reshape(-1, len(IMU_FIELDS)),
+            imu_status=np.asarray(imu_status, dtype=str),
+            commands={'linear_x': np.asarray(linear, dtype=np.float32),
+                      'angular_z': np.asarray(angular, dtype=np.float32)},
+            command_status=np.asarray(command_status, dtype=str),
+            command_age_s=np.asarray(age, dtype=np.float32),
+            valid=np.asarray(valid, dtype=bool),
+            dropped_rows=dropped,
+            notes=notes)
     # The table is shared by every Episode of this folder through the cache.
     for array in [table.stamp_ns, table.imu, table.imu_status, table.command_status,
                   table.command_age_s, table.valid, *table.commands.values()]:
@@ -501,7 +526,11 @@ class Episode:
         if not isinstance(self.metadata, dict):
             raise DataError(f'{metadata_path} is not a JSON object; the episode is damaged')
         version = self.metadata.get('format_version')
-        if not isinstance(version, int) or version > FORMAT_VERSION:
+        if not isinstance(version, int) or isinstance(version, bool) or version < 1:
+            raise DataError(
+                f'{metadata_path} has format_version {version!r}, expected a whole number '
+                f'from 1; the episode is damaged or was not written by liquid_control')
+        if version > FORMAT_VERSION:
             raise DataError(
                 f'{metadata_path} has format_version {version!r}; this version of '
                 f'liquid_control reads up to {FORMAT_VERSION}. Update liquid_control.')
@@ -511,6 +540,11 @@ class Episode:
         stat = rows_path.stat()
         self._table = _load_table(str(rows_path), stat.st_mtime_ns, stat.st_size,
                                   self.finished)
+        expected = self.metadata.get('frame_count')
+        if self.finished and isinstance(expected, int) and expected != len(self._table.frames):
+            raise DataError(f'{rows_path} has {len(self._table.frames)} rows but '
+                            f'{METADATA_FILE} says frame_count {expected}; rows were lost '
+                            'after the episode was finished. The episode is damaged.')
         self.timestamps = self._table.stamp_ns.astype(np.float64) * 1e-9
 
     def __len__(self) -> int:
@@ -693,6 +727,10 @@ def find_episodes(path: Union[str, Path], include_partial: bool = False) -> List
     skipped = []
     for child in sorted(path.iterdir()):
         if not child.is_dir() or not _is_episode_dir(child):
+            if (child.is_dir() and _EPISODE_NAME.match(child.name)
+                    and not child.name.endswith(PARTIAL_SUFFIX)):
+                # An episode folder by name that lacks a file: damaged, not foreign.
+                Episode(child)
             continue
         if child.name.endswith(PARTIAL_SUFFIX) and not include_partial:
             skipped.append(child.name)

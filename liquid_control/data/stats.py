@@ -45,9 +45,16 @@ def episode_statistics(episode: Episode, max_gap_s: Optional[float] = None) -> d
         'rate_hz': 1.0 / period if count > 1 and period > 0 else None,
         'has_imu': episode.has_imu,
         'has_commands': episode.has_commands,
-        'source': episode.metadata.get('source', {}).get('kind'),
+        'source': _source_kind(episode.metadata),
         'gaps': _episode_gaps(episode, max_gap_s),
     }
+
+
+def _source_kind(metadata: dict) -> Optional[str]:
+    """Return metadata's source.kind, or None when the metadata does not have one."""
+    source = metadata.get('source')
+    kind = source.get('kind') if isinstance(source, dict) else None
+    return kind if isinstance(kind, str) else None
 
 
 def dataset_statistics(episodes: Sequence[Episode], max_gap_s: Optional[float] = None
