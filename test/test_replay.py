@@ -131,6 +131,26 @@ def test_replay_ros1_bag(ros_env, tmp_path, model):
     assert summary['latency_ms']['count'] >= 20
 
 
+def test_replay_bag_without_frames_fails(ros_env, tmp_path, model):
+    bag = tmp_path / 'empty.bag'
+    _write_ros1_bag(bag, seconds=0.0)
+    out = tmp_path / 'out'
+    result = _replay(ros_env, bag, '--model', model, '--out', out, *RELAXED)
+    assert result.returncode == 1, result.stderr + result.stdout
+    assert 'no camera frame was played: /camera/image_raw has no messages' in result.stderr
+    assert _summary(out)['frames_published'] == 0
+
+
+def test_replay_summary_names_lost_inputs():
+    from liquid_control.cli.replay import summary_problems
+
+    summary = {'invalid_frames': 10, 'dropped_frames': 0, 'invalid_imu': None,
+               'invalid_outputs': 3}
+    assert summary_problems(summary) == [
+        '10 frame(s) the policy node rejected as unreadable (see policy_node.log)',
+        '3 non-finite policy output(s), replaced by zero commands (see policy_node.log)']
+
+
 def test_replay_uses_running_node(shared_data, ros_env, tmp_path, model):
     params = {'twist_stamped': True, 'command_stamp': 'frame', 'imu_timeout': 0.5,
               'input_timeout': 0.5}

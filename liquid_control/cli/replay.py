@@ -151,6 +151,8 @@ def summarize(rows: List[dict], record, diagnostics: Dict[str, str], rate: float
         'deadline_misses': diagnostic_int('deadline_misses'),
         'dropped_frames': diagnostic_int('dropped_frames'),
         'invalid_frames': diagnostic_int('invalid_frames'),
+        'invalid_imu': diagnostic_int('invalid_imu'),
+        'invalid_outputs': diagnostic_int('invalid_outputs'),
         'zero_commands': sum(1 for row in rows if row['linear_x'] == 0.0
                              and row['angular_z'] == 0.0),
         'node_diagnostics': diagnostics,
@@ -328,7 +330,26 @@ def _play(args: argparse.Namespace, reader, image_topic: str, imu_topic: Optiona
     print(f'{summary["commands"]} commands, {summary["rate_hz"]:.2f} Hz during playback, '
           f'latency p50 {_format_ms(latency["p50"])} p99 {_format_ms(latency["p99"])}, '
           f'deadline misses {summary["deadline_misses"]}; written to {args.out}')
+    for problem in summary_problems(summary):
+        print(f'warning: {problem}', file=sys.stderr)
+    if summary['frames_published'] == 0 and not summary['interrupted']:
+        print(f'error: no camera frame was played: {image_topic} has no messages in the '
+              'played part of the bag; check the bag, or choose the camera topic with '
+              '--image-topic', file=sys.stderr)
+        return 1
     return 0 if exit_code in (0, None) else 1
+
+
+def summary_problems(summary: dict) -> List[str]:
+    """Return one line for each counter of the summary that shows inputs or outputs lost."""
+    counters = (
+        ('invalid_frames', 'frame(s) the policy node rejected as unreadable'),
+        ('dropped_frames', 'frame(s) the policy node dropped'),
+        ('invalid_imu', 'IMU message(s) the policy node rejected'),
+        ('invalid_outputs', 'non-finite policy output(s), replaced by zero commands'),
+    )
+    return [f'{summary[key]} {text} (see policy_node.log)'
+            for key, text in counters if summary.get(key)]
 
 
 def _format_ms(value: Optional[float]) -> str:
