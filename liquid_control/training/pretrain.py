@@ -387,6 +387,6 @@ def pretrain_encoder(policy, episodes: Sequence[CachedEpisode],
                 remedy = f'raise pretrain_epochs ({epoch} here)'
             LOGGER.warning('the pretrained encoder is hardly better than a constant predictor '
                            'on the validation frames (MAE %.3f against %.3f std), so the '
-                           'policy will barely react to the camera; %s', best_score, constant,
-                           remedy)
+                           'sequence training starts from a weak encoder and may end worse '
+                           'than it could; %s', best_score, constant, remedy)
     return summary
