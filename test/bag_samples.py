@@ -2,7 +2,7 @@
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import List
+from typing import Callable, List, Optional
 
 import cv2
 import numpy as np
@@ -41,12 +41,29 @@ def command_at(stamp_ns: int) -> tuple:
     return 0.5 + 0.1 * seconds, float(np.sin(2.0 * seconds))
 
 
-def write_sample_bag(path: Path, ros1: bool = False, command_type: str = 'twist',
-                     frames: int = 20, storage: str = 'sqlite3') -> SampleBag:
-    """Write a bag with CompressedImage frames at 20 Hz, Imu at 200 Hz and commands at 50 Hz.
+def stamp_ns(message) -> int:
+    """Return a message's header stamp in nanoseconds."""
+    return message.header.stamp.sec * 10**9 + message.header.stamp.nanosec
 
+
+def set_stamp(message, stamp: int) -> None:
+    """Set a message's header stamp from nanoseconds."""
+    message.header.stamp.sec = stamp // 10**9
+    message.header.stamp.nanosec = stamp % 10**9
+
+
+def write_sample_bag(path: Path, ros1: bool = False, command_type: str = 'twist',
+                     frames: int = 20, storage: str = 'sqlite3', raw_images: bool = False,
+                     imu: bool = True, edit: Optional[Callable] = None,
+                     damage: Optional[Callable] = None) -> SampleBag:
+    """Write a bag with camera frames at 20 Hz, Imu at 200 Hz (unless not ``imu``) and
+    commands at 50 Hz.
+
+    Frames are CompressedImage JPEGs, or rgb8 Images with ``raw_images``.
     ``command_type`` is 'twist', 'twist_stamped', 'joy' or 'none'. Joy axes are
-    [turn, forward].
+    [turn, forward]. ``edit(topic, i, message)`` may change the i-th message of a topic
+    before it is serialised, and ``damage(topic, i, data)`` returns the bytes to store
+    in place of its serialised form. ``SampleBag`` lists the messages before either.
     """
     store = get_typestore(Stores.ROS1_NOETIC if ros1 else Stores.ROS2_KILTED)
     types = store.types
@@ -67,14 +84,23 @@ def write_sample_bag(path: Path, ros1: bool = False, command_type: str = 'twist'
     for i in range(frames):
         stamp = START_NS + i * FRAME_PERIOD_NS
         data = _jpeg(i)
-        message = types['sensor_msgs/msg/CompressedImage'](
-            header=header(stamp), format='jpeg', data=np.frombuffer(data, np.uint8))
-        messages.append(('/camera/image_raw/compressed', 'sensor_msgs/msg/CompressedImage',
-                         stamp, message))
+        if raw_images:
+            rgb = cv2.cvtColor(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR),
+                               cv2.COLOR_BGR2RGB)
+            message = types['sensor_msgs/msg/Image'](
+                header=header(stamp), height=rgb.shape[0], width=rgb.shape[1],
+                encoding='rgb8', is_bigendian=0, step=rgb.shape[1] * 3, data=rgb.reshape(-1))
+            messages.append(('/camera/image_raw', 'sensor_msgs/msg/Image', stamp, message))
+            data = rgb.tobytes()
+        else:
+            message = types['sensor_msgs/msg/CompressedImage'](
+                header=header(stamp), format='jpeg', data=np.frombuffer(data, np.uint8))
+            messages.append(('/camera/image_raw/compressed',
+                             'sensor_msgs/msg/CompressedImage', stamp, message))
         sample.frame_ns.append(stamp)
         sample.frames.append(data)
     end_ns = START_NS + frames * FRAME_PERIOD_NS
-    for stamp in range(START_NS, end_ns, IMU_PERIOD_NS):
+    for stamp in range(START_NS, end_ns if imu else START_NS, IMU_PERIOD_NS):
         seconds = (stamp - START_NS) * 1e-9
         message = types['sensor_msgs/msg/Imu'](
             header=header(stamp), orientation=Quaternion(x=0.0, y=0.0, z=0.0, w=1.0),
@@ -111,8 +137,15 @@ def write_sample_bag(path: Path, ros1: bool = False, command_type: str = 'twist'
         writer = Ros2Writer(path, version=8, storage_plugin=plugin)
     with writer:
         connections = {}
+        counts = {}
         for topic, msgtype, stamp, message in messages:
             if topic not in connections:
                 connections[topic] = writer.add_connection(topic, msgtype, typestore=store)
-            writer.write(connections[topic], stamp, serialize(message, msgtype))
+            i = counts[topic] = counts.get(topic, -1) + 1
+            if edit is not None:
+                edit(topic, i, message)
+            data = serialize(message, msgtype)
+            if damage is not None:
+                data = damage(topic, i, data)
+            writer.write(connections[topic], stamp, data)
     return sample

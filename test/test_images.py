@@ -4,7 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from liquid_control.data.images import decode_compressed, decode_raw, encode_jpeg
+from liquid_control.data.images import (check_compressed, decode_compressed, decode_raw,
+                                        encode_jpeg)
 from liquid_control.errors import DataError
 
 
@@ -70,3 +71,50 @@ def test_decode_compressed_truncated_jpeg_raises():
 def test_decode_compressed_empty_raises():
     with pytest.raises(DataError, match='empty'):
         decode_compressed(b'', 'jpeg')
+
+
+def _encoded(extension):
+    rng = np.random.default_rng(2)
+    image = np.repeat(np.repeat(rng.integers(0, 256, (4, 4, 3), np.uint8), 8, 0), 8, 1)
+    return cv2.imencode(extension, image)[1].tobytes()
+
+
+@pytest.mark.parametrize('extension,expected', [('.jpg', 'jpg'), ('.png', 'png')])
+def test_check_compressed_accepts_whole_image(extension, expected):
+    assert check_compressed(_encoded(extension)) == expected
+
+
+def test_check_compressed_accepts_zero_padding():
+    assert check_compressed(_encoded('.jpg') + bytes(16)) == 'jpg'
+
+
+def test_check_compressed_cut_jpeg_raises():
+    jpeg = _encoded('.jpg')
+    with pytest.raises(DataError, match='without its end-of-image marker'):
+        check_compressed(jpeg[:len(jpeg) // 2], 'jpeg')
+
+
+def test_check_compressed_garbage_jpeg_raises():
+    garbage = b'\xff\xd8\xff' + bytes(range(256)) * 4 + b'\xff\xd9'
+    with pytest.raises(DataError, match='cannot decode the JPEG'):
+        check_compressed(garbage, 'jpeg')
+
+
+def test_check_compressed_cut_png_raises():
+    png = _encoded('.png')
+    with pytest.raises(DataError, match='without its IEND chunk'):
+        check_compressed(png[:len(png) // 2], 'png')
+
+
+def test_check_compressed_damaged_png_raises():
+    png = _encoded('.png')
+    # Zero the IDAT payload but keep the IEND chunk: zlib cannot inflate it.
+    data_start = png.index(b'IDAT') + 4
+    damaged = png[:data_start] + bytes(len(png) - data_start - 16) + png[-16:]
+    with pytest.raises(DataError, match='cannot decode the PNG'):
+        check_compressed(damaged, 'png')
+
+
+def test_check_compressed_other_format_raises():
+    with pytest.raises(DataError, match='neither JPEG nor PNG'):
+        check_compressed(b'GIF89a' + bytes(20))

@@ -1,16 +1,25 @@
 """rosbag2 import: the real EuRoC MCAP bag, topic selection, and damaged bags."""
 
+import signal
+import subprocess
+import time
+
+import cv2
 import numpy as np
 import pytest
+from rosbags.rosbag2 import Writer as Rosbag2Writer
+from rosbags.typesys import Stores, get_typestore
 
 from liquid_control.data.bags import BagReader
 from liquid_control.data.episodes import find_episodes
 from liquid_control.data.images import decode_raw
+from liquid_control.data.importing import increasing_subset
 from liquid_control.data.sources import import_source
 from liquid_control.data.sync import LabelOptions
 from liquid_control.errors import DataError
 
-from conftest import SHARED_DATA
+from bag_samples import FRAME_PERIOD_NS, START_NS, set_stamp, stamp_ns, write_sample_bag
+from conftest import SHARED_DATA, VENV_BIN
 
 EUROC = SHARED_DATA / 'euroc_v101_micro'
 DONKEY_BAG = SHARED_DATA / 'donkey_indoor_train_bag'
@@ -120,3 +129,203 @@ def test_corrupt_bag_error(tmp_path):
     corrupt.write_bytes(b'\x89MCAP0\r\n' + bytes(range(256)) * 40)
     with pytest.raises(DataError, match='corrupt.mcap'):
         import_source(corrupt, tmp_path / 'out')
+
+
+# ------------------------------------------------- small bags with damaged messages
+
+CAMERA = '/camera/image_raw/compressed'
+
+
+def _edit_frames(frames, change):
+    """Return an ``edit`` hook that calls ``change(message)`` on the camera frames listed."""
+    def edit(topic, i, message):
+        if topic in (CAMERA, '/camera/image_raw') and i in frames:
+            change(message)
+    return edit
+
+
+def _set_data(data):
+    def change(message):
+        message.data = np.frombuffer(data, np.uint8)
+    return change
+
+
+def _shift_stamp(offset_ns):
+    def change(message):
+        set_stamp(message, stamp_ns(message) + offset_ns)
+    return change
+
+
+def _episodes(folders):
+    return [episode for folder in folders for episode in find_episodes(folder)]
+
+
+def test_increasing_subset_drops_outliers():
+    assert increasing_subset([1, 2, 3, 100, 4, 5, 6]).tolist() == [1, 1, 1, 0, 1, 1, 1]
+    assert increasing_subset([1, 2, -9, -8, 3, 4]).tolist() == [1, 1, 0, 0, 1, 1]
+    assert increasing_subset([1, 2, 2, 3]).tolist() == [1, 1, 0, 1]
+    assert increasing_subset([3, 2, 1]).sum() == 1
+    assert increasing_subset([]).tolist() == []
+
+
+def test_bag_future_stamp_costs_one_frame(tmp_path, caplog):
+    sample = write_sample_bag(tmp_path / 'bag',
+                              edit=_edit_frames({10}, _shift_stamp(3600 * 10**9)))
+    episodes = _episodes(import_source(sample.path, tmp_path / 'out'))
+    assert len(episodes) == 1
+    assert episodes[0].stamp_ns.tolist() == sample.frame_ns[:10] + sample.frame_ns[11:]
+    assert 'message 10 on /camera/image_raw/compressed' in caplog.text
+
+
+def test_bag_backward_block_dropped(tmp_path, caplog):
+    sample = write_sample_bag(tmp_path / 'bag',
+                              edit=_edit_frames({5, 6, 7}, _shift_stamp(-10 * 10**9)))
+    episodes = _episodes(import_source(sample.path, tmp_path / 'out'))
+    assert [len(e) for e in episodes] == [17]
+    assert '3 frame(s) left out because their header stamp is out of order' in caplog.text
+
+
+def test_bag_reversed_stamps_error(tmp_path):
+    def reverse(topic, i, message):
+        if topic == CAMERA:
+            set_stamp(message, START_NS + (19 - i) * FRAME_PERIOD_NS)
+    sample = write_sample_bag(tmp_path / 'bag', edit=reverse)
+    with pytest.raises(DataError, match='only 1 of 20 frames have stamps that increase'):
+        import_source(sample.path, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
+
+
+def _png(frame: bytes) -> bytes:
+    image = cv2.imdecode(np.frombuffer(frame, np.uint8), cv2.IMREAD_COLOR)
+    return cv2.imencode('.png', image)[1].tobytes()
+
+
+@pytest.mark.parametrize('damage,reason', [
+    (lambda jpeg: jpeg[:len(jpeg) // 2], 'without its end-of-image marker'),
+    (lambda jpeg: jpeg[:3] + bytes(range(256)) + b'\xff\xd9', 'cannot decode'),
+    (lambda jpeg: b'', 'neither JPEG nor PNG'),
+    (lambda jpeg: b'hello, not an image', 'neither JPEG nor PNG'),
+    (lambda jpeg: _png(jpeg)[:-40], 'without its IEND chunk'),
+], ids=['jpeg_cut', 'jpeg_garbage', 'empty', 'text', 'png_cut'])
+def test_bag_damaged_image_skipped(tmp_path, caplog, damage, reason):
+    frames = {3, 4}
+
+    def edit(topic, i, message):
+        if topic == CAMERA and i in frames:
+            message.data = np.frombuffer(damage(bytes(message.data)), np.uint8)
+    sample = write_sample_bag(tmp_path / 'bag', edit=edit)
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    kept = [stamp for i, stamp in enumerate(sample.frame_ns) if i not in frames]
+    assert episode.stamp_ns.tolist() == kept
+    assert '2 frame(s) left out because their image is damaged' in caplog.text
+    assert f'message 3 on {CAMERA}' in caplog.text
+    assert reason in caplog.text
+
+
+def test_bag_every_image_damaged_error(tmp_path):
+    garbage = b'\xff\xd8\xff' + bytes(range(256)) + b'\xff\xd9'
+    sample = write_sample_bag(tmp_path / 'bag', edit=_edit_frames(range(20), _set_data(garbage)))
+    with pytest.raises(DataError) as error:
+        import_source(sample.path, tmp_path / 'out')
+    assert str(error.value).startswith(f'bag {sample.path} gave no frames')
+    assert '20 frame(s) left out because their image is damaged' in str(error.value)
+
+
+def test_bag_raw_bad_step_skipped(tmp_path, caplog):
+    def bad_step(message):
+        message.step = message.width
+    sample = write_sample_bag(tmp_path / 'bag', raw_images=True,
+                              edit=_edit_frames({2}, bad_step))
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    assert len(episode) == 19
+    assert 'message 2 on /camera/image_raw' in caplog.text
+    assert 'invalid step 32' in caplog.text
+
+
+def test_bag_undecodable_frame_skipped(tmp_path, caplog):
+    def cut(topic, i, data):
+        return data[:20] if topic == CAMERA and i == 4 else data
+    sample = write_sample_bag(tmp_path / 'bag', damage=cut)
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    assert len(episode) == 19
+    assert f'1 frame(s) left out because they cannot be deserialised (first: message 4 on ' \
+           f'{CAMERA}' in caplog.text
+
+
+def test_bag_undecodable_command_skipped(tmp_path, caplog):
+    def cut(topic, i, data):
+        return data[:10] if topic == '/cmd_vel' and i == 7 else data
+    sample = write_sample_bag(tmp_path / 'bag', damage=cut)
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    assert len(episode) == 20
+    assert '1 command message(s) left out because they cannot be deserialised' in caplog.text
+
+
+@pytest.mark.parametrize('value', [float('nan'), float('inf'), 1e39])
+def test_bag_unusable_command_dropped(tmp_path, caplog, value):
+    def edit(topic, i, message):
+        if topic == '/cmd_vel' and 10 <= i < 20:
+            message.angular.z = value
+    sample = write_sample_bag(tmp_path / 'bag', edit=edit)
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    assert np.isfinite(episode.commands()[episode.valid]).all()
+    assert not episode.valid.all()
+    assert '10 command message(s) left out because a value is not a finite float32 number ' \
+           '(first: message 10 on /cmd_vel' in caplog.text
+
+
+def test_bag_unusable_imu_dropped(tmp_path, caplog):
+    def edit(topic, i, message):
+        if topic == '/imu/data' and 40 <= i < 60:
+            message.angular_velocity.x = 1e39
+    sample = write_sample_bag(tmp_path / 'bag', edit=edit)
+    episode = _episodes(import_source(sample.path, tmp_path / 'out'))[0]
+    present = episode.imu_status != 'missing'
+    assert np.isfinite(episode.imu[present]).all()
+    assert '20 IMU message(s) left out because a value is not a finite float32' in caplog.text
+
+
+def _write_bag_without_frames(path):
+    store = get_typestore(Stores.ROS2_KILTED)
+    with Rosbag2Writer(path, version=8) as writer:
+        writer.add_connection(CAMERA, 'sensor_msgs/msg/CompressedImage', typestore=store)
+        writer.add_connection('/cmd_vel', 'geometry_msgs/msg/Twist', typestore=store)
+
+
+def test_bag_without_frames_error(tmp_path):
+    _write_bag_without_frames(tmp_path / 'bag')
+    with pytest.raises(DataError, match=f'has no messages on the camera topic {CAMERA}$'):
+        import_source(tmp_path / 'bag', tmp_path / 'out')
+
+
+def test_bag_metadata_count_mismatch_error(tmp_path):
+    _write_bag_without_frames(tmp_path / 'bag')
+    metadata = tmp_path / 'bag' / 'metadata.yaml'
+    text = metadata.read_text()
+    # Each topic's count comes just before its name.
+    count = text.rindex('message_count: 0', 0, text.index(f'name: {CAMERA}'))
+    metadata.write_text(text[:count] + 'message_count: 5' + text[count + 16:])
+    with pytest.raises(DataError, match='although its metadata lists 5'):
+        import_source(tmp_path / 'bag', tmp_path / 'out')
+
+
+def test_import_sigterm_removes_episodes(tmp_path):
+    # 100 episodes of 30 frames, split by 2 s gaps, so the import is still running when
+    # its first episode is finished.
+    def gaps(topic, i, message):
+        if topic == CAMERA:
+            set_stamp(message, stamp_ns(message) + (i // 30) * 2 * 10**9)
+    sample = write_sample_bag(tmp_path / 'bag', frames=3000, imu=False, edit=gaps)
+    out = tmp_path / 'out'
+    process = subprocess.Popen(
+        [str(VENV_BIN / 'liquid-control'), 'import', str(sample.path), '--out', str(out)],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not (out / 'episode_0000').is_dir() and process.poll() is None:
+        assert time.monotonic() < deadline, 'the import wrote no episode within 60 s'
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode == 128 + signal.SIGTERM, stderr
+    assert 'terminated by SIGTERM' in stderr
+    assert list(out.iterdir()) == []

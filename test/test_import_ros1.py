@@ -8,7 +8,7 @@ from liquid_control.data.sources import import_source, load_episodes, source_kin
 from liquid_control.data.sync import LabelOptions
 from liquid_control.errors import DataError
 
-from bag_samples import write_sample_bag
+from bag_samples import set_stamp, stamp_ns, write_sample_bag
 
 
 def _only_episode(folders):
@@ -126,3 +126,22 @@ def test_load_episodes_imports_bag(tmp_path):
     assert [len(e) for e in episodes] == [len(sample.frames)]
     with pytest.raises(DataError, match='not found'):
         load_episodes(sample.path, cache_dir=tmp_path / 'cache', command_topic='/teleop')
+
+
+def test_ros1_undecodable_frame_skipped(tmp_path, caplog):
+    def cut(topic, i, data):
+        return data[:10] if topic == '/camera/image_raw/compressed' and i == 6 else data
+    sample = write_sample_bag(tmp_path / 'drive.bag', ros1=True, damage=cut)
+    episode = _only_episode(import_source(sample.path, tmp_path / 'out'))
+    assert episode.stamp_ns.tolist() == sample.frame_ns[:6] + sample.frame_ns[7:]
+    assert 'message 6 on /camera/image_raw/compressed' in caplog.text
+
+
+def test_ros1_future_stamp_costs_one_frame(tmp_path, caplog):
+    def future(topic, i, message):
+        if topic == '/camera/image_raw/compressed' and i == 12:
+            set_stamp(message, stamp_ns(message) + 3600 * 10**9)
+    sample = write_sample_bag(tmp_path / 'drive.bag', ros1=True, edit=future)
+    episode = _only_episode(import_source(sample.path, tmp_path / 'out'))
+    assert episode.stamp_ns.tolist() == sample.frame_ns[:12] + sample.frame_ns[13:]
+    assert '1 frame(s) left out because their header stamp is out of order' in caplog.text

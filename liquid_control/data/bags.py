@@ -1,9 +1,10 @@
 """Reader and importer for rosbag2 (sqlite3, MCAP) and ROS 1 bags, through ``rosbags``.
 
-Import reads the bag twice: first the IMU and command topics into arrays, then the image
-topic, streaming each frame into an episode with its synchronised labels. Frames and IMU
-samples keep their header stamps, or the bag's receive time when a header stamp is zero.
-Header-less commands (Twist) use the bag's receive time.
+Import reads the IMU and command topics into arrays, then the stamps of the image topic to
+find frames stamped out of order, then the image topic again, streaming each frame into an
+episode with its synchronised labels. Frames and IMU samples keep their header stamps, or
+the bag's receive time when a header stamp is zero. Header-less commands (Twist) use the
+bag's receive time.
 """
 
 import logging
@@ -18,8 +19,11 @@ from rosbags.highlevel import AnyReader, AnyReaderError
 from rosbags.interfaces import Connection
 from rosbags.typesys import Stores, get_typestore
 
-from liquid_control.data.episodes import EncodedImage, image_extension, raw_image_for_storage
-from liquid_control.data.importing import EpisodeSequence
+from liquid_control.data.episodes import EncodedImage, raw_image_for_storage
+from liquid_control.data.images import check_compressed
+from liquid_control.data.importing import (EpisodeSequence, SkippedItems,
+                                           check_mostly_in_order, format_stamp,
+                                           increasing_subset, is_storable)
 from liquid_control.data.sync import (LabelOptions, command_from_message, command_mapping,
                                       imu_from_message, label_frames)
 from liquid_control.errors import DataError
@@ -35,6 +39,10 @@ COMMAND_TYPES = {'geometry_msgs/msg/Twist': 'twist',
 # 0.11; other damage may surface as another exception type.
 _READ_ERRORS = (AnyReaderError, sqlite3.Error, struct.error, EOFError, ValueError, KeyError,
                 IndexError, AssertionError, OSError)
+# rosbags 0.11 wraps what goes wrong in deserialising one message in AnyReaderError; the
+# others are listed in case a version does not.
+_DESERIALIZE_ERRORS = (AnyReaderError, struct.error, ValueError, IndexError, KeyError,
+                       UnicodeDecodeError)
 
 # Frames labelled together during an import; raw 640x480 frames take about 1 MB each.
 LABEL_CHUNK = 32
@@ -79,6 +87,8 @@ class BagReader:
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(f'bag {self.path} not found')
+        if not (self.path.is_file() or self.path.is_dir()):
+            raise DataError(f'bag {self.path} is not a regular file or a folder')
         self._reader: Optional[AnyReader] = None
 
     def __enter__(self) -> 'BagReader':
@@ -113,13 +123,58 @@ class BagReader:
         return '; '.join(info.describe() for info in sorted(topics.values(), key=lambda t: t.name))
 
     def messages(self, topic: str) -> Iterator[Tuple[int, object]]:
-        """Yield ``(receive_time_ns, message)`` for one topic in receive-time order."""
+        """Yield ``(receive_time_ns, message)`` for one topic in receive-time order.
+
+        Raises ``DataError`` at the first message that cannot be deserialised.
+        """
+        for item in self.read_topic(topic):
+            if item.message is None:
+                raise DataError(f'bag {self.path}: {item.describe()} cannot be deserialised: '
+                                f'{item.error}')
+            yield item.receive_ns, item.message
+
+    def read_topic(self, topic: str) -> Iterator['BagMessage']:
+        """Yield every message of one topic in receive-time order, damaged ones included.
+
+        A message that cannot be deserialised comes with ``message`` None and the reason
+        in ``error``. Raises ``DataError`` when the storage itself cannot be read.
+        """
         connections: List[Connection] = [c for c in self._reader.connections if c.topic == topic]
+        index = 0
         try:
             for connection, receive_ns, raw in self._reader.messages(connections=connections):
-                yield receive_ns, self._reader.deserialize(raw, connection.msgtype)
+                try:
+                    item = BagMessage(topic, index, int(receive_ns),
+                                      self._reader.deserialize(raw, connection.msgtype))
+                except _DESERIALIZE_ERRORS as error:
+                    item = BagMessage(topic, index, int(receive_ns), None,
+                                      f'{type(error).__name__}: {error}')
+                yield item
+                index += 1
         except _READ_ERRORS as error:
             raise _wrap_read_error(self.path, error) from None
+
+
+@dataclass
+class BagMessage:
+    """One message of a topic: its position on the topic from 0, receive time, content."""
+
+    topic: str
+    index: int
+    receive_ns: int
+    message: Optional[object]
+    error: str = ''
+
+    @property
+    def stamp_ns(self) -> int:
+        """Header stamp, or the receive time (see ``message_stamp_ns``)."""
+        return message_stamp_ns(self.message, self.receive_ns)
+
+    def describe(self) -> str:
+        """Return 'message 50 on /topic (stamp 1669759744.666 s)' for messages."""
+        stamp_ns = self.receive_ns if self.message is None else self.stamp_ns
+        kind = 'stamp' if self.message is not None else 'received'
+        return f'message {self.index} on {self.topic} ({kind} {format_stamp(stamp_ns)})'
 
 
 def message_stamp_ns(message, receive_ns: int) -> int:
@@ -185,21 +240,51 @@ def select_topics(bag: BagReader, options: LabelOptions, image_topic: Optional[s
     return BagTopics(image, imu, command)
 
 
-def _read_imu(bag: BagReader, topic: str) -> Tuple[np.ndarray, np.ndarray]:
+def _read_history(bag: BagReader, topic: str, convert, width: int, what: str
+                  ) -> Tuple[np.ndarray, np.ndarray]:
+    """Return the sorted stamps and values of an IMU or command topic.
+
+    ``convert`` returns a message's values. Messages that cannot be deserialised, and
+    values that are not finite float32 numbers, are left out with a counted warning:
+    a frame then takes the nearest other message within the tolerance, or none.
+    """
     stamps, values = [], []
-    for receive_ns, message in bag.messages(topic):
-        stamps.append(message_stamp_ns(message, receive_ns))
-        values.append(imu_from_message(message))
-    return _sorted_arrays(stamps, values, 6)
+    undecodable = SkippedItems(f'{what} message(s) left out because they cannot be '
+                               'deserialised')
+    unusable = SkippedItems(f'{what} message(s) left out because a value is not a finite '
+                            'float32 number')
+    for item in bag.read_topic(topic):
+        if item.message is None:
+            undecodable.add(f'{item.describe()}: {item.error}')
+            continue
+        converted = convert(item.message)
+        if not all(is_storable(value) for value in converted):
+            unusable.add(f'{item.describe()}: {np.asarray(converted, float).tolist()}')
+            continue
+        stamps.append(item.stamp_ns)
+        values.append(converted)
+    for items in (undecodable, unusable):
+        items.warn(f'bag {bag.path}', _logger)
+    return _sorted_arrays(stamps, values, width)
 
 
-def _read_commands(bag: BagReader, topic: str, command_type: str, mapping: dict
-                   ) -> Tuple[np.ndarray, np.ndarray]:
-    stamps, values = [], []
-    for receive_ns, message in bag.messages(topic):
-        stamps.append(message_stamp_ns(message, receive_ns))
-        values.append(command_from_message(message, command_type, mapping))
-    return _sorted_arrays(stamps, values, 2)
+def _read_histories(bag: BagReader, topics: BagTopics, command_type: Optional[str],
+                    mapping: dict) -> Tuple[np.ndarray, ...]:
+    """Read the IMU and command topics into arrays sorted by stamp.
+
+    Returns ``(imu_ns, imu_values, command_ns, command_values)``, empty for a topic the
+    import does not use.
+    """
+    imu_ns, imu_values = np.zeros(0, np.int64), np.zeros((0, 6))
+    if topics.imu:
+        imu_ns, imu_values = _read_history(bag, topics.imu, imu_from_message, 6, 'IMU')
+    command_ns, command_values = np.zeros(0, np.int64), np.zeros((0, 2))
+    if topics.command:
+        command_ns, command_values = _read_history(
+            bag, topics.command,
+            lambda message: command_from_message(message, command_type, mapping), 2,
+            'command')
+    return imu_ns, imu_values, command_ns, command_values
 
 
 def _sorted_arrays(stamps: list, values: list, width: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -210,12 +295,64 @@ def _sorted_arrays(stamps: list, values: list, width: int) -> Tuple[np.ndarray, 
 
 
 def _frame_image(message, kind: str):
-    """Return what the writer stores: compressed bytes as received, or an RGB or grey array."""
+    """Return what the writer stores: compressed bytes as received, or an RGB or grey array.
+
+    Raises ``DataError`` when the image is damaged: compressed data that does not decode
+    or is truncated, or raw data that does not match its encoding, size and step.
+    """
     if kind == 'compressed':
         data = bytes(message.data)
-        return EncodedImage(data, image_extension(data))
+        return EncodedImage(data, check_compressed(data, message.format))
     return raw_image_for_storage(message.encoding, int(message.height), int(message.width),
                                  int(message.step), message.data, bool(message.is_bigendian))
+
+
+@dataclass
+class _FrameScan:
+    """Result of the first pass over the camera topic: the frames selected for import."""
+
+    total: int
+    selected: np.ndarray
+    undecodable: SkippedItems
+    out_of_order: SkippedItems
+
+
+def _scan_frames(bag: BagReader, topic: str) -> _FrameScan:
+    """Read the camera topic's stamps and choose the frames whose stamps are in order.
+
+    Raises ``DataError`` when the topic has no messages, or when fewer than half of the
+    frames that deserialise have stamps in order.
+    """
+    indices, stamps = [], []
+    undecodable = SkippedItems('frame(s) left out because they cannot be deserialised')
+    total = 0
+    for item in bag.read_topic(topic):
+        total += 1
+        if item.message is None:
+            undecodable.add(f'{item.describe()}: {item.error}')
+            continue
+        indices.append(item.index)
+        stamps.append(item.stamp_ns)
+    if total == 0:
+        listed = bag.topics[topic].count
+        detail = (f', although its metadata lists {listed}; the bag is damaged or its '
+                  'metadata does not match its data') if listed else ''
+        raise DataError(f'bag {bag.path} has no messages on the camera topic {topic}{detail}')
+    if not indices:
+        raise DataError(f'bag {bag.path}: none of the {total} messages on {topic} can be '
+                        f'deserialised ({undecodable.describe()}); the bag is damaged')
+
+    keep = increasing_subset(stamps)
+    check_mostly_in_order(int(keep.sum()), len(stamps), f'bag {bag.path} topic {topic}',
+                          'frames')
+    out_of_order = SkippedItems('frame(s) left out because their header stamp is out of '
+                                'order with the frames around them')
+    selected = np.zeros(total, dtype=bool)
+    for index, stamp, kept in zip(indices, stamps, keep):
+        selected[index] = kept
+        if not kept:
+            out_of_order.add(f'message {index} on {topic} (stamp {format_stamp(stamp)})')
+    return _FrameScan(total, selected, undecodable, out_of_order)
 
 
 def import_bag(path: Path, out_dir: Path, options: LabelOptions,
@@ -225,24 +362,23 @@ def import_bag(path: Path, out_dir: Path, options: LabelOptions,
 
     A gap longer than ``options.split_gap_s`` between frames starts a new episode; frames
     without a matched command are flagged invalid or skipped (``options.invalid_frames``).
-    On any error the episodes of this import are deleted before the error is raised.
+    Frames that cannot be deserialised, whose image is damaged, or whose header stamp is
+    out of order with the frames around them are left out, with one warning for each
+    reason that counts them and names the first few. On any error the episodes of this
+    import are deleted before the error is raised.
     """
     path = Path(path)
+    source = f'bag {path}'
     with BagReader(path) as bag:
         topics = select_topics(bag, options, image_topic, imu_topic, command_topic)
         types = bag.topics
         image_kind = IMAGE_TYPES[types[topics.image].msgtype]
 
-        imu_ns, imu_values = np.zeros(0, np.int64), np.zeros((0, 6))
-        if topics.imu:
-            imu_ns, imu_values = _read_imu(bag, topics.imu)
         command_type = COMMAND_TYPES[types[topics.command].msgtype] if topics.command else None
         mapping = command_mapping(command_type or 'twist', options)
-        command_ns, command_values = np.zeros(0, np.int64), np.zeros((0, 2))
-        if topics.command:
-            command_ns, command_values = _read_commands(bag, topics.command, command_type,
-                                                        mapping)
-
+        histories = _read_histories(bag, topics, command_type, mapping)
+        scan = _scan_frames(bag, topics.image)
+        bad_images = SkippedItems('frame(s) left out because their image is damaged')
         metadata = _bag_metadata(path, topics, types, mapping, options)
         sequence = EpisodeSequence(out_dir, metadata, options.split_gap_s,
                                    image_format=options.raw_image_format,
@@ -251,26 +387,33 @@ def import_bag(path: Path, out_dir: Path, options: LabelOptions,
         with sequence:
             # Frames are labelled in chunks, because the matching is vectorised.
             chunk: List[Tuple[int, object]] = []
-            for receive_ns, message in bag.messages(topics.image):
-                chunk.append((message_stamp_ns(message, receive_ns), message))
+            for item in bag.read_topic(topics.image):
+                if item.message is None or not scan.selected[item.index]:
+                    continue
+                try:
+                    image = _frame_image(item.message, image_kind)
+                except DataError as error:
+                    bad_images.add(f'{item.describe()}: {error}')
+                    continue
+                chunk.append((item.stamp_ns, image))
                 if len(chunk) == LABEL_CHUNK:
-                    skipped_invalid += _write_chunk(sequence, chunk, image_kind, imu_ns,
-                                                    imu_values, command_ns, command_values,
-                                                    options)
+                    skipped_invalid += _write_chunk(sequence, chunk, histories, options)
                     chunk = []
-            skipped_invalid += _write_chunk(sequence, chunk, image_kind, imu_ns, imu_values,
-                                            command_ns, command_values, options)
+            skipped_invalid += _write_chunk(sequence, chunk, histories, options)
             folders = sequence.finish('end of bag')
+            for items in (scan.undecodable, scan.out_of_order, bad_images):
+                items.warn(source, _logger)
+            if skipped_invalid:
+                _logger.warning('%s: skipped %d frame(s) without a command '
+                                '(invalid_frames=skip)', source, skipped_invalid)
 
-    if sequence.skipped:
-        _logger.warning('bag %s: skipped %d frame(s) whose stamp did not increase', path,
-                        sequence.skipped)
-    if skipped_invalid:
-        _logger.warning('bag %s: skipped %d frame(s) without a command (invalid_frames=skip)',
-                        path, skipped_invalid)
     if not folders:
-        raise DataError(f'bag {path} gave no frames on {topics.image}: every frame was '
-                        'skipped (see the warnings above)')
+        reasons = [items.describe() for items in (scan.undecodable, scan.out_of_order,
+                                                  bad_images) if items.count]
+        if skipped_invalid:
+            reasons.append(f'{skipped_invalid} without a command (invalid_frames=skip)')
+        raise DataError(f'{source} gave no frames: of {scan.total} messages on '
+                        f'{topics.image}, {"; ".join(reasons)}')
     return folders
 
 
@@ -288,18 +431,19 @@ def _bag_metadata(path: Path, topics: BagTopics, types: Dict[str, TopicInfo], ma
     }
 
 
-def _write_chunk(sequence: EpisodeSequence, chunk: List[Tuple[int, object]], image_kind: str,
-                 imu_ns: np.ndarray, imu_values: np.ndarray, command_ns: np.ndarray,
-                 command_values: np.ndarray, options: LabelOptions) -> int:
-    """Label and write a chunk of frames; return how many were skipped as invalid."""
+def _write_chunk(sequence: EpisodeSequence, chunk: List[Tuple[int, object]],
+                 histories: Tuple[np.ndarray, ...], options: LabelOptions) -> int:
+    """Label and write a chunk of ``(stamp_ns, image)``; return how many were skipped.
+
+    ``histories`` are the sorted IMU stamps and values and command stamps and values.
+    """
     if not chunk:
         return 0
-    labels = label_frames([stamp for stamp, _ in chunk], imu_ns, imu_values, command_ns,
-                          command_values, options)
+    labels = label_frames([stamp for stamp, _ in chunk], *histories, options)
     skipped = 0
-    for (stamp_ns, message), frame_labels in zip(chunk, labels):
+    for (stamp_ns, image), frame_labels in zip(chunk, labels):
         if not frame_labels.valid and options.invalid_frames == 'skip':
             skipped += 1
             continue
-        sequence.add(stamp_ns, _frame_image(message, image_kind), frame_labels)
+        sequence.add(stamp_ns, image, frame_labels)
     return skipped

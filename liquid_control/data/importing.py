@@ -1,15 +1,115 @@
-"""A run of episodes written by one import, split at gaps and deleted as a whole on error."""
+"""Shared parts of the importers: a run of episodes written by one import and deleted as a
+whole on error, the time-order check of source stamps, and counted warnings about the data
+an import leaves out.
+"""
 
+import bisect
 import logging
+import math
 import shutil
 from pathlib import Path
-from typing import List, Optional, Union
+from typing import List, Optional, Sequence, Union
 
 import numpy as np
 
 from liquid_control.data.episodes import EncodedImage, EpisodeWriter, FrameLabels
+from liquid_control.errors import DataError
+
+# Largest magnitude that survives storage: episodes are read back as float32.
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+# Largest stamp in nanoseconds that fits the int64 stamp_ns column.
+MAX_STAMP_NS = 2**63 - 1
 
 _logger = logging.getLogger(__name__)
+
+
+def is_storable(value: float) -> bool:
+    """Return whether a value is finite and within the float32 range."""
+    return math.isfinite(value) and abs(value) <= FLOAT32_MAX
+
+
+def format_stamp(stamp_ns: int) -> str:
+    """Return a stamp in seconds for messages, such as '1669759744.666 s'."""
+    return f'{stamp_ns / 1e9:.3f} s'
+
+
+class SkippedItems:
+    """A count of source items an import left out or changed for one reason.
+
+    The first ``shown`` items are kept as descriptions, so one warning names them.
+    """
+
+    def __init__(self, reason: str, shown: int = 3):
+        self.reason = reason
+        self.shown = shown
+        self.count = 0
+        self.examples: List[str] = []
+
+    def add(self, description: str) -> None:
+        """Count one item; ``description`` names it (record, message index, stamp)."""
+        self.count += 1
+        if len(self.examples) < self.shown:
+            self.examples.append(description.rstrip('.'))
+
+    def describe(self) -> str:
+        """Return '3 <reason> (first: a; b; c)'."""
+        more = '; ...' if self.count > len(self.examples) else ''
+        return f'{self.count} {self.reason} (first: {"; ".join(self.examples)}{more})'
+
+    def warn(self, source: str, logger: logging.Logger = _logger) -> None:
+        """Log one warning when any item was counted."""
+        if self.count:
+            logger.warning('%s: %s', source, self.describe())
+
+
+def increasing_subset(stamps_ns: Sequence[int]) -> np.ndarray:
+    """Return a mask of the most frames whose stamps increase strictly in source order.
+
+    A frame stamped out of line with its neighbours (an hour ahead, a burst from a clock
+    that jumped back, a repeated stamp) is left out and costs only itself. This is a
+    longest strictly increasing subsequence, O(N log N); of frames with the same stamp
+    the first is kept.
+    """
+    stamps = np.asarray(stamps_ns, dtype=np.int64).reshape(-1)
+    if stamps.size < 2 or np.all(np.diff(stamps) > 0):
+        return np.ones(stamps.size, dtype=bool)
+    # A longest increasing run of the reversed, negated stamps is one of the original
+    # stamps. Of equal values the search keeps the row it processes last, which is then the
+    # earlier frame.
+    return _longest_increasing(-stamps[::-1])[::-1]
+
+
+def _longest_increasing(values: np.ndarray) -> np.ndarray:
+    # tails[k] is the smallest last value of any increasing run of length k + 1 so far, and
+    # tail_rows[k] is its row. previous[i] is the row before i in the run that ends at i.
+    tails: List[int] = []
+    tail_rows: List[int] = []
+    previous = np.full(values.size, -1, dtype=np.int64)
+    for row, value in enumerate(values.tolist()):
+        position = bisect.bisect_left(tails, value)
+        if position:
+            previous[row] = tail_rows[position - 1]
+        if position == len(tails):
+            tails.append(value)
+            tail_rows.append(row)
+        else:
+            tails[position] = value
+            tail_rows[position] = row
+    keep = np.zeros(values.size, dtype=bool)
+    row = tail_rows[-1]
+    while row >= 0:
+        keep[row] = True
+        row = previous[row]
+    return keep
+
+
+def check_mostly_in_order(kept: int, total: int, source: str, what: str) -> None:
+    """Raise ``DataError`` when fewer than half of the frames have increasing stamps."""
+    if total and kept * 2 < total:
+        raise DataError(
+            f'{source}: only {kept} of {total} {what} have stamps that increase in recording '
+            'order, so the stamps, not a few frames, are wrong (a clock that jumped or ran '
+            'backwards). Fix the stamps of the source before importing it.')
 
 
 class EpisodeSequence:
@@ -17,8 +117,9 @@ class EpisodeSequence:
 
     A step between frames longer than ``split_gap_s`` (0: never) starts a new episode,
     and a frame whose stamp does not increase is skipped and counted in ``skipped``. Use
-    as a context manager: when the block raises, every episode of this import, finished
-    or not, is deleted, so a failed import leaves nothing that looks complete.
+    as a context manager: when the block raises (including KeyboardInterrupt), every
+    episode of this import, finished or not, is deleted, so a failed or interrupted import
+    leaves nothing that looks complete.
     """
 
     def __init__(self, out_dir: Union[str, Path], metadata: dict, split_gap_s: float,
@@ -56,9 +157,11 @@ class EpisodeSequence:
         return True
 
     def _close(self, reason: str) -> None:
-        writer, self._writer = self._writer, None
-        if writer is not None:
-            folder = writer.close(reason)
+        # The writer is forgotten only once it is closed, so that abort also deletes an
+        # episode whose close was interrupted, renamed or not.
+        if self._writer is not None:
+            folder = self._writer.close(reason)
+            self._writer = None
             if folder is not None:
                 self.folders.append(folder)
 
@@ -71,6 +174,7 @@ class EpisodeSequence:
         """Delete every episode of this import."""
         if self._writer is not None:
             self._writer.abort()
+            shutil.rmtree(self._writer.final_dir, ignore_errors=True)
             self._writer = None
         for folder in self.folders:
             shutil.rmtree(folder, ignore_errors=True)
