@@ -1,12 +1,16 @@
 """Donkeycar tub import: the real tub, its rosbag2 twin, and damaged tubs."""
 
 import json
+import os
 import shutil
+import threading
 
 import numpy as np
 import pytest
 
-from liquid_control.data.episodes import find_episodes
+from liquid_control.data.episodes import EncodedImage, FrameLabels, find_episodes
+from liquid_control.data.images import encode_jpeg
+from liquid_control.data.importing import EpisodeSequence
 from liquid_control.data.sources import import_source, load_episodes
 from liquid_control.data.sync import LabelOptions
 from liquid_control.data.tub import read_tub
@@ -173,19 +177,22 @@ def test_tub_missing_image_error(tmp_path):
     assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
 
 
-def test_tub_empty_image_error_names_file(tmp_path):
-    tub = _make_tub(tmp_path / 'tub')
-    (tub / 'images' / '2_cam_image_array_.jpg').write_bytes(b'')
-    with pytest.raises(DataError, match='2_cam_image_array_.jpg'):
-        import_source(tub, tmp_path / 'out')
-    assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
-
-
-def test_tub_truncated_catalog_error(tmp_path):
+def test_tub_cut_last_line_skipped(tmp_path, caplog):
     tub = _make_tub(tmp_path / 'tub')
     catalog = tub / 'catalog_0.catalog'
     catalog.write_text(catalog.read_text()[:-40])
-    with pytest.raises(DataError, match='line 6'):
+    episode = find_episodes(import_source(tub, tmp_path / 'out')[0])[0]
+    assert len(episode) == 5
+    assert 'last line 6 is cut off' in caplog.text
+
+
+def test_tub_cut_middle_line_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    catalog = tub / 'catalog_0.catalog'
+    lines = catalog.read_text().splitlines()
+    lines[2] = lines[2][:30]
+    catalog.write_text('\n'.join(lines) + '\n')
+    with pytest.raises(DataError, match='line 3 is not valid JSON'):
         import_source(tub, tmp_path / 'out')
     assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
 
@@ -207,15 +214,234 @@ def test_tub_truncated_manifest_error(tmp_path):
         import_source(tub, tmp_path / 'out')
 
 
-def test_tub_failed_import_removes_finished_episodes(tmp_path):
-    tub = _make_tub(tmp_path / 'tub', records=8)
-    # A gap after record 3 makes two episodes; a damaged last image fails the second.
+def test_sequence_error_removes_finished_episodes(tmp_path):
+    image = EncodedImage(encode_jpeg(np.zeros((8, 8, 3), np.uint8)), 'jpg')
+    labels = FrameLabels(linear_x=0.5, angular_z=0.0, command_status='ok', command_age_s=0.0)
+    with pytest.raises(DataError, match='stop here'):
+        with EpisodeSequence(tmp_path / 'out', {}, split_gap_s=1.0) as sequence:
+            sequence.add(10**9, image, labels)
+            sequence.add(5 * 10**9, image, labels)
+            assert len(sequence.folders) == 1
+            raise DataError('stop here')
+    assert list((tmp_path / 'out').iterdir()) == []
+
+
+# ------------------------------------------------------------- damaged tub records
+
+def _edit_record(tub, number, **values):
+    """Change keys of record ``number`` in catalog_0.catalog (None deletes a key)."""
     catalog = tub / 'catalog_0.catalog'
     records = [json.loads(line) for line in catalog.read_text().splitlines()]
-    for record in records[4:]:
-        record['_timestamp_ms'] += 5000
+    for key, value in values.items():
+        records[number][key.replace('__', '/')] = value
     catalog.write_text('\n'.join(json.dumps(r) for r in records) + '\n')
-    (tub / 'images' / '7_cam_image_array_.jpg').write_bytes(b'not an image')
-    with pytest.raises(DataError, match='neither JPEG nor PNG'):
+
+
+def _edit_manifest_line(tub, line, change):
+    manifest = tub / 'manifest.json'
+    lines = manifest.read_text().splitlines()
+    lines[line] = json.dumps(change(json.loads(lines[line])))
+    manifest.write_text('\n'.join(lines) + '\n')
+
+
+def _import_episodes(tub, out, options=None):
+    return [e for folder in import_source(tub, out, options) for e in find_episodes(folder)]
+
+
+@pytest.mark.parametrize('line,change', [
+    (4, lambda catalogs: dict(catalogs, deleted_indexes=5)),
+    (4, lambda catalogs: dict(catalogs, deleted_indexes=['1'])),
+    (4, lambda catalogs: 42),
+    (4, lambda catalogs: 'paths'),
+    (4, lambda catalogs: dict(catalogs, paths='catalog_0.catalog')),
+    (0, lambda inputs: [1, 2, 3]),
+], ids=['deleted_int', 'deleted_strings', 'catalogs_number', 'catalogs_string',
+        'paths_string', 'inputs_ints'])
+def test_tub_malformed_manifest_error(tmp_path, line, change):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_manifest_line(tub, line, change)
+    with pytest.raises(DataError, match='manifest.json is not a tub v2 manifest'):
+        read_tub(tub)
+
+
+def test_tub_catalog_outside_tub_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    outside = tmp_path / 'elsewhere.catalog'
+    shutil.copyfile(tub / 'catalog_0.catalog', outside)
+    _edit_manifest_line(tub, 4, lambda catalogs: dict(catalogs, paths=[str(outside)]))
+    with pytest.raises(DataError, match='is outside the tub folder'):
+        read_tub(tub)
+
+
+def test_tub_catalog_fifo_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    catalog = tub / 'catalog_0.catalog'
+    catalog.unlink()
+    os.mkfifo(catalog)
+    # A writer that feeds the FIFO if the importer opens it, so a failure cannot hang.
+    writer = threading.Thread(target=_feed_fifo, args=(catalog,), daemon=True)
+    writer.start()
+    try:
+        with pytest.raises(DataError, match='catalog_0.catalog.*is not a regular file'):
+            read_tub(tub)
+    finally:
+        descriptor = os.open(catalog, os.O_RDONLY | os.O_NONBLOCK)
+        writer.join(timeout=10)
+        os.close(descriptor)
+
+
+def _feed_fifo(path):
+    try:
+        with open(path, 'w') as stream:
+            stream.write('not a catalog\n')
+    except OSError:
+        pass
+
+
+def test_tub_image_outside_images_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 2, cam__image_array='../../tub/images/3_cam_image_array_.jpg')
+    with pytest.raises(DataError, match='line 3 is invalid: cam/image_array'):
+        read_tub(tub)
+
+
+def test_tub_duplicate_index_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, _index=2)
+    with pytest.raises(DataError, match='line 4: _index 2 is also at catalog_0.catalog line 3'):
+        read_tub(tub)
+
+
+@pytest.mark.parametrize('stamp', [0, -5, 10**20, True, 'yesterday', None],
+                         ids=['zero', 'negative', 'beyond_int64', 'bool', 'string', 'null'])
+def test_tub_impossible_timestamp_error(tmp_path, stamp):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, _timestamp_ms=stamp)
+    with pytest.raises(DataError, match='catalog_0.catalog line 4 is invalid: _timestamp_ms'):
         import_source(tub, tmp_path / 'out')
-    assert list((tmp_path / 'out').iterdir()) == []
+    assert not (tmp_path / 'out').exists()
+
+
+@pytest.mark.parametrize('angle', [True, '0.5', None, [0.1]],
+                         ids=['bool', 'string', 'null', 'list'])
+def test_tub_angle_not_number_error(tmp_path, angle):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, user__angle=angle)
+    with pytest.raises(DataError, match='line 4 is invalid: user/angle .* is not a number'):
+        read_tub(tub)
+
+
+def test_tub_future_stamp_costs_one_record(tmp_path, caplog):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, _timestamp_ms=1000 + 50 * 3 + 3_600_000)
+    episodes = _import_episodes(tub, tmp_path / 'out')
+    assert [len(e) for e in episodes] == [5]
+    assert episodes[0].command('angular_z').tolist() == pytest.approx(
+        [0.0, -0.1, -0.2, -0.4, -0.5])
+    assert '1 record(s) left out because their _timestamp_ms is out of order' in caplog.text
+    assert 'record 3 (catalog_0.catalog line 4)' in caplog.text
+
+
+def test_tub_swapped_stamps_keep_record_order(tmp_path, caplog):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 2, _timestamp_ms=1000 + 50 * 3)
+    _edit_record(tub, 3, _timestamp_ms=1000 + 50 * 2)
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    # The images stay with their records: record 3 is left out, not moved before 2.
+    assert episode.command('angular_z').tolist() == pytest.approx(
+        [0.0, -0.1, -0.2, -0.4, -0.5])
+    assert 'record 3 (catalog_0.catalog line 4)' in caplog.text
+
+
+def test_tub_mostly_out_of_order_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    for number in range(6):
+        _edit_record(tub, number, _timestamp_ms=1000 - 50 * number)
+    with pytest.raises(DataError, match='only 1 of 6 records have stamps that increase'):
+        import_source(tub, tmp_path / 'out')
+
+
+@pytest.mark.parametrize('angle', [float('nan'), float('inf'), 1e39],
+                         ids=['nan', 'inf', 'beyond_float32'])
+def test_tub_unusable_angle_invalid(tmp_path, caplog, angle):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, user__angle=angle)
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    assert episode.valid.tolist() == [True, True, True, False, True, True]
+    assert '1 record(s) with a command value that is not a finite float32 number' in caplog.text
+    assert 'record 3 (catalog_0.catalog line 4)' in caplog.text
+
+
+def test_tub_unusable_angle_skip_option(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, user__angle=float('nan'))
+    episode = _import_episodes(tub, tmp_path / 'out', LabelOptions(invalid_frames='skip'))[0]
+    assert len(episode) == 5
+
+
+def test_tub_angle_out_of_range_warning(tmp_path, caplog):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, user__angle=5.0)
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    assert episode.command('angular_z')[3] == -5.0
+    assert "1 record(s) with user/angle or user/throttle outside donkeycar's -1..1" \
+        in caplog.text
+
+
+def test_tub_unusable_imu_missing(tmp_path, caplog):
+    tub = _make_tub(tmp_path / 'tub', imu=True)
+    _edit_record(tub, 3, imu__acl_x=1e39)
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    assert episode.imu_status.tolist() == ['recorded'] * 3 + ['missing'] + ['recorded'] * 2
+    assert '1 record(s) with an IMU value that is not a finite float32 number' in caplog.text
+
+
+def _cut_jpeg(data):
+    return data[:len(data) // 2]
+
+
+def _garbage_jpeg(data):
+    return data[:3] + bytes(range(256)) + b'\xff\xd9'
+
+
+@pytest.mark.parametrize('damage,reason', [
+    (_cut_jpeg, 'without its end-of-image marker'),
+    (_garbage_jpeg, 'cannot decode'),
+    (lambda data: b'', 'neither JPEG nor PNG'),
+], ids=['cut', 'garbage', 'empty'])
+def test_tub_damaged_image_skipped(tmp_path, caplog, damage, reason):
+    tub = _make_tub(tmp_path / 'tub')
+    image = tub / 'images' / '2_cam_image_array_.jpg'
+    image.write_bytes(damage(image.read_bytes()))
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    assert episode.command('angular_z').tolist() == pytest.approx([0.0, -0.1, -0.3, -0.4, -0.5])
+    assert 'record 2 (catalog_0.catalog line 3), images/2_cam_image_array_.jpg' in caplog.text
+    assert reason in caplog.text
+
+
+def test_tub_every_image_damaged_error(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    for image in (tub / 'images').iterdir():
+        image.write_bytes(_cut_jpeg(image.read_bytes()))
+    with pytest.raises(DataError, match='gave no frames: of 6 records in time order, 6 '
+                       'record.s. left out because their image is damaged'):
+        import_source(tub, tmp_path / 'out')
+    assert not (tmp_path / 'out').exists() or list((tmp_path / 'out').iterdir()) == []
+
+
+def test_cache_key_follows_replaced_image(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    first = load_episodes(tub, cache_dir=tmp_path / 'cache')[0]
+    replacement = (TUB / 'images' / '100_cam_image_array_.jpg').read_bytes()
+    (tub / 'images' / '2_cam_image_array_.jpg').write_bytes(replacement)
+    second = load_episodes(tub, cache_dir=tmp_path / 'cache')[0]
+    assert second.folder != first.folder
+    assert second.frame_path(2).read_bytes() == replacement
+
+
+def test_cache_key_follows_deleted_image(tmp_path):
+    tub = _make_tub(tmp_path / 'tub')
+    load_episodes(tub, cache_dir=tmp_path / 'cache')
+    (tub / 'images' / '2_cam_image_array_.jpg').unlink()
+    with pytest.raises(DataError, match='lacks 1 image file'):
+        load_episodes(tub, cache_dir=tmp_path / 'cache')

@@ -1,8 +1,9 @@
 """One entry point for every data source: episode folders, bags and donkeycar tubs.
 
 ``load_episodes`` returns episodes whatever the source. Bags and tubs are imported first
-into a cache folder keyed by the source's path, file sizes, modification times and the
-label options, so a second call reads the cached episodes.
+into a cache folder keyed by the source's path, the sizes and modification times of all its
+files (tub images included) and the label options, so a second call reads the cached
+episodes.
 """
 
 import hashlib
@@ -74,11 +75,26 @@ def default_cache_dir() -> Path:
     return Path(base) / 'liquid_control' / 'imports'
 
 
+def _source_files(path: Path) -> List[Path]:
+    if path.is_file():
+        return [path]
+    files = {file for file in path.rglob('*') if file.is_file()}
+    # rglob (Python 3.11) does not enter a symbolic link to a folder; a tub's images/ may
+    # be one.
+    images = path / 'images'
+    if images.is_dir():
+        files.update(file for file in images.iterdir() if file.is_file())
+    return sorted(files)
+
+
 def _source_fingerprint(path: Path) -> list:
-    files = [path] if path.is_file() else sorted(p for p in path.rglob('*') if p.is_file()
-                                                 and p.parent.name != 'images')
+    """Return the name, size and modification time of every file of a source.
+
+    Images are included, so replacing or deleting a tub image changes the cache key; the
+    content is not hashed.
+    """
     entries = []
-    for file in files:
+    for file in _source_files(path):
         stat = file.stat()
         entries.append([str(file.relative_to(path.parent)), stat.st_size, stat.st_mtime_ns])
     return entries
