@@ -1,14 +1,17 @@
 """liquid-control inspect and export: one run each as an installed console script, the
 error cases in-process through ``main()``."""
 
+import hashlib
 import json
 import subprocess
 
+import numpy as np
 import pytest
 
 from conftest import VENV_BIN
 from liquid_control.cli.main import main
-from liquid_control.model.checkpoint import save_checkpoint
+from liquid_control.model.checkpoint import (FORMAT_VERSION, MAGIC, _PREFIX as PREFIX,
+                                             read_header, save_checkpoint)
 from liquid_control.model.policy import PolicyConfig, build_policy
 
 SMALL = {'height': 24, 'width': 32}
@@ -77,3 +80,41 @@ def test_export_writes_checked_file(checkpoint_path, tmp_path):
 def test_export_needs_a_format(checkpoint_path, capsys):
     assert main(['export', str(checkpoint_path)]) == 2
     assert '--onnx' in capsys.readouterr().err
+
+
+def write_nan_tensor(path, name):
+    """Fill tensor ``name`` of the checkpoint at ``path`` with NaN, with a valid checksum."""
+    header, data = read_header(path)
+    entry = next(entry for entry in header['tensors'] if entry['name'] == name)
+    values = np.frombuffer(data, '<f4').copy()
+    values[entry['offset'] // 4:(entry['offset'] + entry['size']) // 4] = np.nan
+    header_bytes = json.dumps(header).encode()
+    body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + \
+        values.tobytes()
+    path.write_bytes(body + hashlib.sha256(body).digest())
+
+
+@pytest.mark.parametrize('command', [['inspect'], ['inspect', '--json'],
+                                     ['export', '--onnx', 'policy.onnx'],
+                                     ['export', '--torch', 'policy.pt2', '--no-check']])
+def test_nan_weights_rejected(checkpoint_path, tmp_path, capsys, command):
+    write_nan_tensor(checkpoint_path, 'core.cell.capacitance')
+    arguments = [command[0], str(checkpoint_path),
+                 *[str(tmp_path / item) if item.startswith('policy.') else item
+                   for item in command[1:]]]
+    assert main(arguments) == 2
+    error = capsys.readouterr().err
+    assert 'NaN or infinite values in 1 tensor(s): core.cell.capacitance' in error
+    assert not list(tmp_path.glob('policy.*'))
+
+
+def test_inspect_rejects_invalid_crop(checkpoint_path, capsys):
+    header, data = read_header(checkpoint_path)
+    header['config']['preprocessing']['crop_top'] = 1.5
+    header_bytes = json.dumps(header).encode()
+    body = PREFIX.pack(MAGIC, FORMAT_VERSION, len(header_bytes)) + header_bytes + data
+    checkpoint_path.write_bytes(body + hashlib.sha256(body).digest())
+    assert main(['inspect', str(checkpoint_path)]) == 2
+    error = capsys.readouterr().err
+    assert f'checkpoint {checkpoint_path} has invalid preprocessing settings' in error
+    assert 'crop_top=1.5' in error

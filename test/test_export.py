@@ -1,5 +1,7 @@
 """Export: ONNX (checked in onnxruntime) and torch.export give the PyTorch policy's outputs."""
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -60,3 +62,23 @@ def test_export_leaves_policy_usable(tmp_path):
     assert torch.equal(before, after)
     assert all(parameter.requires_grad for parameter in policy.parameters())
     assert np.isfinite(after.numpy()).all()
+
+
+def _policy_with_nan_output():
+    policy = _policy('ncp_ltc', False)
+    with torch.no_grad():
+        policy.core.output_bias.fill_(float('nan'))
+    return policy
+
+
+def test_onnx_check_fails_on_nan_outputs(tmp_path):
+    # Both runtimes give NaN at the same places, and the check must fail all the same.
+    policy = _policy_with_nan_output()
+    path = export.export_onnx(policy, tmp_path / 'policy.onnx')
+    assert math.isinf(export.compare_onnx(policy, path, steps=2))
+
+
+def test_torch_export_check_fails_on_nan_outputs(tmp_path):
+    policy = _policy_with_nan_output()
+    path = export.export_torch(policy, tmp_path / 'policy.pt2')
+    assert math.isinf(export.compare_torch_export(policy, path, steps=2))

@@ -8,6 +8,7 @@ disagree by more than ``--tolerance``.
 
 import argparse
 import logging
+import math
 from pathlib import Path
 
 LOGGER = logging.getLogger(__name__)
@@ -67,8 +68,13 @@ def run(args: argparse.Namespace) -> int:
             difference = export.compare_onnx(policy, path)
         else:
             difference = export.compare_torch_export(policy, path)
-        verdict = 'ok' if difference <= args.tolerance else 'FAILED'
-        print(f'check {kind}: max |difference| from PyTorch over 5 steps = {difference:.3g} '
-              f'(tolerance {args.tolerance:g}): {verdict}')
-        failed = failed or difference > args.tolerance
+        passed = difference <= args.tolerance
+        if math.isinf(difference):
+            print(f'check {kind}: an output or state of PyTorch or of the export is NaN or '
+                  'infinite within 5 steps: FAILED')
+        else:
+            print(f'check {kind}: max |difference| from PyTorch over 5 steps = '
+                  f'{difference:.3g} (tolerance {args.tolerance:g}): '
+                  f'{"ok" if passed else "FAILED"}')
+        failed = failed or not passed
     return 1 if failed else 0

@@ -28,7 +28,9 @@ import torch
 
 from liquid_control import __version__
 from liquid_control.errors import CheckpointError, ConfigError
-from liquid_control.model.policy import Policy, PolicyConfig, build_policy
+from liquid_control.model.policy import (Policy, PolicyConfig, build_policy,
+                                         count_encoder_parameters, default_preprocessing,
+                                         estimate_elements)
 from liquid_control.model.wirings import Wiring
 
 MAGIC = b'\x89LCM\r\n\x1a\n'
@@ -41,6 +43,17 @@ MAX_SIDE = 4096
 MAX_UNITS = 10000
 MAX_CHANNELS = 1024
 MAX_KERNEL = 31
+# Limit on the tensor elements that building a policy may allocate (policy.estimate_elements).
+# The default ncp_ltc policy allocates about 90,000, the models of the docs and benchmarks
+# below 1 million, and 100 million take 400 MB as float32. NOTE: training does not apply
+# this limit, so a model trained beyond it (an fc_ltc of more than about 350 neurons) does
+# not load.
+MAX_ELEMENTS = 100_000_000
+# The maximum tensor data of a policy within that limit: every element as float64.
+MAX_DATA_SIZE = 8 * MAX_ELEMENTS
+_READ_CHUNK = 1 << 20
+# Buffers that the policy divides by, so each value must be positive.
+STANDARD_DEVIATIONS = ('feature_std', 'imu_std', 'output_std')
 _DTYPES = {
     'float32': (torch.float32, '<f4'),
     'float64': (torch.float64, '<f8'),
@@ -137,70 +150,129 @@ def read_header(path: PathLike) -> Tuple[Dict[str, Any], bytes]:
     """Read and verify a checkpoint; return (header dict, tensor data bytes).
 
     Raises CheckpointError naming the file when it is missing, not a checkpoint,
-    truncated, corrupted (checksum mismatch) or of an unsupported format version.
+    truncated, corrupted (checksum mismatch), of an unsupported format version, or when
+    its header declares more tensor data than any policy within MAX_ELEMENTS stores. The
+    magic and the header are checked before the tensor data is read.
     """
     path = Path(path)
     if not path.is_file():
         raise CheckpointError(f'checkpoint {path} not found (or not a file)')
     try:
-        content = path.read_bytes()
+        with open(path, 'rb') as file:
+            return _read_checkpoint(path, file, os.fstat(file.fileno()).st_size)
     except OSError as error:
         raise CheckpointError(f'cannot read checkpoint {path}: {error}') from error
 
-    if not content.startswith(MAGIC[:min(len(content), len(MAGIC))]) or not content:
+
+def _read_checkpoint(path: Path, file, size: int) -> Tuple[Dict[str, Any], bytes]:
+    prefix = file.read(_PREFIX.size)
+    if not prefix or not prefix.startswith(MAGIC[:min(len(prefix), len(MAGIC))]):
         raise CheckpointError(f'{path} is not a liquid_control checkpoint (.lcm): '
-                              f'{_guess_kind(content)}')
-    if len(content) < _PREFIX.size:
-        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes, '
+                              f'{_guess_kind(prefix)}')
+    if len(prefix) < _PREFIX.size:
+        raise CheckpointError(f'checkpoint {path} is truncated: {len(prefix)} bytes, '
                               'shorter than the file header')
-    _, version, header_size = _PREFIX.unpack_from(content)
+    _, version, header_size = _PREFIX.unpack(prefix)
     if version != FORMAT_VERSION:
         raise CheckpointError(f'checkpoint {path} has format version {version}, but this '
                               f'liquid_control ({__version__}) reads version '
                               f'{FORMAT_VERSION}; use a matching liquid_control version')
     header_end = _PREFIX.size + header_size
-    if len(content) < header_end + _CHECKSUM_SIZE:
-        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes, but '
+    if size < header_end + _CHECKSUM_SIZE:
+        raise CheckpointError(f'checkpoint {path} is truncated: {size} bytes, but '
                               f'its header alone needs {header_end + _CHECKSUM_SIZE}')
 
-    body, checksum = content[:-_CHECKSUM_SIZE], content[-_CHECKSUM_SIZE:]
-    header = _parse_header(content[_PREFIX.size:header_end])
-    expected_size = None if header is None else header_end + header.get('data_size', 0) + \
+    raw_header = file.read(header_size)
+    header = _parse_header(raw_header)
+    expected_size = None if header is None else header_end + header['data_size'] + \
         _CHECKSUM_SIZE
-    if expected_size is not None and len(content) < expected_size:
-        raise CheckpointError(f'checkpoint {path} is truncated: {len(content)} bytes of '
+    if expected_size is not None and size < expected_size:
+        raise CheckpointError(f'checkpoint {path} is truncated: {size} bytes of '
                               f'{expected_size}; copy or download it again')
-    if hashlib.sha256(body).digest() != checksum:
+    if header is not None and header['data_size'] > MAX_DATA_SIZE:
+        raise CheckpointError(f'checkpoint {path} declares {header["data_size"]:,} bytes of '
+                              f'tensor data, more than a policy within the size limit stores '
+                              f'({MAX_DATA_SIZE:,} bytes: {MAX_ELEMENTS:,} elements as '
+                              'float64); use another checkpoint')
+
+    if expected_size is not None and size > expected_size:
+        raise CheckpointError(f'checkpoint {path} has {size - expected_size:,} bytes more than '
+                              f'the {expected_size:,} its header declares, so it is damaged; '
+                              'copy or download it again')
+
+    # Without a valid header the data is only hashed, in chunks, to tell a corrupted file
+    # from one written wrongly, and never held in memory whole.
+    keep = header is not None
+    digest = hashlib.sha256(prefix)
+    digest.update(raw_header)
+    chunks = []
+    remaining = size - _CHECKSUM_SIZE - header_end
+    while remaining > 0:
+        chunk = file.read(min(remaining, _READ_CHUNK))
+        if not chunk:
+            break
+        digest.update(chunk)
+        if keep:
+            chunks.append(chunk)
+        remaining -= len(chunk)
+    checksum = file.read(_CHECKSUM_SIZE)
+    if remaining > 0 or len(checksum) != _CHECKSUM_SIZE:
+        raise CheckpointError(f'checkpoint {path} became shorter while it was read; copy it '
+                              'again and make sure no program is writing it')
+    if digest.digest() != checksum:
         raise CheckpointError(f'checkpoint {path} is corrupted: its SHA-256 checksum does '
                               'not match the content; copy or download it again')
-    if header is None or expected_size != len(content):
+    if not keep:
         raise CheckpointError(f'checkpoint {path} has an invalid header (its checksum matches, '
                               'so the file was written wrongly); save it again')
-    return header, content[header_end:-_CHECKSUM_SIZE]
+    return header, b''.join(chunks)
 
 
 def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
     """Rebuild the policy stored in ``path``; return (policy in eval mode, metadata dict).
 
-    Raises CheckpointError naming the file for every kind of bad file, including a
-    header whose architecture does not match the stored tensors.
+    Raises CheckpointError naming the file for every kind of bad file, including invalid
+    preprocessing settings, an architecture too large to build or not matching the stored
+    tensors, and tensors with NaN or infinite values.
     """
     path = Path(path)
     header, data = read_header(path)
+    policy = _build_policy_of(path, header, len(data))
+    stored = _stored_tensors(path, header, data, policy.state_dict())
+    policy.load_state_dict(stored, strict=True)
+    policy.eval()
+    return policy, dict(header.get('metadata') or {})
+
+
+def _build_policy_of(path: Path, header: Dict[str, Any], data_size: int) -> Policy:
+    """Build the policy that a verified header describes, after checking its size."""
     size_problem = _size_problem(header['config'], header.get('wiring'))
     if size_problem is not None:
         raise CheckpointError(f'checkpoint {path} describes an architecture too large to '
                               f'build: {size_problem}')
     try:
         config = PolicyConfig.from_dict(header['config'])
+    except (ConfigError, KeyError, TypeError, ValueError, AttributeError) as error:
+        raise CheckpointError(f'checkpoint {path} describes an architecture this version '
+                              f'cannot build: {error}') from error
+    problem = _preprocessing_problem(config.preprocessing)
+    if problem is not None:
+        raise CheckpointError(f'checkpoint {path} has invalid preprocessing settings: '
+                              f'{problem}; the file was edited or written wrongly, so use '
+                              'another checkpoint or train again')
+    _check_size(path, config, header.get('wiring'), data_size)
+    try:
         wiring = None if header.get('wiring') is None else Wiring.from_dict(header['wiring'])
-        policy = build_policy(config, wiring)
+        return build_policy(config, wiring)
     except (ConfigError, KeyError, TypeError, ValueError, AttributeError, IndexError,
             OverflowError, MemoryError, RuntimeError) as error:
         raise CheckpointError(f'checkpoint {path} describes an architecture this version '
                               f'cannot build: {error}') from error
 
-    expected = policy.state_dict()
+
+def _stored_tensors(path: Path, header: Dict[str, Any], data: bytes,
+                    expected: Dict[str, torch.Tensor]) -> Dict[str, torch.Tensor]:
+    """Return the header's tensors read from ``data``, checked against ``expected``."""
     stored = {}
     problems = []
     listed = set()
@@ -233,12 +305,29 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
     problems.extend(f'missing tensor {name}' for name in sorted(set(expected) - listed))
     if problems:
         raise CheckpointError(f'checkpoint {path} does not match its own architecture: '
-                              + '; '.join(problems[:5])
-                              + (f' (and {len(problems) - 5} more)' if len(problems) > 5
-                                 else ''))
-    policy.load_state_dict(stored, strict=True)
-    policy.eval()
-    return policy, dict(header.get('metadata') or {})
+                              f'{_first_five(problems, "; ")}; use another checkpoint')
+
+    # A policy with NaN or infinite weights, or a standard deviation of 0 to divide by,
+    # gives no usable command, yet would load and run without any error.
+    non_finite = [name for name, tensor in stored.items()
+                  if tensor.is_floating_point() and not torch.isfinite(tensor).all()]
+    if non_finite:
+        raise CheckpointError(f'checkpoint {path} contains NaN or infinite values in '
+                              f'{len(non_finite)} tensor(s): {_first_five(non_finite, ", ")}; '
+                              'the training diverged or the file was edited, so use another '
+                              'checkpoint or train again')
+    not_positive = [name for name in STANDARD_DEVIATIONS
+                    if name in stored and not (stored[name] > 0).all()]
+    if not_positive:
+        raise CheckpointError(f'checkpoint {path} has standard deviations of 0 or less in '
+                              f'{", ".join(not_positive)}; the file was edited or written '
+                              'wrongly, so use another checkpoint or train again')
+    return stored
+
+
+def _first_five(items, separator: str) -> str:
+    text = separator.join(items[:5])
+    return text + (f' (and {len(items) - 5} more)' if len(items) > 5 else '')
 
 
 def _parse_header(raw: bytes):
@@ -308,6 +397,63 @@ def _size_problem(config: Dict[str, Any], wiring: Optional[Dict[str, Any]]) -> O
         if wiring is not None and name in wiring and too_large(wiring[name], MAX_UNITS):
             return f'wiring {name}={wiring[name]!r} (allowed 1..{MAX_UNITS})'
     return None
+
+
+def _preprocessing_problem(settings: Dict[str, Any]) -> Optional[str]:
+    """Return what is invalid in a checkpoint's preprocessing settings, or None.
+
+    These are the rules of ``liquid_control.data.preprocess.Preprocessing``, repeated here
+    because that module needs OpenCV, which the model layer does not import. The height and
+    width are checked by ``PolicyConfig`` and ``_size_problem``.
+    """
+    unknown = sorted(set(settings) - set(default_preprocessing()))
+    if unknown:
+        return f'unknown preprocessing settings {unknown}'
+    for name in ('crop_top', 'crop_bottom', 'crop_left', 'crop_right'):
+        value = settings[name]
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or \
+                not 0.0 <= value < 1.0:
+            return f'preprocessing {name}={value!r} is invalid: use 0 <= x < 1'
+    for first, second, kept in (('crop_top', 'crop_bottom', 'rows'),
+                                ('crop_left', 'crop_right', 'columns')):
+        if settings[first] + settings[second] >= 1.0:
+            return (f'preprocessing {first} + {second} = '
+                    f'{settings[first] + settings[second]} leaves no {kept}')
+    return None
+
+
+def _check_size(path: Path, config: PolicyConfig, wiring: Optional[Dict[str, Any]],
+                data_size: int) -> None:
+    """Raise CheckpointError when the policy of ``config`` is too large to build from this file.
+
+    Checked before building, because the build allocates what the header declares and
+    the stored tensors are compared with the built ones only afterwards.
+    """
+    synapse_counts = None
+    if wiring is not None:
+        if wiring.get('units') != config.units:
+            raise CheckpointError(f'checkpoint {path} does not match its own architecture: '
+                                  f'its wiring has units={wiring.get("units")!r} but its '
+                                  f'config units={config.units}; use another checkpoint')
+        if isinstance(wiring.get('synapses'), list) and \
+                isinstance(wiring.get('sensory_synapses'), list):
+            synapse_counts = (len(wiring['synapses']), len(wiring['sensory_synapses']))
+    elements = estimate_elements(config, synapse_counts)
+    if elements > MAX_ELEMENTS:
+        raise CheckpointError(
+            f'checkpoint {path} describes a policy too large to build: its {config.family} '
+            f'policy (units={config.units}, encoder channels {config.encoder["channels"]}, '
+            f'kernel sizes {config.encoder["kernel_sizes"]}, input {config.input_height} x '
+            f'{config.input_width}) would allocate about {elements:,} tensor elements, more '
+            f'than the limit of {MAX_ELEMENTS:,}; use another checkpoint')
+    # Every encoder weight is stored as float32, so the data section must hold them all.
+    encoder_parameters = count_encoder_parameters(config)
+    if 4 * encoder_parameters > data_size:
+        raise CheckpointError(
+            f'checkpoint {path} does not match its own architecture: its config describes an '
+            f'encoder of {encoder_parameters:,} parameters ({4 * encoder_parameters:,} bytes '
+            f'as float32), but the file holds only {data_size:,} bytes of tensor data; use '
+            'another checkpoint')
 
 
 def _guess_kind(content: bytes) -> str:

@@ -18,6 +18,7 @@ plain tensor operations, never the compiled kernel of ``native.py``.
 
 import copy
 import logging
+import math
 import warnings
 from pathlib import Path
 from typing import Dict, Optional
@@ -109,7 +110,15 @@ def export_torch(policy: Policy, path) -> Path:
 
 
 def _max_difference(actual, expected) -> float:
-    difference = np.abs(np.asarray(actual) - np.asarray(expected))
+    """Return max |actual - expected|, or infinity when either has a NaN or infinite value.
+
+    A non-finite output fails every tolerance, also where both runtimes give the same one.
+    """
+    actual = np.asarray(actual, dtype=np.float64)
+    expected = np.asarray(expected, dtype=np.float64)
+    if not (np.isfinite(actual).all() and np.isfinite(expected).all()):
+        return math.inf
+    difference = np.abs(actual - expected)
     return float(difference.max()) if difference.size else 0.0
 
 
@@ -131,7 +140,8 @@ def compare_onnx(policy: Policy, path, steps: int = 5, batch_size: int = 2,
                  seed: int = 0) -> float:
     """Run PyTorch and onnxruntime side by side for ``steps`` steps; return max |difference|.
 
-    Each runtime feeds its own state back, so drift over steps shows up too.
+    Each runtime feeds its own state back, so drift over steps shows up too. The result is
+    infinity when an output or state of either runtime is NaN or infinite.
     """
     import onnxruntime
 
@@ -156,7 +166,10 @@ def compare_onnx(policy: Policy, path, steps: int = 5, batch_size: int = 2,
 
 @torch.no_grad()
 def compare_torch_export(policy: Policy, path, steps: int = 5, seed: int = 0) -> float:
-    """Load a ``.pt2`` program and compare it with ``policy`` for ``steps`` steps."""
+    """Load a ``.pt2`` program and compare it with ``policy`` for ``steps`` steps.
+
+    Returns the max |difference| as ``compare_onnx`` does, infinity for non-finite values.
+    """
     program = torch.export.load(str(path)).module()
     policy = policy.eval()
     torch_state = policy.initial_state(1)

@@ -32,7 +32,7 @@ from liquid_control.model import wirings
 from liquid_control.model.baselines import FeedForward, GatedRecurrent
 from liquid_control.model.cfc import WiredCfC
 from liquid_control.model.encoder import (DEFAULT_CHANNELS, DEFAULT_KERNEL_SIZES,
-                                          DEFAULT_STRIDES, Encoder)
+                                          DEFAULT_STRIDES, Encoder, conv_output_size)
 from liquid_control.model.ltc import LTC, SENSORY_SIGMA
 
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
@@ -497,3 +497,58 @@ def _check_wiring(wiring: wirings.Wiring, sensory_size: int, config: PolicyConfi
 def build_policy(config: PolicyConfig, wiring: Optional[wirings.Wiring] = None) -> Policy:
     """Build a policy from its config; pass ``wiring`` to reuse a stored wiring exactly."""
     return Policy(config, wiring)
+
+
+def count_encoder_parameters(config: PolicyConfig) -> int:
+    """Return the parameter count of the encoder that ``config`` describes, without building it.
+
+    It equals the count of ``build_policy(config).encoder`` for every config that builds.
+    """
+    settings = config.encoder
+    in_channels = 6 if config.frame_gap else 3
+    height, width = config.input_height, config.input_width
+    count = 0
+    for out_channels, kernel_size, stride in zip(settings['channels'], settings['kernel_sizes'],
+                                                 settings['strides']):
+        count += in_channels * out_channels * kernel_size * kernel_size + out_channels
+        height = conv_output_size(height, kernel_size, stride)
+        width = conv_output_size(width, kernel_size, stride)
+        in_channels = out_channels
+    # The per-channel dense layers: an (H W, k) weight and k biases per channel.
+    return count + in_channels * (height * width + 1) * settings['features_per_channel']
+
+
+def estimate_elements(config: PolicyConfig,
+                      synapse_counts: Optional[Tuple[int, int]] = None) -> int:
+    """Estimate from above the tensor elements that ``build_policy(config)`` allocates.
+
+    Counts parameters, normalisation buffers, the wiring's matrices and the cores' helper
+    tensors (the LTC's one-hot synapse matrices, the CfC's masks), so a caller can reject
+    a config too large to build before building it. ``synapse_counts`` (internal,
+    sensory) of a stored wiring tighten the LTC's bound. Without them every possible
+    synapse is counted.
+    """
+    channels = config.encoder['channels']
+    features = (channels[-1] if channels else 0) * config.encoder['features_per_channel']
+    sensory = features + (IMU_SIZE if config.imu_enabled else 0)
+    units, outputs = config.units, config.output_size
+    total = count_encoder_parameters(config) + 2 * (features + IMU_SIZE + outputs)
+    if config.family in ('ncp_ltc', 'ncp_cfc', 'fc_ltc'):
+        total += units * (units + sensory)  # the wiring's adjacency matrices
+    if config.family in ('ncp_ltc', 'fc_ltc'):
+        internal, sensory_synapses = synapse_counts or (units * units, sensory * units)
+        # Per synapse four parameters and a row of the edge list (three values), then
+        # the one-hot gather and scatter matrices of ltc.LTCCell.
+        total += 7 * (internal + sensory_synapses) + 3 * units + 2 * (sensory + outputs)
+        total += sensory_synapses * (sensory + units) + 2 * internal * units
+    elif config.family == 'ncp_cfc':
+        # Each layer's three heads form a dense (3 n, inputs + n) weight. With its mask and
+        # the copies made while initialising, that is about 4 such matrices, and over all
+        # layers n (inputs + n) adds up to at most N (S + 2 N).
+        total += 12 * units * (sensory + 2 * units) + 3 * units + 2 * outputs
+    elif config.family in ('lstm', 'gru'):
+        gates = 4 if config.family == 'lstm' else 3
+        total += gates * units * (sensory + 1 + units + 2) + outputs * (units + 1)
+    else:
+        total += units * (sensory + 1) + outputs * (units + 1)
+    return total
