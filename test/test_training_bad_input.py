@@ -64,6 +64,34 @@ def averaged(subset, tmp_path_factory):
     return out
 
 
+@pytest.fixture(scope='module')
+def trained_for_compare(subset, tmp_path_factory):
+    """Return the checkpoint of one tiny run with the split of COMPARE_SETTINGS."""
+    out = tmp_path_factory.mktemp('trained_for_compare') / 'model.lcm'
+    assert main(['train', str(subset), '--out', str(out), *SETTINGS,
+                 '--test-fraction', '0.25']) == 0
+    return out
+
+
+def write_nan_weights(trained, path):
+    """Save the trained policy to ``path`` with NaN capacitances, as a diverged run would."""
+    from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+
+    policy, metadata = load_checkpoint(trained)
+    with torch.no_grad():
+        policy.core.cell.capacitance.fill_(float('nan'))
+    save_checkpoint(path, policy, metadata)
+
+
+def write_invalid_crop(trained, path):
+    """Save the trained policy to ``path`` with the preprocessing setting crop_top=1.5."""
+    from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
+
+    policy, metadata = load_checkpoint(trained)
+    policy.config.preprocessing['crop_top'] = 1.5
+    save_checkpoint(path, policy, metadata)
+
+
 def run_failing(capsys, command, *arguments) -> str:
     """Run ``liquid-control COMMAND ARGUMENTS``; check exit code 2 and return the error."""
     capsys.readouterr()
@@ -238,6 +266,48 @@ def test_init_encoder_pickle_not_run(subset, tmp_path, capsys):
     assert not (tmp_path / 'm.lcm').exists()
 
 
+def test_init_encoder_nan_weights(subset, trained, tmp_path, capsys):
+    model = tmp_path / 'diverged.lcm'
+    write_nan_weights(trained, model)
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--init-encoder', model)
+    assert f'init_encoder: checkpoint {model} contains NaN or infinite values' in error
+    assert 'core.cell.capacitance' in error
+    # Rejected before the data is loaded and the run starts.
+    assert not (tmp_path / 'm_logs').exists()
+
+
+def test_init_encoder_invalid_crop(subset, trained, tmp_path, capsys):
+    model = tmp_path / 'crop.lcm'
+    write_invalid_crop(trained, model)
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--init-encoder', model)
+    assert f'checkpoint {model} has invalid preprocessing settings' in error
+    assert 'crop_top=1.5' in error
+    assert not (tmp_path / 'm.lcm').exists()
+
+
+def test_init_encoder_bundled(subset, tmp_path):
+    from liquid_control.model.checkpoint import load_checkpoint
+    from liquid_control.paths import bundled_model
+
+    # The bundled model's encoder takes frames of 42 x 48 pixels (height x width).
+    out = tmp_path / 'm.lcm'
+    assert main(['train', str(subset), '--out', str(out), *SETTINGS,
+                 '--set', 'preprocessing={crop_top: 0.4, height: 42, width: 48}',
+                 '--init-encoder', 'bundled']) == 0
+    _, metadata = load_checkpoint(out)
+    assert metadata['train_config']['init_encoder'] == str(bundled_model())
+
+
+def test_failed_run_removes_empty_logs(subset, tmp_path, capsys):
+    # The learning rates make the loss NaN in the first epoch, before any checkpoint.
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--lr-encoder', '1e30', '--lr-recurrent', '1e30')
+    assert 'the loss became' in error
+    assert not (tmp_path / 'm_logs').exists()
+
+
 # -- train: --resume ----------------------------------------------------------------------
 
 @pytest.mark.parametrize('content, words', [
@@ -319,7 +389,87 @@ def test_resume_other_optimizer_groups(subset, trained, tmp_path, capsys):
     assert 'does not fit this run' in error
 
 
+def first_parameter_state(state):
+    """Return the optimizer state of the first parameter in a loaded resume.pt."""
+    return state['optimizer']['state'][min(state['optimizer']['state'])]
+
+
+@pytest.mark.parametrize('value, words', [
+    (torch.zeros(7), 'has shape [7], but it needs [24, 3, 5, 5]'),
+    (None, 'contains NaN or infinite values'),
+])
+def test_resume_optimizer_moment_invalid(subset, trained, tmp_path, capsys, value, words):
+    out = copy_run(trained, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    state = torch.load(resume, weights_only=True)
+    moments = first_parameter_state(state)
+    moments['exp_avg'] = value if value is not None else torch.full_like(
+        moments['exp_avg'], float('nan'))
+    torch.save(state, resume)
+    checkpoints = [out, out.with_name('model.last.lcm')]
+    before = [path.read_bytes() for path in checkpoints]
+
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert 'exp_avg of parameter encoder.head.convolutions.0.weight' in error
+    assert words in error
+    assert [path.read_bytes() for path in checkpoints] == before
+
+
+def test_resume_best_score_nan(subset, trained, tmp_path, capsys):
+    # With NaN, any later epoch would count as better and replace the best checkpoint.
+    out = copy_run(trained, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    state = torch.load(resume, weights_only=True)
+    state['best_score'] = float('nan')
+    torch.save(state, resume)
+    before = out.read_bytes()
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert 'best_score is nan' in error
+    assert out.read_bytes() == before
+
+
+def test_resume_last_checkpoint_nan(subset, trained, tmp_path, capsys):
+    out = copy_run(trained, tmp_path / 'run')
+    last = out.with_name('model.last.lcm')
+    write_nan_weights(trained, last)
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert f'checkpoint {last} contains NaN or infinite values' in error
+
+
+def test_resume_average_weights_nan(subset, averaged, tmp_path, capsys):
+    out = copy_run(averaged, tmp_path / 'run')
+    resume = out.parent / 'model_logs' / 'resume.pt'
+    state = torch.load(resume, weights_only=True)
+    state['training_weights']['core.cell.capacitance'].fill_(float('nan'))
+    torch.save(state, resume)
+    error = run_failing(capsys, 'train', subset, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume', '--set', 'ema_decay=0.9')
+    assert 'the training weights in' in error
+    assert 'NaN or infinite values in core.cell.capacitance' in error
+
+
 # -- evaluate -----------------------------------------------------------------------------
+
+def test_evaluate_nan_weights(subset, trained, tmp_path, capsys):
+    model = tmp_path / 'diverged.lcm'
+    write_nan_weights(trained, model)
+    error = run_failing(capsys, 'evaluate', subset, '--model', model,
+                        '--out', tmp_path / 'evaluation', '--no-plots')
+    assert f'checkpoint {model} contains NaN or infinite values' in error
+    assert not (tmp_path / 'evaluation' / 'metrics.json').exists()
+
+
+def test_evaluate_invalid_crop_names_file(subset, trained, tmp_path, capsys):
+    model = tmp_path / 'crop.lcm'
+    write_invalid_crop(trained, model)
+    error = run_failing(capsys, 'evaluate', subset, '--model', model,
+                        '--out', tmp_path / 'evaluation', '--no-plots')
+    assert f'checkpoint {model} has invalid preprocessing settings' in error
+    assert 'crop_top=1.5' in error
+
 
 def test_evaluate_trace_seconds_infinite(subset, trained, tmp_path, capsys):
     error = run_failing(capsys, 'evaluate', subset, '--model', trained,
@@ -466,11 +616,12 @@ def move_model_settings(trained, path, family_settings):
     write_foreign_checkpoint(trained, path, train_config=moved)
 
 
-def test_compare_reuse_merges_family_model(subset, trained, tmp_path):
+def test_compare_reuse_merges_family_model(subset, trained_for_compare, tmp_path):
     # The same model settings written under family_model count as the same model.
     folder = tmp_path / 'cmp'
     folder.mkdir()
-    move_model_settings(trained, folder / 'ncp_ltc-s0.lcm', lambda saved: saved['model'])
+    move_model_settings(trained_for_compare, folder / 'ncp_ltc-s0.lcm',
+                        lambda saved: saved['model'])
     arguments = ['compare', str(subset), '--out', str(folder), *COMPARE_SETTINGS,
                  '--models', 'ncp_ltc', '--reuse']
     assert main([str(item) for item in arguments]) == 0
@@ -488,6 +639,44 @@ def test_compare_reuse_other_family_model(subset, trained, tmp_path, capsys):
                         '--models', 'ncp_ltc', '--reuse')
     assert 'was trained with model' in error
     assert "'units': 5" in error
+
+
+def test_compare_reuse_nan_weights(subset, trained_for_compare, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    write_nan_weights(trained_for_compare, folder / 'ncp_ltc-s0.lcm')
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'ncp_ltc-s0.lcm contains NaN or infinite values' in error
+    assert 'delete the damaged file' in error
+    assert not (folder / 'compare.md').exists()
+
+
+def test_compare_reuse_other_split(subset, trained, tmp_path, capsys):
+    # The trained run had no test part, so it trained on this comparison's test frames.
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    shutil.copy(trained, folder / 'ncp_ltc-s0.lcm')
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'ncp_ltc-s0.lcm was not trained on the training part' in error
+    assert 'its validation, test, training_windows differ' in error
+    assert not (folder / 'compare.md').exists()
+
+
+def test_compare_reuse_other_episodes(subset, trained_for_compare, tmp_path, capsys):
+    from liquid_control.data.episodes import find_episodes
+
+    # The model trained on both episodes, and this comparison scores part of the first.
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    shutil.copy(trained_for_compare, folder / 'ncp_ltc-s0.lcm')
+    one_episode = find_episodes(subset)[0].folder
+    error = run_failing(capsys, 'compare', one_episode, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'ncp_ltc-s0.lcm was not trained on the training part' in error
+    assert 'e.g. episodes is' in error
+    assert not (folder / 'compare.md').exists()
 
 
 def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):

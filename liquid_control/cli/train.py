@@ -9,6 +9,7 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 LOGGER = logging.getLogger(__name__)
 
@@ -48,7 +49,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='passes of encoder pretraining on single frames (0 skips it)')
     parser.add_argument('--init-encoder', type=Path, metavar='MODEL',
                         help='start from the encoder of this checkpoint, e.g. a model of '
-                             'another track (same input size)')
+                             'another track (same input size); "bundled" for the model '
+                             'shipped with the package')
     parser.add_argument('--freeze-encoder', action='store_true', default=None,
                         help='train only the recurrent core after pretraining')
     parser.add_argument('--lr-encoder', type=float, help='learning rate of the encoder')
@@ -101,14 +103,18 @@ def collect_overrides(args: argparse.Namespace) -> dict:
 
 def load_config(args: argparse.Namespace):
     """Return the ``TrainConfig`` from ``--config`` (or the package default) and overrides."""
-    from liquid_control.paths import config_file
+    from liquid_control.paths import bundled_model, config_file
     from liquid_control.training.config import load_train_config
 
     path = args.config
     if path is None:
         default = config_file('train.yaml')
         path = default if default.is_file() else None
-    return load_train_config(path, collect_overrides(args))
+    config = load_train_config(path, collect_overrides(args))
+    if config.init_encoder == 'bundled':
+        # The name means the same as in inspect and export, also from a config file.
+        config = config.with_overrides({'init_encoder': str(bundled_model())})
+    return config
 
 
 def check_writable_folder(folder: Path, option: str) -> None:
@@ -152,14 +158,14 @@ def check_output(out: Path) -> None:
 
 
 def check_init_encoder(config) -> None:
-    """Raise CheckpointError now when ``init_encoder`` is not a readable checkpoint."""
+    """Raise CheckpointError now, before any data loads, when ``init_encoder`` does not load."""
     from liquid_control.errors import CheckpointError
-    from liquid_control.model.checkpoint import read_header
+    from liquid_control.model.checkpoint import load_checkpoint
 
     if config.init_encoder is None:
         return
     try:
-        read_header(config.init_encoder)
+        load_checkpoint(config.init_encoder)
     except CheckpointError as error:
         raise CheckpointError(f'init_encoder: {error}; name a .lcm file written by '
                               'liquid-control train') from error
@@ -211,21 +217,58 @@ def load_data(sources, cache_dir=None) -> list:
     return episodes
 
 
+def clean_up_failed_logs(logs: Path) -> Optional[str]:
+    """Remove the log folder of a failed run if it contains no epoch yet.
+
+    Before the first epoch ends the folder contains only TensorBoard event files without
+    values. Once an epoch has written its row to log.csv the folder is kept, and the
+    function returns a note that names it for the error message. Otherwise it returns None.
+    """
+    from liquid_control.training.logs import CSV_FILE
+
+    if not logs.is_dir():
+        return None
+    if (logs / CSV_FILE).is_file():
+        return f'the logs of the finished epochs are in {logs}'
+    entries = list(logs.iterdir())
+    if not all(entry.is_file() and entry.name.startswith('events.out.tfevents.')
+               for entry in entries):
+        return None
+    try:
+        for entry in entries:
+            entry.unlink()
+        logs.rmdir()
+    except OSError as error:
+        LOGGER.warning('cannot remove the empty log folder %s: %s', logs, error)
+    return None
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoint went."""
+    from liquid_control.errors import LiquidControlError
     from liquid_control.training import distributed
-    from liquid_control.training.trainer import train
+    from liquid_control.training.trainer import OutputPaths, train
 
     config = load_config(args)
     check_output(args.out)
     check_init_encoder(config)
     check_model_settings(config)
     check_sources(args.data, args.cache_dir)
+    logs = OutputPaths.from_out(args.out).logs
+    logs_existed = logs.exists()
     context = distributed.start()
     try:
         episodes = load_data(args.data, args.cache_dir)
         result = train(config, episodes, args.out, sources=[str(s) for s in args.data],
                        resume=args.resume, progress=show_progress(args), context=context)
+    except BaseException as error:
+        # A folder of an earlier run (--resume, or the same --out again) stays as it is.
+        note = None
+        if context.is_main and not logs_existed:
+            note = clean_up_failed_logs(logs)
+        if note is not None and isinstance(error, LiquidControlError):
+            raise type(error)(f'{error}; {note}') from error
+        raise
     finally:
         distributed.stop(context)
     if context.is_main:

@@ -20,7 +20,7 @@ from liquid_control.errors import CheckpointError, ConfigError
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
-from liquid_control.training.dataset import segment_slices
+from liquid_control.training.dataset import Split, segment_slices
 from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer,
                                              load_pretrained, prepare_data,
                                              pretraining_key, save_pretrained,
@@ -114,6 +114,12 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
                 raise ConfigError(f'{path} was trained with {key} {saved[key]!r}, but this '
                                   f'comparison uses {expected[key]!r}; delete it or drop '
                                   '--reuse')
+        problem = training_data_problem(metadata, data, config.split)
+        if problem is not None:
+            raise ConfigError(f'{path} was not trained on the training part of this '
+                              f'comparison: {problem}, so it could be scored on frames it '
+                              'trained on; give DATA as the run that trained it did (same '
+                              'paths and split settings), or delete it or drop --reuse')
         return (policy, metadata, float(totals.get('train_seconds', math.nan)),
                 int(totals.get('epoch', metadata.get('epoch', 0))))
     # The encoder pretraining of a seed is shared by every family and kept on disk, so a
@@ -137,6 +143,41 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         save_pretrained(data, config, pretrained)
     policy, metadata = load_checkpoint(result.paths.best)
     return policy, metadata, result.train_seconds, result.epochs_run
+
+
+def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Optional[str]:
+    """Return how a checkpoint's record of its training data differs from ``data``, or None.
+
+    ``split`` is the split mode that made ``data.split``. The record (``Trainer.metadata``)
+    names the episodes by the paths given on the command line, so the same recordings
+    loaded from another folder count as other data.
+    NOTE: the record contains no digest of the frames, so other recordings under the same
+    paths, with the same frame counts, pass.
+    """
+    ours = {
+        'episodes': [cached.name for cached in data.episodes],
+        'frames': int(sum(len(cached) for cached in data.episodes)),
+        'split': split,
+        'validation': Split.describe_segments(data.episodes, data.split.validation_segments),
+        'test': Split.describe_segments(data.episodes, data.split.test_segments),
+        'training_windows': len(data.split.train_windows),
+    }
+    # A JSON round trip gives the types that the checkpoint's metadata has.
+    ours = json.loads(json.dumps(ours))
+    missing = [key for key in ours if key not in metadata]
+    if missing:
+        return f'its metadata does not record {", ".join(missing)}'
+    differing = [key for key in ours if metadata[key] != ours[key]]
+    if not differing:
+        return None
+    first = differing[0]
+    return (f'its {", ".join(differing)} differ, e.g. {first} is {_shorten(metadata[first])} '
+            f'in the checkpoint but {_shorten(ours[first])} here')
+
+
+def _shorten(value, limit: int = 200) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit - 3] + '...'
 
 
 def _saved_model_settings(saved: dict, family: str):

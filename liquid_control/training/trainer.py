@@ -418,6 +418,7 @@ class Trainer:
                     f'cannot resume: the optimizer state in {self.paths.logs / RESUME_FILE} '
                     f'does not fit this run ({error}); train without --resume, or with the '
                     'settings of the first run') from error
+            self._check_optimizer_state()
             start_epoch = int(resume_state['epoch']) + 1
             best_score = float(resume_state['best_score'])
             if math.isnan(best_score):
@@ -448,6 +449,25 @@ class Trainer:
             self.model = DistributedDataParallel(self.policy, find_unused_parameters=True)
         return start_epoch, best_score, best_epoch, stale, trained_s
 
+    def _check_optimizer_state(self) -> None:
+        """Raise CheckpointError unless the loaded optimizer state fits every parameter.
+
+        ``Optimizer.load_state_dict`` (torch 2.13) compares only the parameter counts, so a
+        moment estimate of another shape would fail in the first step, and a NaN one would
+        make every later step NaN.
+        """
+        names = {id(parameter): name for name, parameter in self.policy.named_parameters()}
+        for group in self.optimizer.param_groups:
+            for parameter in group['params']:
+                for key, value in self.optimizer.state.get(parameter, {}).items():
+                    problem = _optimizer_value_problem(key, value, parameter)
+                    if problem is not None:
+                        raise CheckpointError(
+                            f'cannot resume: in the optimizer state in '
+                            f'{self.paths.logs / RESUME_FILE}, {key} of parameter '
+                            f'{names.get(id(parameter), "?")} {problem}; delete the file and '
+                            'train without --resume')
+
     def _start_average(self, resume_state: Optional[dict]) -> None:
         """Start the weight average, or continue the one a resumed run saved.
 
@@ -467,8 +487,16 @@ class Trainer:
 
     def _load_training_weights(self, resume_state: dict) -> None:
         """Load the weights the optimizer moved, which an averaged run saves in resume.pt."""
+        weights = resume_state['training_weights']
+        non_finite = sorted(name for name, value in weights.items()
+                            if value.is_floating_point() and not torch.isfinite(value).all())
+        if non_finite:
+            raise CheckpointError(f'cannot resume: the training weights in '
+                                  f'{self.paths.logs / RESUME_FILE} contain NaN or infinite '
+                                  f'values in {", ".join(non_finite[:5])}; train without '
+                                  '--resume')
         try:
-            self.policy.load_state_dict(resume_state['training_weights'])
+            self.policy.load_state_dict(weights)
         except RuntimeError as error:
             raise CheckpointError(f'cannot resume: the training weights in '
                                   f'{self.paths.logs / RESUME_FILE} do not fit this model '
@@ -636,6 +664,9 @@ class Trainer:
                                   f'liquid-control train ({type(error).__name__}); delete it '
                                   'and train without --resume') from error
         problem = _resume_state_problem(state)
+        if problem is None:
+            problem = _best_score_problem(
+                state, saved_config.get('validation_fraction', defaults['validation_fraction']))
         if problem is not None:
             raise CheckpointError(f'{resume_path} is not a resume state of liquid-control '
                                   f'train ({problem}); delete it and train without --resume')
@@ -1085,6 +1116,41 @@ def _resume_state_problem(state) -> Optional[str]:
         if not isinstance(updates, int) or isinstance(updates, bool) or updates < 0:
             return f'average_updates is {updates!r}, not a count'
     return None
+
+
+def _optimizer_value_problem(key: str, value, parameter: torch.Tensor) -> Optional[str]:
+    """Return what is wrong with one entry of a parameter's optimizer state, or None.
+
+    AdamW keeps the step count as a scalar tensor (a number in older torch versions) and
+    the moment estimates as tensors of the parameter's shape.
+    """
+    if key == 'step' and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return None
+    if not isinstance(value, torch.Tensor):
+        return f'is a {type(value).__name__}, not a tensor'
+    expected = () if key == 'step' else tuple(parameter.shape)
+    if tuple(value.shape) != expected:
+        return f'has shape {list(value.shape)}, but it needs {list(expected)}'
+    if value.is_floating_point() and not torch.isfinite(value).all():
+        return 'contains NaN or infinite values'
+    return None
+
+
+def _best_score_problem(state: dict, validation_fraction) -> Optional[str]:
+    """Return why ``state['best_score']`` cannot come from the first run, or None.
+
+    A run without validation (``validation_fraction`` 0) stores NaN. With validation the
+    score is the best finite validation loss, or infinity while no epoch has had one
+    (best epoch 0). Accepting NaN there would let any later epoch replace the best
+    checkpoint.
+    """
+    score = float(state['best_score'])
+    if validation_fraction == 0 or math.isfinite(score):
+        return None
+    if score == math.inf and state['best_epoch'] == 0:
+        return None
+    return (f'best_score is {score}, but the first run validated its epochs, so it must be '
+            'a finite validation loss')
 
 
 def train(config: TrainConfig, episodes: Sequence, out: Path, **options) -> TrainResult:
