@@ -27,16 +27,17 @@ def cropped_model(tmp_path_factory):
 
 @pytest.fixture(scope='module')
 def nan_model(tmp_path_factory):
-    """Return a checkpoint whose last parameter is infinite, so every output is NaN."""
+    """Return a checkpoint whose last parameter is near the float32 limit, so every output
+    overflows to NaN. (The loader rejects weights that are already infinite.)"""
     from liquid_control.model.checkpoint import save_checkpoint
     from liquid_control.model.policy import PolicyConfig, build_policy
 
     policy = build_policy(PolicyConfig(imu_enabled=False))
     name, parameter = list(policy.named_parameters())[-1]
     with torch.no_grad():
-        parameter.fill_(float('inf'))
+        parameter.fill_(3e38)
     path = tmp_path_factory.mktemp('model') / 'nan.lcm'
-    save_checkpoint(path, policy, {'source': f'test fixture, {name} set to inf'})
+    save_checkpoint(path, policy, {'source': f'test fixture, {name} set to 3e38'})
     return path
 
 
