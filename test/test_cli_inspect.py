@@ -118,3 +118,17 @@ def test_inspect_rejects_invalid_crop(checkpoint_path, capsys):
     error = capsys.readouterr().err
     assert f'checkpoint {checkpoint_path} has invalid preprocessing settings' in error
     assert 'crop_top=1.5' in error
+
+
+def test_inspect_prints_test_metrics_whole(tmp_path, capsys):
+    metrics = {f'test/angular_z/{name}': value for name, value in
+               (('mae', 0.22071234), ('baseline_mae', 0.28345678), ('pearson', 0.69012345),
+                ('rmse', 0.31234567))}
+    path = save_checkpoint(tmp_path / 'model.lcm', build_policy(PolicyConfig(
+        imu_enabled=False, preprocessing={**PolicyConfig().preprocessing, **SMALL})),
+        {'test_metrics': metrics})
+    assert main(['inspect', str(path)]) == 0
+    out = capsys.readouterr().out
+    assert 'held-out test part (scored at the end of training):' in out
+    assert '  test/angular_z/pearson: 0.6901' in out
+    assert '  test/angular_z/baseline_mae: 0.2835' in out

@@ -664,3 +664,10 @@ def test_epoch_summary_names_every_output():
     assert 'angular_z MAE 0.1200 (constant 0.3000), r 0.900' in line
     assert 'linear_x MAE 1.1000 (constant 2.0000), r 0.800' in line
     assert line.endswith('best so far')
+
+
+def test_comparison_lag_at_search_limit_is_not_a_lag():
+    from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
+    from liquid_control.training.compare import _clear_lag
+    assert _clear_lag({'lag_frames': 2, 'lag_s': 0.1}) == pytest.approx(0.1)
+    assert math.isnan(_clear_lag({'lag_frames': -MAX_LAG_FRAMES, 'lag_s': -0.5}))

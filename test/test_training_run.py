@@ -16,6 +16,7 @@ from training_data import TINY_SETTINGS
 from liquid_control.cli.main import main
 from liquid_control.data.episodes import find_episodes
 from liquid_control.errors import CheckpointError, ConfigError
+from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.model.policy import build_policy
@@ -236,7 +237,9 @@ def test_compare_command_writes_table(subset, tmp_path, capsys):
         next(i for i, line in enumerate(table.splitlines()) if line.startswith('| model |'))
     ].split('|')]
     cells = [cell.strip() for cell in ltc_row.split('|')]
-    assert cells[header.index('lag ms')] == f"{1000 * evaluation['angular_z']['lag_s']:.0f}"
+    lag = evaluation['angular_z']
+    clear = abs(lag['lag_frames']) < MAX_LAG_FRAMES
+    assert cells[header.index('lag ms')] == (f"{1000 * lag['lag_s']:.0f}" if clear else '-')
     assert cells[header.index('r fast')] == f"{evaluation['angular_z']['pearson_fast']:.3f}"
     assert (tmp_path / 'cmp' / 'lstm-8-s0' / 'metrics.json').is_file()
     # Both models start from one encoder pretraining: the second reuses the first's.
@@ -419,6 +422,15 @@ def test_train_prints_held_out_score(subset, tmp_path, capsys):
     mae = metadata['test_metrics']['test/angular_z/mae']
     assert f'held-out test angular_z: MAE {mae:.4f}' in out
     assert 'validation angular_z: MAE' in out
+
+
+def test_train_prints_held_out_score_of_every_output(subset, tmp_path, capsys):
+    code = _train_command(subset, tmp_path / 'cli.lcm', '--test-fraction', '0.2',
+                          '--set', 'outputs=[angular_z, linear_x]')
+    assert code == 0
+    out = capsys.readouterr().out
+    assert 'held-out test angular_z: MAE' in out
+    assert 'held-out test linear_x: MAE' in out
 
 
 def test_compare_without_held_out_part_raises(subset, tmp_path, capsys):

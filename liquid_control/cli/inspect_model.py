@@ -101,7 +101,15 @@ def print_text(path: Path, header: dict, policy, list_synapses: bool) -> None:
     if metadata:
         print('metadata:')
         for key in sorted(metadata):
-            print(f'  {key}: {_format_value(metadata[key])}')
+            if key != 'test_metrics':
+                print(f'  {key}: {_format_value(metadata[key])}')
+    test_metrics = metadata.get('test_metrics')
+    if isinstance(test_metrics, dict) and test_metrics:
+        print('held-out test part (scored at the end of training):')
+        for key in sorted(test_metrics):
+            value = test_metrics[key]
+            text = f'{value:.4g}' if isinstance(value, float) else _format_value(value)
+            print(f'  {key}: {text}')
 
     wiring = policy.wiring
     if wiring is None:

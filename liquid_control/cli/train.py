@@ -5,6 +5,7 @@ Run it under ``torchrun --nproc_per_node=N`` to train with distributed data para
 """
 
 import argparse
+import itertools
 import logging
 import sys
 import tempfile
@@ -273,11 +274,11 @@ def run(args: argparse.Namespace) -> int:
         distributed.stop(context)
     if context.is_main:
         metrics = result.best_metrics
-        output = config.outputs[0]
         print(f'best checkpoint: {result.paths.best} (epoch {result.best_epoch} of '
               f'{result.epochs_run}, {result.stop_reason})')
-        for part, prefix, values in (('validation', 'val', metrics),
-                                     ('held-out test', 'test', result.test_metrics)):
+        for (part, prefix, values), output in itertools.product(
+                (('validation', 'val', metrics), ('held-out test', 'test', result.test_metrics)),
+                config.outputs):
             if f'{prefix}/{output}/mae' not in values:
                 continue
             mae = values[f'{prefix}/{output}/mae']

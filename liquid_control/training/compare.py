@@ -17,6 +17,7 @@ from typing import Dict, List, Optional, Sequence
 import numpy as np
 
 from liquid_control.errors import CheckpointError, ConfigError
+from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
@@ -207,7 +208,7 @@ def _row(spec: ModelSpec, seed: int, policy, metadata: dict, train_seconds: floa
         'r2': clean.get('r2'), 'baseline_mae': clean.get('baseline_mae'),
         'mean_abs_change': clean.get('mean_abs_change'),
         'target_mean_abs_change': clean.get('target_mean_abs_change'),
-        'lag_s': clean.get('lag_s'), 'pearson_fast': clean.get('pearson_fast'),
+        'lag_s': _clear_lag(clean), 'pearson_fast': clean.get('pearson_fast'),
         'realtime_factor': metrics.get('realtime_factor'),
     }
     baseline = clean.get('baseline_mae')
@@ -359,6 +360,14 @@ def _cell(value, digits: int = 3) -> str:
     return str(value)
 
 
+def _clear_lag(metrics: Dict[str, object]) -> float:
+    """Return the lag in seconds, or NaN when the best shift is at the search limit."""
+    frames = metrics.get('lag_frames')
+    if not isinstance(frames, (int, float)) or abs(frames) >= MAX_LAG_FRAMES:
+        return math.nan
+    return metrics.get('lag_s', math.nan)
+
+
 def _milliseconds(seconds) -> str:
     if not isinstance(seconds, (int, float)) or not math.isfinite(seconds):
         return '-'
@@ -426,9 +435,11 @@ def write_tables(out_dir: Path, rows: Sequence[Dict[str, object]], output: str,
             'is the mean absolute change of the command between consecutive frames; the '
             f'human\'s is {_cell(first.get("target_mean_abs_change"))}. "lag ms" is how '
             'late the model follows the human (the shift of its commands that correlates '
-            'best); "r fast" is Pearson r of the changes faster than about a second. A '
-            '"-" marks a value that is not defined, such as Pearson r of a model whose '
-            'output does not change.\n\n## Every run\n\n'
+            'best; "-" when that shift is at the limit of the '
+            f'±{MAX_LAG_FRAMES}-frame search, so there is no clear lag); "r fast" is '
+            'Pearson r of the changes faster than about a second. A "-" marks a value '
+            'that is not defined, such as Pearson r of a model whose output does not '
+            'change.\n\n## Every run\n\n'
             + markdown_table(rows, output, perturbations))
     if any(row.get('seeds', 1) > 1 for row in means) or len(means) < len(rows):
         text += '\n## Mean over seeds\n\n' + markdown_table(means, output, perturbations)
