@@ -8,11 +8,13 @@ from scipy import stats
 
 from liquid_control.errors import ConfigError
 from liquid_control.evaluation.metrics import (MAX_LAG_FRAMES, _shifted_pairs, change_metrics,
-                                               describe_lag, regression_metrics,
+                                               describe_lag, error_by_magnitude,
+                                               regression_metrics, spread_metrics,
                                                timing_metrics)
 from liquid_control.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS, parse_perturbation, parse_perturbations)
 from liquid_control.evaluation.ssim import mean_ssim, ssim
+from liquid_control.evaluation.verdict import output_warnings
 
 
 def test_metrics_match_hand_computed_values():
@@ -60,6 +62,89 @@ def test_metrics_reject_mismatched_lengths():
 def test_metrics_reject_non_finite_predictions():
     with pytest.raises(ValueError, match='not finite'):
         regression_metrics(np.array([np.nan, 1.0]), np.array([0.0, 1.0]))
+
+
+def test_spread_compares_ranges():
+    prediction = np.array([-0.5, 0.0, 0.5, 9.0, 0.2])
+    target = np.array([-1.0, 0.0, 1.0, np.nan, 0.4])
+    result = spread_metrics(prediction, target)
+    # The frame without a target (prediction 9.0) does not count.
+    assert result['prediction_min'] == -0.5
+    assert result['prediction_max'] == 0.5
+    assert result['target_min'] == -1.0
+    assert result['target_max'] == 1.0
+    assert result['prediction_std'] == pytest.approx(np.std([-0.5, 0.0, 0.5, 0.2]))
+    assert result['target_std'] == pytest.approx(np.std([-1.0, 0.0, 1.0, 0.4]))
+    # -1 and 1 lie beyond the policy's [-0.5, 0.5].
+    assert result['frames_beyond_prediction_range'] == 2
+
+
+def test_spread_without_targets_is_nan():
+    result = spread_metrics(np.zeros(3), np.full(3, np.nan))
+    assert math.isnan(result['prediction_std'])
+    assert result['frames_beyond_prediction_range'] == 0
+
+
+def test_error_by_magnitude_bins():
+    target = np.array([0.0, 0.05, -0.3, 0.6, -1.0, np.nan])
+    prediction = np.array([0.1, 0.05, -0.1, 0.3, -0.5, 5.0])
+    groups = {group['bin']: group for group in error_by_magnitude(prediction, target)}
+    assert list(groups) == ['near zero', 'moderate', 'large']
+    # |target| / 1.0: 0 and 0.05 are near zero, 0.3 moderate, 0.6 and 1.0 (the edge) large.
+    assert groups['near zero']['frames'] == 2
+    assert groups['near zero']['mae'] == pytest.approx(0.05)
+    assert groups['moderate']['frames'] == 1
+    assert groups['moderate']['mae'] == pytest.approx(0.2)
+    assert groups['large']['frames'] == 2
+    assert groups['large']['mae'] == pytest.approx((0.3 + 0.5) / 2)
+    assert groups['large']['mean_abs_target'] == pytest.approx(0.8)
+    assert groups['large']['mean_abs_prediction'] == pytest.approx(0.4)
+    assert groups['moderate']['low'] == pytest.approx(0.1)
+    assert groups['moderate']['high'] == pytest.approx(0.5)
+
+
+def test_magnitude_bins_scale_to_largest():
+    groups = error_by_magnitude(np.zeros(3), np.array([0.2, 1.0, 2.0]))
+    assert [group['frames'] for group in groups] == [0, 1, 2]
+    assert groups[2]['low'] == pytest.approx(1.0)
+    assert math.isnan(groups[0]['mae'])
+
+
+def test_error_by_magnitude_of_zero_targets_is_empty():
+    assert error_by_magnitude(np.ones(3), np.zeros(3)) == []
+
+
+def _checked(prediction, target, baseline=0.0):
+    """Return the warnings on the metrics of a prediction, as the pipeline computes them."""
+    values = regression_metrics(prediction, target, baseline)
+    values.update(spread_metrics(prediction, target))
+    return {warning['check']: warning for warning in output_warnings('angular_z', values)}
+
+
+def test_warning_for_reversed_sign():
+    target = np.sin(np.linspace(0, 6, 200))
+    warnings = _checked(-0.8 * target, target)
+    assert 'reversed_sign' in warnings
+    assert '--angular-scale' in warnings['reversed_sign']['message']
+
+
+def test_warning_for_mae_near_baseline():
+    target = np.sin(np.linspace(0, 6, 200))
+    # A weak copy of the human's command: MAE 0.97 of the constant 0's.
+    warnings = _checked(0.03 * target, target)
+    assert 'near_baseline' in warnings
+    assert '0.970 of the constant' in warnings['near_baseline']['message']
+
+
+def test_warning_for_flat_output():
+    target = np.sin(np.linspace(0, 6, 200))
+    warnings = _checked(0.05 * target + 0.3, target, baseline=0.3)
+    assert 'flat_output' in warnings
+
+
+def test_no_warning_for_good_policy():
+    target = np.sin(np.linspace(0, 6, 200))
+    assert _checked(0.8 * target, target) == {}
 
 
 def test_change_stays_inside_segments():
@@ -212,6 +297,12 @@ def test_blur_spreads_point_keeps_mass():
     assert blurred[0, 0, 15, 17] > 0.0
     assert float(blurred[0, 0].sum()) == pytest.approx(1.0, rel=1e-3)
     np.testing.assert_allclose(blurred[0, 0], blurred[0, 0].T, atol=1e-6)
+
+
+def test_noise_description_gives_std():
+    described = parse_perturbation('noise:0.1').describe()
+    assert 'variance 0.1' in described
+    assert 'standard deviation 0.32' in described
 
 
 def test_default_perturbations_parse_to_their_names():

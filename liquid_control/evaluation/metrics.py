@@ -6,11 +6,13 @@ the count of scored frames, so a reader can see how much data a number rests on.
 ``change_metrics`` measures how much a command moves from one frame to the next, which
 an actuator feels as jitter and the accuracy metrics do not show. ``timing_metrics``
 measures how late the policy follows the human and how well it follows the fast part of
-the human's commands, which a smooth but late policy misses.
+the human's commands, which a smooth but late policy misses. ``spread_metrics`` and
+``error_by_magnitude`` show where a policy falls short: a range narrower than the human's,
+or large errors only on the frames where the human steered hard.
 """
 
 import math
-from typing import Dict, Iterator, Optional, Tuple
+from typing import Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -85,6 +87,82 @@ def regression_metrics(prediction: np.ndarray, target: np.ndarray,
     if baseline_value is not None:
         result['baseline_mae'] = mae(np.full_like(target, float(baseline_value)), target)
     return result
+
+
+# Groups of ``error_by_magnitude``: (name, low, high) fractions of the largest absolute
+# human command on the scored frames. For a steering command the largest is usually full
+# lock, so the groups are about straight driving, moderate turns and hard turns.
+MAGNITUDE_BINS = (('near zero', 0.0, 0.1), ('moderate', 0.1, 0.5), ('large', 0.5, 1.0))
+
+
+def spread_metrics(prediction: np.ndarray, target: np.ndarray) -> Dict[str, float]:
+    """Compare the spread and range of the policy's commands with the human's.
+
+    Uses the frames whose target is not NaN. Returns the standard deviation, minimum and
+    maximum of both (``prediction_std``, ``prediction_min``, ``prediction_max``,
+    ``target_std``, ``target_min``, ``target_max``) and ``frames_beyond_prediction_range``:
+    the frames whose human command lies outside [prediction_min, prediction_max], which the
+    policy never reached. Without such frames every value is NaN and the count 0.
+    """
+    prediction, target = _scored_pairs(prediction, target)
+    result = {key: math.nan for key in (
+        'prediction_std', 'prediction_min', 'prediction_max',
+        'target_std', 'target_min', 'target_max')}
+    result['frames_beyond_prediction_range'] = 0
+    if target.size == 0:
+        return result
+    low, high = float(prediction.min()), float(prediction.max())
+    result.update(
+        prediction_std=float(np.std(prediction)), prediction_min=low, prediction_max=high,
+        target_std=float(np.std(target)), target_min=float(target.min()),
+        target_max=float(target.max()),
+        frames_beyond_prediction_range=int(np.count_nonzero((target < low) | (target > high))))
+    return result
+
+
+def error_by_magnitude(prediction: np.ndarray, target: np.ndarray,
+                       bins: Sequence[Tuple[str, float, float]] = MAGNITUDE_BINS
+                       ) -> List[Dict[str, object]]:
+    """Score the frames in groups by the size of the human's command.
+
+    ``bins`` are (name, low, high) fractions of the largest |target|. A frame belongs to the
+    bin with low <= |target| / max |target| < high, and the last bin includes its upper
+    edge. Each entry has ``bin`` (the name), ``low`` and ``high`` (the bounds of |target| in
+    the output's unit), ``frames``, ``mae``, ``mean_abs_target`` and
+    ``mean_abs_prediction``, which are NaN in an empty bin. Frames with a NaN target do not
+    count. Returns [] without such frames or when every target is 0.
+    """
+    prediction, target = _scored_pairs(prediction, target)
+    scale = float(np.max(np.abs(target))) if target.size else 0.0
+    if scale == 0.0:
+        return []
+    size = np.abs(target) / scale
+    groups = []
+    for position, (name, low, high) in enumerate(bins):
+        inside = (size >= low) & (size < high)
+        if position == len(bins) - 1:
+            inside |= size == high
+        count = int(np.count_nonzero(inside))
+        group = {'bin': name, 'low': low * scale, 'high': high * scale, 'frames': count,
+                 'mae': math.nan, 'mean_abs_target': math.nan,
+                 'mean_abs_prediction': math.nan}
+        if count:
+            group.update(mae=mae(prediction[inside], target[inside]),
+                         mean_abs_target=float(np.mean(np.abs(target[inside]))),
+                         mean_abs_prediction=float(np.mean(np.abs(prediction[inside]))))
+        groups.append(group)
+    return groups
+
+
+def _scored_pairs(prediction, target) -> Tuple[np.ndarray, np.ndarray]:
+    """Return (prediction, target) as flat float64 arrays without the NaN targets."""
+    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
+    target = np.asarray(target, dtype=np.float64).reshape(-1)
+    if prediction.shape != target.shape:
+        raise ValueError(f'prediction has {prediction.size} values but target has '
+                         f'{target.size}; both must have one value a frame')
+    scored = ~np.isnan(target)
+    return prediction[scored], target[scored]
 
 
 def _frame_columns(prediction, target, segment) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:

@@ -43,6 +43,15 @@ class Perturbation:
             return f'brightness:{self.value:+g}'
         return f'{self.kind}:{self.value:g}'
 
+    def describe(self) -> str:
+        """Return what the perturbation does, in the units of the network input."""
+        if self.kind == 'noise':
+            return (f'Gaussian noise of variance {self.value:g}, standard deviation '
+                    f'{math.sqrt(self.value):.2f}, on [0, 1] images')
+        if self.kind == 'brightness':
+            return f'{self.value:+g} added to every pixel of [0, 1] images'
+        return f'Gaussian blur of standard deviation {self.value:g} input pixels'
+
     def apply(self, images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
         """Return a perturbed copy of float32 images ``(..., 3, H, W)`` in [0, 1].
 
