@@ -3,6 +3,9 @@
 The bag contains 80 real donkeycar frames at 20 Hz with a 0.8 s pause after frame 39 (short
 enough to stay in one imported episode, long enough for the replay to reset the state), and
 a Twist command 1 ms after each of frames 0..59. Frames 60..79 have no command.
+
+The tests of the training parts evaluate a tiny model trained on two short episodes of the
+donkeycar tub (the ``subset`` fixture), with a held-out test part.
 """
 
 import json
@@ -18,17 +21,23 @@ from rosbags.typesys import Stores, get_typestore
 from scipy import stats
 
 from liquid_control.cli.main import main
+from liquid_control.data.episodes import find_episodes
 from liquid_control.data.preprocess import Preprocessing
 from liquid_control.data.sources import load_episodes
-from liquid_control.errors import DataError
+from liquid_control.errors import ConfigError, DataError
 from liquid_control.evaluation import plots
 from liquid_control.evaluation.metrics import describe_lag, regression_metrics, timing_metrics
-from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
+from liquid_control.evaluation.parts import match_training_parts
+from liquid_control.evaluation.pipeline import (EvaluationOptions, _trace_window,
+                                                run_evaluation)
 from liquid_control.evaluation.replay import evaluate_episodes, load_frames, trace_neurons
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
 from liquid_control.model.policy import PolicyConfig, build_policy
+from liquid_control.training.config import TrainConfig
+from liquid_control.training.trainer import train
 
 from conftest import SHARED_DATA, VENV_BIN
+from training_data import TINY_SETTINGS
 
 FRAMES = 80
 PAUSE_AFTER = 39
@@ -440,3 +449,255 @@ def test_robustness_without_saliency_frames(checkpoint, episodes, tmp_path):
     summary = metrics['robustness']['noise:0.1']
     assert math.isfinite(summary['angular_z']['mae'])
     assert math.isnan(summary['saliency_ssim'])
+
+
+def _constant_cnn(output_units=('rad/s', 'm/s')):
+    """Return a cnn-family policy whose outputs are always OUTPUT_MEAN's values."""
+    config = PolicyConfig(family='cnn', units=8, output_units=output_units, preprocessing={
+        'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
+        'height': 24, 'width': 32})
+    policy = build_policy(config)
+    policy.set_normalization(output_mean=[0.05, 0.4], output_std=[1e-9, 1e-9])
+    return policy
+
+
+def test_stateless_model_gets_a_report(episodes, tmp_path):
+    options = EvaluationOptions(perturbations=('noise:0.1',), saliency_frames=1,
+                                ssim_frames=4)
+    run_evaluation(_constant_cnn(), episodes, tmp_path, {}, options)
+    assert (tmp_path / 'report.html').is_file()
+
+
+def test_stateless_report_explains_neurons(episodes, tmp_path):
+    options = EvaluationOptions(perturbations=(), saliency_frames=1)
+    run_evaluation(_constant_cnn(), episodes, tmp_path, {}, options)
+    assert not (tmp_path / 'neurons.png').exists()
+    assert 'no neurons to plot' in (tmp_path / 'report.html').read_text()
+
+
+def test_constant_model_warnings(episodes, tmp_path):
+    options = EvaluationOptions(perturbations=(), plots=False)
+    metrics = run_evaluation(_constant_cnn(), episodes, tmp_path,
+                             {'training_output_mean': OUTPUT_MEAN}, options)
+    checks = {(warning['output'], warning['check']) for warning in metrics['warnings']}
+    assert ('angular_z', 'flat_output') in checks
+    assert ('angular_z', 'near_baseline') in checks
+    saved = json.loads((tmp_path / 'metrics.json').read_text())
+    assert saved['warnings'] == metrics['warnings']
+
+
+def test_unit_mismatch_warning_names_both_units(episodes, tmp_path):
+    policy = _constant_cnn(output_units=('normalised (-1..1)', 'normalised (-1..1)'))
+    options = EvaluationOptions(perturbations=(), plots=False)
+    metrics = run_evaluation(policy, episodes, tmp_path, {}, options)
+    messages = [warning['message'] for warning in metrics['warnings']
+                if warning['check'] == 'unit_mismatch' and warning['output'] == 'angular_z']
+    assert len(messages) == 1
+    # The bag import labels Twist commands in ROS units.
+    assert '"normalised (-1..1)"' in messages[0]
+    assert '"rad/s"' in messages[0]
+
+
+def test_report_shows_warnings_at_top(episodes, tmp_path):
+    options = EvaluationOptions(perturbations=(), saliency_frames=0)
+    run_evaluation(_constant_cnn(), episodes, tmp_path, {'training_output_mean': OUTPUT_MEAN},
+                   options)
+    report = (tmp_path / 'report.html').read_text()
+    assert report.index('Warnings') < report.index('<h2>Accuracy</h2>')
+    assert 'no better than sending the training mean on every frame' in report
+
+
+def test_report_accuracy_table_has_units(checkpoint, episodes, tmp_path):
+    policy, metadata = load_checkpoint(checkpoint)
+    options = EvaluationOptions(perturbations=(), saliency_frames=0)
+    run_evaluation(policy, episodes, tmp_path, metadata, options)
+    report = (tmp_path / 'report.html').read_text()
+    accuracy = report[report.index('<h2>Accuracy</h2>'):]
+    assert '<td>angular_z</td><td>rad/s</td>' in accuracy
+
+
+def test_metrics_break_down_error_by_command_size(checkpoint, episodes, tmp_path):
+    policy, metadata = load_checkpoint(checkpoint)
+    options = EvaluationOptions(perturbations=(), plots=False)
+    metrics = run_evaluation(policy, episodes, tmp_path, metadata, options)
+    groups = metrics['angular_z']['error_by_magnitude']
+    assert [group['bin'] for group in groups] == ['near zero', 'moderate', 'large']
+    assert sum(group['frames'] for group in groups) == metrics['angular_z']['scored_frames']
+    assert metrics['angular_z']['prediction_min'] <= metrics['angular_z']['prediction_max']
+
+
+def test_report_explains_noise_and_ssim(checkpoint, episodes, tmp_path):
+    policy, metadata = load_checkpoint(checkpoint)
+    options = EvaluationOptions(perturbations=('noise:0.1',), saliency_frames=1,
+                                ssim_frames=4)
+    run_evaluation(policy, episodes, tmp_path, metadata, options)
+    report = (tmp_path / 'report.html').read_text()
+    assert 'standard deviation 0.32' in report
+    assert '1 = the maps are unchanged' in report
+
+
+def test_robustness_figure_covers_every_output(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    result = evaluate_episodes(policy, episodes, baseline=OUTPUT_MEAN)
+    summaries = {'clean': result.summary(), 'noise:0.1': result.summary()}
+    ssim = {'clean': 1.0, 'noise:0.1': 0.5}
+    figure = plots.robustness_figure(summaries, result.output_names, ssim)
+    titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
+    plots.plt.close(figure)
+    assert 'linear_x: Pearson r' in titles
+    assert 'saliency SSIM vs clean (1 = unchanged)' in titles
+
+
+def _without_targets(result):
+    result.targets[:] = np.nan
+    result.scored[:] = False
+    result.metrics = {name: regression_metrics(result.predictions[:, index],
+                                               result.targets[:, index])
+                      for index, name in enumerate(result.output_names)}
+    return result
+
+
+def test_robustness_without_commands_only_ssim(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    result = _without_targets(evaluate_episodes(policy, episodes, baseline=OUTPUT_MEAN))
+    summaries = {'clean': result.summary(), 'noise:0.1': result.summary()}
+    ssim = {'clean': 1.0, 'noise:0.1': 0.5}
+    figure = plots.robustness_figure(summaries, result.output_names, ssim)
+    titles = [axis.get_title() for axis in figure.axes if axis.get_visible()]
+    plots.plt.close(figure)
+    assert titles == ['saliency SSIM vs clean (1 = unchanged)']
+
+
+def test_time_series_no_commands_legend(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    result = _without_targets(evaluate_episodes(policy, episodes, baseline=OUTPUT_MEAN))
+    figure = plots.time_series_figure(result, 'angular_z')
+    labels = figure.axes[0].get_legend_handles_labels()[1]
+    plots.plt.close(figure)
+    assert labels == ['policy']
+
+
+def test_time_series_legend_leaves_data_free(checkpoint, episodes):
+    policy, _ = load_checkpoint(checkpoint)
+    result = evaluate_episodes(policy, episodes, baseline=OUTPUT_MEAN)
+    figure = plots.time_series_figure(result, 'angular_z')
+    renderer = figure.canvas.get_renderer()
+    axis = figure.axes[0]
+    legend_box = axis.get_legend().get_window_extent(renderer)
+    axis_box = axis.get_window_extent(renderer)
+    plots.plt.close(figure)
+    assert not legend_box.overlaps(axis_box)
+
+
+def test_neuron_trace_uses_time_plot_clock(tmp_path):
+    # 10 frames, a 2 s pause, then 30 frames: the trace covers the longer second segment.
+    frames = _imu_frames(40)
+    episode = _InMemoryEpisode(frames, np.zeros((40, 6), np.float32), has_imu=False)
+    episode.timestamps = np.concatenate([np.arange(10) * 0.05, 2.5 + np.arange(30) * 0.05])
+    config = PolicyConfig(family='ncp_ltc', units=12, preprocessing={
+        'crop_top': 0.0, 'crop_bottom': 0.0, 'crop_left': 0.0, 'crop_right': 0.0,
+        'height': 24, 'width': 32})
+    policy = build_policy(config)
+    result = evaluate_episodes(policy, [episode])
+    preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    times, _, _ = _trace_window(policy, [episode], None, preprocessing, EvaluationOptions(),
+                                result)
+    assert times[0] == pytest.approx(plots.replay_time(result)[10])
+
+
+@pytest.fixture(scope='module')
+def trained(subset, tmp_path_factory):
+    """Train a tiny model on the subset with a held-out test part; return its checkpoint."""
+    torch.set_num_threads(1)
+    config = TrainConfig.from_dict({**TINY_SETTINGS, 'test_fraction': 0.25})
+    path = tmp_path_factory.mktemp('trained') / 'model.lcm'
+    return train(config, find_episodes(subset), path, progress=False).paths.best
+
+
+def _part_options(part: str) -> EvaluationOptions:
+    return EvaluationOptions(perturbations=(), plots=False, part=part)
+
+
+def test_part_test_reproduces_stored_test_metrics(trained, subset, tmp_path):
+    policy, metadata = load_checkpoint(trained)
+    metrics = run_evaluation(policy, find_episodes(subset), tmp_path, metadata,
+                             _part_options('test'))
+    stored = metadata['test_metrics']
+    assert metrics['frames'] == sum(item['stop'] - item['start'] for item in metadata['test'])
+    # Train gives the first test frame its recorded time delta, the replay of the part
+    # the median one, which moves the metrics by far less than this tolerance.
+    for name in ('angular_z', 'linear_x'):
+        assert metrics[name]['mae'] == pytest.approx(stored[f'test/{name}/mae'], rel=2e-3)
+        assert metrics[name]['pearson'] == pytest.approx(stored[f'test/{name}/pearson'],
+                                                         abs=2e-3)
+
+
+def test_part_all_counts_training_frames(trained, subset, tmp_path):
+    policy, metadata = load_checkpoint(trained)
+    episodes = find_episodes(subset)
+    metrics = run_evaluation(policy, episodes, tmp_path, metadata, _part_options('all'))
+    held_out = {key: sum(item['stop'] - item['start'] for item in metadata[key])
+                for key in ('validation', 'test')}
+    total = sum(len(episode) for episode in episodes)
+    assert metrics['part_frames'] == {'train': total - sum(held_out.values()), **held_out}
+    assert 'training_frames' in {warning['check'] for warning in metrics['warnings']}
+
+
+def test_part_all_scores_parts_like_part_test(trained, subset, tmp_path):
+    policy, metadata = load_checkpoint(trained)
+    episodes = find_episodes(subset)
+    every = run_evaluation(policy, episodes, tmp_path / 'all', metadata, _part_options('all'))
+    test = run_evaluation(policy, episodes, tmp_path / 'test', metadata, _part_options('test'))
+    assert every['parts']['test']['angular_z']['mae'] == pytest.approx(
+        test['angular_z']['mae'], rel=1e-6)
+
+
+def test_part_rejects_other_data(trained, episodes, tmp_path):
+    policy, metadata = load_checkpoint(trained)
+    with pytest.raises(ConfigError, match='needs the data the model was trained on'):
+        run_evaluation(policy, episodes, tmp_path, metadata, _part_options('test'))
+
+
+def _moved(metadata: dict, folder: str, sources) -> dict:
+    """Return the metadata of a run on the same episodes, read from another ``folder``."""
+    def move(name: str) -> str:
+        return f'{folder}/{name.rsplit("/", 1)[-1]}'
+
+    ranges = {key: [dict(item, episode=move(item['episode'])) for item in metadata[key]]
+              for key in ('validation', 'test')}
+    return dict(metadata, episodes=[move(name) for name in metadata['episodes']],
+                data_sources=list(sources), **ranges)
+
+
+def test_part_matches_training_source_elsewhere(trained, subset):
+    _, metadata = load_checkpoint(trained)
+    # Stored episode folders that no longer exist, but the source path that was given to
+    # train is the evaluated dataset folder.
+    moved = _moved(metadata, '/elsewhere/copy', [str(subset)])
+    parts, reason = match_training_parts(moved, find_episodes(subset))
+    assert parts is not None, reason
+
+
+def test_part_rejects_unknown_source(trained, subset):
+    _, metadata = load_checkpoint(trained)
+    moved = _moved(metadata, '/elsewhere/copy', ['/elsewhere/copy'])
+    parts, reason = match_training_parts(moved, find_episodes(subset))
+    assert parts is None
+    assert 'but the model was trained on /elsewhere/copy/episode_0000' in reason
+
+
+def test_evaluate_part_option(capsys, trained, subset, tmp_path):
+    out = tmp_path / 'out'
+    code, _ = _run_cli(capsys, str(subset), '--model', str(trained), '--out', str(out),
+                       '--part', 'test', '--perturbations', '--no-plots')
+    assert code == 0
+    metrics = json.loads((out / 'metrics.json').read_text())
+    assert metrics['part'] == 'test'
+
+
+def test_evaluate_part_rejects_other_data(capsys, known_bag, trained, tmp_path):
+    code, error = _run_cli(capsys, str(known_bag[0]), '--model', str(trained),
+                           '--out', str(tmp_path / 'out'), '--part', 'test',
+                           '--cache-dir', str(tmp_path / 'cache'))
+    assert code == 2
+    assert '--part test needs the data the model was trained on' in error

@@ -51,6 +51,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help='length of the neuron activity plot (default: 30)')
     parser.add_argument('--no-plots', action='store_true',
                         help='write metrics.json and predictions.csv only')
+    parser.add_argument('--part', choices=('all', 'train', 'validation', 'test'),
+                        default='all',
+                        help='score only this part of the data the model was trained on, '
+                             'as its checkpoint records the split; the sources must then '
+                             'be that data (default: all frames)')
     parser.add_argument('--cache-dir', type=Path, default=None,
                         help='folder for episodes imported from bags and tubs, reused by '
                              'later runs (default: $XDG_CACHE_HOME/liquid_control/imports, '
@@ -138,7 +143,7 @@ def run(args: argparse.Namespace) -> int:
         perturbations=args.perturbations, max_gap_s=args.max_gap,
         chunk_length=args.chunk_length, saliency_frames=args.saliency_frames,
         ssim_frames=args.ssim_frames, trace_seconds=args.trace_seconds, seed=args.seed,
-        torch_threads=args.threads, plots=not args.no_plots, info=info)
+        torch_threads=args.threads, plots=not args.no_plots, part=args.part, info=info)
     try:
         metrics = run_evaluation(policy, episodes, args.out, metadata, options)
     except OSError as error:
@@ -153,6 +158,10 @@ def run(args: argparse.Namespace) -> int:
               f'{values["mean_abs_change"]:.4f} (human {values["target_mean_abs_change"]:.4f})')
         if math.isfinite(values.get('lag_s', math.nan)):
             print(f'{name}: {describe_lag(values)}')
+    for part, values in (metrics.get('parts') or {}).items():
+        scores = ', '.join(f'{name} MAE {values[name]["mae"]:.4f} r '
+                           f'{values[name]["pearson"]:.3f}' for name in policy.output_names)
+        print(f'{part} part ({values["frames"]} frames): {scores}')
     if metrics['scored_frames'] == 0 and args.no_commands:
         LOGGER.info('no human commands (--no-commands), so the accuracy metrics are NaN; '
                     'the report shows the policy outputs, neuron activity and saliency')

@@ -2,7 +2,9 @@
 
 ``run_evaluation`` is what ``liquid-control evaluate`` does, as a library call, so other
 tools (``liquid-control compare``) produce the same numbers. It writes, into ``out_dir``:
-``metrics.json``, ``predictions.csv``, the PNG plots and ``report.html``.
+``metrics.json``, ``predictions.csv``, the PNG plots and ``report.html``. When the episodes
+are the data the model was trained on, it scores each part of that data (train,
+validation, test) too, or only one part.
 """
 
 import csv
@@ -18,7 +20,11 @@ import numpy as np
 import torch
 
 from liquid_control.data.preprocess import Preprocessing
+from liquid_control.errors import ConfigError
 from liquid_control.evaluation import plots
+from liquid_control.evaluation.metrics import error_by_magnitude, spread_metrics
+from liquid_control.evaluation.parts import (PARTS, TrainingParts, match_training_parts,
+                                             select_ranges)
 from liquid_control.evaluation.perturbations import (
     DEFAULT_PERTURBATIONS, Perturbation, parse_perturbations)
 from liquid_control.evaluation.replay import (
@@ -27,6 +33,8 @@ from liquid_control.evaluation.replay import (
 from liquid_control.evaluation.report import write_report
 from liquid_control.evaluation.saliency import visual_backprop
 from liquid_control.evaluation.ssim import mean_ssim
+from liquid_control.evaluation.verdict import (output_warnings, training_frames_warning,
+                                               unit_warnings)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -47,6 +55,9 @@ class EvaluationOptions:
     current setting). One thread is the default because replay runs batch 1 frame by
     frame, which gains little from intra-op threads. On a busy 2-core machine (load
     average about 10) two threads took about 8 times the CPU time of one.
+
+    ``part`` is 'all' to score every frame, or one of PARTS to score only that part of
+    the model's training data, which the episodes must then be (``match_training_parts``).
     """
 
     perturbations: Sequence[str] = DEFAULT_PERTURBATIONS
@@ -59,6 +70,7 @@ class EvaluationOptions:
     workers: int = 2
     torch_threads: Optional[int] = 1
     plots: bool = True
+    part: str = 'all'
     info: Dict[str, object] = field(default_factory=dict)
 
 
@@ -150,6 +162,12 @@ def _perturb(perturbation: Perturbation, picked: np.ndarray, earlier: Optional[n
     return both[:len(picked)], both[len(picked):]
 
 
+def _has_neurons(policy) -> bool:
+    """Return whether the policy's core keeps neuron states (the cnn family keeps none)."""
+    core = getattr(policy, 'core', None)
+    return getattr(core, 'state_size', 1) > 0
+
+
 def _find_wiring(policy):
     """Return the policy's Wiring if its recurrent cell has one, else None."""
     for module in policy.modules():
@@ -172,8 +190,13 @@ def _neuron_groups(wiring, neuron_count: int) -> Tuple[np.ndarray, Optional[List
 
 
 def _trace_window(policy, episodes: Sequence, frames: Optional[Sequence[np.ndarray]],
-                  preprocessing: Preprocessing, options: EvaluationOptions):
-    """Step the policy over the start of the longest segment; return the trace or None."""
+                  preprocessing: Preprocessing, options: EvaluationOptions,
+                  result: EvaluationResult):
+    """Step the policy over the start of the longest segment and return the trace, or None.
+
+    The trace is (times (T,), neuron states (T, N), outputs (T, O)). The times are those
+    of ``plots.replay_time`` for ``result``, the clock of the other time plots.
+    """
     best = None
     for episode_number, episode in enumerate(episodes):
         timestamps = np.asarray(episode.timestamps, dtype=np.float64)
@@ -202,7 +225,8 @@ def _trace_window(policy, episodes: Sequence, frames: Optional[Sequence[np.ndarr
     if getattr(policy.config, 'imu_enabled', False):
         imu = episode_imu(episode, len(episode))[start:stop]
     states, outputs = trace_neurons(policy, window, dt[start:stop], imu)
-    return timestamps[start:stop] - timestamps[start], states, outputs
+    rows = np.flatnonzero(result.episode_index == episode_number)[start:stop]
+    return plots.replay_time(result)[rows], states, outputs
 
 
 def _write_predictions(path: Path, result: EvaluationResult) -> None:
@@ -275,16 +299,22 @@ def _file_name(text: str) -> str:
 def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Mapping,
                 robustness_results: Mapping[str, EvaluationResult], episodes: Sequence,
                 frames: Optional[Sequence[np.ndarray]], metrics: Mapping,
-                options: EvaluationOptions) -> List[Tuple[str, str]]:
-    """Draw every plot into ``out_dir`` and return (file name, caption) pairs."""
+                options: EvaluationOptions) -> Tuple[List[Tuple[str, str]], List[str]]:
+    """Draw every plot into ``out_dir`` and return (file name, caption) pairs and notes.
+
+    The notes name the plots left out and the reason, for the report.
+    """
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
     figures: List[Tuple[str, str]] = []
+    notes: List[str] = []
     for name in result.output_names:
         plots.plot_time_series(result, name, out_dir / f'{name}_time.png')
+        if not metrics.get('scored_frames'):
+            figures.append((f'{name}_time.png', f'{name}: the policy over the recording; '
+                            'dotted lines mark state resets.'))
+            continue  # without human commands a scatter or an error histogram is empty
         figures.append((f'{name}_time.png', f'{name}: the policy (red) and the human '
                         '(grey) over the recording; dotted lines mark state resets.'))
-        if not metrics.get('scored_frames'):
-            continue  # without human commands a scatter or an error histogram is empty
         plots.plot_scatter(result, name, out_dir / f'{name}_scatter.png')
         figures.append((f'{name}_scatter.png', f'{name}: policy against human on scored '
                         'frames; points on the diagonal are exact.'))
@@ -296,11 +326,21 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
         summaries = {'clean': metrics}
         summaries.update(robustness)
         ssim_values = {name: values['saliency_ssim'] for name, values in robustness.items()}
-        ssim_values['clean'] = 1.0
+        if not any(math.isfinite(value) for value in ssim_values.values()):
+            ssim_values = None
+        else:
+            ssim_values['clean'] = 1.0
         first = result.output_names[0]
-        plots.plot_robustness(summaries, first, out_dir / 'robustness.png', ssim_values)
-        figures.append(('robustness.png', f'{first} under each image perturbation, and how '
-                        'much the saliency maps change (SSIM against the clean maps).'))
+        drawn = plots.plot_robustness(summaries, result.output_names,
+                                      out_dir / 'robustness.png', ssim_values)
+        if drawn is not None and metrics.get('scored_frames'):
+            figures.append(('robustness.png', 'Pearson r and MAE of every output under each '
+                            'image perturbation, and how much the saliency maps change '
+                            '(SSIM against the clean maps).'))
+        elif drawn is not None:
+            figures.append(('robustness.png', 'How much the saliency maps change under each '
+                            'image perturbation (SSIM against the clean maps). Without human '
+                            'commands there is no accuracy to compare.'))
         noisiest = next((name for name in robustness if name.startswith('noise')), None)
         if noisiest is not None:
             plots.plot_time_series(robustness_results[noisiest], first,
@@ -330,7 +370,12 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
                             'the encoder looks then.'))
 
     wiring = _find_wiring(policy)
-    trace = _trace_window(policy, episodes, frames, preprocessing, options)
+    trace = None
+    if _has_neurons(policy):
+        trace = _trace_window(policy, episodes, frames, preprocessing, options, result)
+    else:
+        notes.append(f'The {policy.config.family} family keeps no state from one frame to '
+                     'the next, so it has no neurons to plot: neurons.png is left out.')
     if trace is not None:
         times, states, outputs = trace
         order, groups = _neuron_groups(wiring, states.shape[1])
@@ -338,13 +383,14 @@ def _draw_plots(out_dir: Path, policy, result: EvaluationResult, robustness: Map
             times, states[:, order], out_dir / 'neurons.png', groups,
             {name: outputs[:, index] for index, name in enumerate(result.output_names)},
             neuron_ids=order)
-        figures.append(('neurons.png', f'Neuron states over the first {times[-1]:.0f} s of '
-                        'the longest segment, stepped one frame at a time, with the outputs '
-                        'below.'))
+        figures.append(('neurons.png', f'Neuron states over {times[-1] - times[0]:.0f} s from '
+                        f't = {times[0]:.1f} s, the start of the longest segment, stepped one '
+                        'frame at a time, with the outputs below. The time axis is that of '
+                        'the plots above.'))
     if wiring is not None:
         plots.plot_wiring(wiring, out_dir / 'wiring.png', result.output_names)
         figures.append(('wiring.png', 'The wiring of the recurrent cell.'))
-    return figures
+    return figures, notes
 
 
 def run_evaluation(policy, episodes: Sequence, out_dir: Path,
@@ -374,14 +420,116 @@ def run_evaluation(policy, episodes: Sequence, out_dir: Path,
         torch.set_num_threads(previous_threads)
 
 
+def _part_episodes(episodes: Sequence, frames: Optional[Sequence[np.ndarray]],
+                   parts: Optional[TrainingParts], mismatch: str, part: str,
+                   metadata: Mapping) -> Tuple[list, Optional[list]]:
+    """Return the runs of frames of ``part`` as episodes, with their frames if given."""
+    if parts is None:
+        sources = ', '.join(str(source) for source in metadata.get('data_sources') or [])
+        raise ConfigError(
+            f'--part {part} needs the data the model was trained on, and this is not it: '
+            f'{mismatch}. Evaluate the training data ({sources or "sources not recorded"}), '
+            'imported with the label options of the training run, or use --part all')
+    ranges = parts.ranges(part)
+    if not ranges:
+        raise ConfigError(f'--part {part}: the model has no {part} part in its training '
+                          'split; choose another part or --part all')
+    LOGGER.info('scoring the %s part only: %d frames in %d run(s), each from a fresh state',
+                part, sum(len(item) for item in ranges), len(ranges))
+    return select_ranges(episodes, frames, ranges)
+
+
+def _add_output_statistics(metrics: Dict[str, object], result: EvaluationResult,
+                           breakdown: bool = True) -> None:
+    """Add each output's unit, spread and (with ``breakdown``) error by magnitude."""
+    for index, name in enumerate(result.output_names):
+        prediction = result.predictions[:, index]
+        target = np.where(result.scored[:, index], result.targets[:, index], np.nan)
+        values = metrics[name]
+        values['unit'] = result.output_units[index]
+        values.update(spread_metrics(prediction, target))
+        if breakdown:
+            values['error_by_magnitude'] = error_by_magnitude(prediction, target)
+
+
+def _score_parts(policy, episodes: Sequence, frames: Optional[Sequence[np.ndarray]],
+                 parts: TrainingParts, baseline: Mapping[str, float],
+                 options: EvaluationOptions) -> Dict[str, dict]:
+    """Replay each part of the training data on its own and return its metrics by part.
+
+    Each run of a part's frames starts from a fresh state, as ``Trainer.score_segments``
+    scores the validation and test parts, so the test part's metrics here are those of
+    ``part='test'`` and close to the checkpoint's ``test_metrics``.
+    """
+    scores = {}
+    for part in PARTS:
+        ranges = parts.ranges(part)
+        if not ranges:
+            continue
+        slices, slice_frames = select_ranges(episodes, frames, ranges)
+        result = evaluate_episodes(
+            policy, slices, baseline=baseline, frames=slice_frames,
+            max_gap_s=options.max_gap_s, chunk_length=options.chunk_length,
+            seed=options.seed, workers=options.workers)
+        summary = result.summary()
+        for key in ('eval_seconds', 'realtime_factor'):
+            summary.pop(key)
+        _add_output_statistics(summary, result, breakdown=False)
+        scores[part] = summary
+        LOGGER.info('%s part: %d frames; %s', part, result.frames, _short_metrics(result))
+    return scores
+
+
+def _collect_warnings(metrics: Mapping, policy, episodes: Sequence
+                      ) -> List[Dict[str, object]]:
+    """Return the warnings on the run (see ``verdict``), the most general first.
+
+    On the model's own training data, a check that fails on the held-out part (test, else
+    validation) is reported for that part alone, because the scores over all frames
+    include training frames. A check that fails only over all frames is still reported.
+    """
+    output_names = tuple(policy.output_names)
+    parts = metrics.get('parts') or {}
+    held_out = next((part for part in ('test', 'validation') if part in parts), None)
+    warnings = []
+    part_frames = metrics.get('part_frames') or {}
+    if part_frames.get('train'):
+        warnings.append(training_frames_warning(part_frames, int(metrics['frames']),
+                                                held_out))
+    warnings += unit_warnings(output_names, policy.output_units, episodes)
+    for name in output_names:
+        overall = output_warnings(name, metrics[name])
+        if held_out is None:
+            warnings += overall
+            continue
+        held_out_warnings = output_warnings(name, parts[held_out][name], held_out)
+        failed = {warning['check'] for warning in held_out_warnings}
+        warnings += held_out_warnings
+        warnings += [warning for warning in overall if warning['check'] not in failed]
+    return warnings
+
+
 def _run_evaluation(policy, episodes: Sequence, out_dir: Path, metadata: Mapping,
                     options: EvaluationOptions,
                     frames: Optional[Sequence[np.ndarray]]) -> Dict[str, object]:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    if options.part not in ('all',) + PARTS:
+        raise ConfigError(f'part {options.part!r} is invalid: use all, '
+                          f'{", ".join(PARTS)}')
     perturbations = parse_perturbations(options.perturbations)
     output_names = tuple(policy.output_names)
     baseline = training_baseline(metadata, output_names)
     preprocessing = Preprocessing.from_dict(policy.config.preprocessing)
+    parts, mismatch = match_training_parts(metadata, episodes)
+    notes = []
+    if options.part != 'all':
+        episodes, frames = _part_episodes(episodes, frames, parts, mismatch, options.part,
+                                          metadata)
+        notes.append(f'Only the {options.part} part of the training data is scored: '
+                     f'{sum(len(episode) for episode in episodes)} frames in '
+                     f'{len(episodes)} run(s). Each run starts from a fresh state, as '
+                     'training scores its validation and test parts.')
+        parts = None
+    out_dir.mkdir(parents=True, exist_ok=True)
 
     # Unless the caller passed frames, they decode in a background thread while the policy
     # replays the episodes before them. The wall-clock and CPU time cover both.
@@ -410,21 +558,31 @@ def _run_evaluation(policy, episodes: Sequence, out_dir: Path, metadata: Mapping
         frames = None
 
     metrics: Dict[str, object] = result.summary()
+    _add_output_statistics(metrics, result)
     metrics['eval_cpu_seconds'] = cpu_seconds
     metrics['max_gap_s'] = options.max_gap_s
+    metrics['part'] = options.part
+    if parts is not None:
+        metrics['part_frames'] = parts.frame_counts()
+        metrics['parts'] = _score_parts(policy, episodes, frames, parts, baseline, options)
     robustness, robustness_results = evaluate_robustness(
         policy, episodes, perturbations, result, options, frames, baseline)
     metrics['robustness'] = robustness
+    metrics['warnings'] = _collect_warnings(metrics, policy, episodes)
 
     (out_dir / 'metrics.json').write_text(
         json.dumps(_json_ready(metrics), indent=2, allow_nan=False) + '\n')
     _write_predictions(out_dir / 'predictions.csv', result)
     if options.plots:
-        figures = _draw_plots(out_dir, policy, result, robustness, robustness_results,
-                              episodes, frames, metrics, options)
-        notes = [f'Frames without a human command for an output are replayed but not '
-                 f'scored for it. State resets at each episode start and after gaps longer '
-                 f'than {options.max_gap_s} s.']
+        figures, plot_notes = _draw_plots(out_dir, policy, result, robustness,
+                                          robustness_results, episodes, frames, metrics,
+                                          options)
+        notes.append(f'Frames without a human command for an output are replayed but not '
+                     f'scored for it. State resets at each episode start and after gaps '
+                     f'longer than {options.max_gap_s} s.')
         write_report(out_dir, _json_ready(metrics), output_names, figures, options.info,
-                     notes)
+                     notes + plot_notes)
+    # Last, so that the warnings appear next to the caller's summary of the results.
+    for warning in metrics['warnings']:
+        LOGGER.warning('%s', warning['message'])
     return metrics

@@ -1,12 +1,13 @@
 """PNG plots of an evaluation: outputs over time, scatter, errors, neurons, saliency.
 
-Every function draws one figure with matplotlib's Agg backend (no display needed), writes
-it to ``path`` and returns the path.
+Every ``plot_*`` function draws one figure with matplotlib's Agg backend (no display
+needed), writes it to ``path`` and returns the path. ``time_series_figure`` and
+``robustness_figure`` return the figure itself, for a caller that inspects or saves it.
 """
 
 import math
 from pathlib import Path
-from typing import Dict, Mapping, Optional, Sequence
+from typing import Dict, List, Mapping, Optional, Sequence
 
 import matplotlib
 
@@ -60,7 +61,18 @@ def plot_time_series(result: EvaluationResult, name: str, path: Path,
 
     Dotted vertical lines mark state resets (a new episode or a gap in the recording).
     """
+    return _save(time_series_figure(result, name, seconds_per_row), path)
+
+
+def time_series_figure(result: EvaluationResult, name: str,
+                       seconds_per_row: float = SECONDS_PER_ROW):
+    """Return the figure of ``plot_time_series``.
+
+    Without any human command for the output, the human's line and the constant baseline
+    are left out. The legend sits above the top row, outside the data.
+    """
     prediction, target = result.output(name)
+    has_target = bool(np.isfinite(target).any())
     times = replay_time(result)
     total = float(times[-1]) if len(times) else 0.0
     seconds_per_row = min(seconds_per_row, max(total, 1.0))
@@ -78,13 +90,14 @@ def plot_time_series(result: EvaluationResult, name: str, path: Path,
     plotted_times = np.insert(times, starts, np.nan)
     plotted_target = np.insert(target.astype(np.float64), starts, np.nan)
     plotted_prediction = np.insert(prediction.astype(np.float64), starts, np.nan)
+    baseline = result.baseline.get(name) if has_target else None
     for row in range(rows):
         axis = axes[row, 0]
-        axis.plot(plotted_times, plotted_target, color=HUMAN_COLOR, linewidth=1.0,
-                  label='human')
+        if has_target:
+            axis.plot(plotted_times, plotted_target, color=HUMAN_COLOR, linewidth=1.0,
+                      label='human')
         axis.plot(plotted_times, plotted_prediction, color=POLICY_COLOR, linewidth=1.2,
                   label='policy')
-        baseline = result.baseline.get(name)
         if baseline is not None:
             axis.axhline(baseline, color=BASELINE_COLOR, linewidth=0.8, linestyle='--',
                          label='constant baseline')
@@ -94,13 +107,14 @@ def plot_time_series(result: EvaluationResult, name: str, path: Path,
         axis.set_ylim(low - margin, high + margin)
         axis.grid(alpha=0.3)
     axes[rows // 2, 0].set_ylabel(_label(result, name))
-    axes[0, 0].legend(loc='upper right', ncol=3, fontsize=8)
+    axes[0, 0].legend(loc='lower right', bbox_to_anchor=(1.0, 1.0), ncol=3, fontsize=8,
+                      frameon=False)
     axes[-1, 0].set_xlabel('recorded time (s), gaps removed')
-    title = f'{name}: policy vs human'
+    title = f'{name}: policy vs human' if has_target else f'{name}: policy'
     if result.perturbation:
         title += f' under {result.perturbation}'
-    axes[0, 0].set_title(title)
-    return _save(figure, path)
+    axes[0, 0].set_title(title, loc='left')
+    return figure
 
 
 def plot_scatter(result: EvaluationResult, name: str, path: Path) -> Path:
@@ -121,7 +135,7 @@ def plot_scatter(result: EvaluationResult, name: str, path: Path) -> Path:
         low = float(min(target.min(), prediction.min()))
         high = float(max(target.max(), prediction.max()))
         axis.plot([low, high], [low, high], color=HUMAN_COLOR, linewidth=1, label='y = x')
-        axis.legend(loc='upper left', fontsize=8)
+        axis.legend(loc='best', fontsize=8)
     axis.set_xlabel(f'human {_label(result, name)}')
     axis.set_ylabel(f'policy {_label(result, name)}')
     axis.set_title(f'{name}: r = {metrics["pearson"]:.3f}, MAE = {metrics["mae"]:.3f}')
@@ -150,7 +164,7 @@ def plot_error_histogram(result: EvaluationResult, name: str, path: Path) -> Pat
     axis.set_xlabel(f'error = output - human, {_label(result, name)}')
     axis.set_ylabel('frames')
     axis.set_title(f'{name}: error distribution')
-    axis.legend(fontsize=8)
+    axis.legend(loc='best', fontsize=8)
     axis.grid(alpha=0.3)
     return _save(figure, path)
 
@@ -160,6 +174,9 @@ def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
                          outputs: Optional[Mapping[str, np.ndarray]] = None,
                          neuron_ids: Optional[Sequence[int]] = None) -> Path:
     """Plot neuron states (T, N) over time as a heat map, one row a neuron.
+
+    ``times`` (T,) are seconds on the clock of ``replay_time``, so the axis matches the
+    time series plots.
 
     ``groups`` is an optional list of (name, first row, stop row) drawn as labelled bands,
     e.g. the NCP layers. ``outputs`` adds the named output traces in a panel below.
@@ -198,13 +215,14 @@ def plot_neuron_activity(times: np.ndarray, states: np.ndarray, path: Path,
         output_axis = axes[1, 0]
         for name, values in outputs.items():
             output_axis.plot(times, values, linewidth=1, label=name)
-        output_axis.legend(fontsize=8, loc='upper right')
+        # Outside on the right, over the hidden colour bar, so it covers no trace.
+        output_axis.legend(fontsize=8, loc='upper left', bbox_to_anchor=(1.01, 1.0))
         output_axis.set_ylabel('output')
         output_axis.grid(alpha=0.3)
         # Keep the lower panel as wide as the heat map next to its colour bar.
         figure.colorbar(image, ax=output_axis, pad=0.07 if groups else 0.01
                         ).ax.set_visible(False)
-    axes[-1, 0].set_xlabel('time (s)')
+    axes[-1, 0].set_xlabel('recorded time (s), gaps removed')
     return _save(figure, path)
 
 
@@ -236,41 +254,82 @@ def plot_saliency(frames: np.ndarray, maps: np.ndarray, path: Path,
     return _save(figure, path)
 
 
-def plot_robustness(summaries: Mapping[str, Mapping], output_name: str, path: Path,
-                    ssim: Optional[Dict[str, float]] = None) -> Path:
-    """Plot one output's Pearson r and MAE per condition, with saliency SSIM if given.
+def plot_robustness(summaries: Mapping[str, Mapping], output_names: Sequence[str],
+                    path: Path, ssim: Optional[Dict[str, float]] = None) -> Optional[Path]:
+    """Plot every output's Pearson r and MAE per condition, with saliency SSIM if given.
+
+    Returns None, and writes nothing, when there is nothing to show.
+    """
+    figure = robustness_figure(summaries, output_names, ssim)
+    return None if figure is None else _save(figure, path)
+
+
+def robustness_figure(summaries: Mapping[str, Mapping], output_names: Sequence[str],
+                      ssim: Optional[Dict[str, float]] = None):
+    """Return a figure of Pearson r and MAE per condition, a row an output, or None.
 
     ``summaries`` maps a condition name ('clean', 'noise:0.1', ...) to a summary dict as
-    written to metrics.json.
+    written to metrics.json. Outputs without any finite MAE (no human command) get no row.
+    The saliency SSIM panel, when ``ssim`` is given, sits beside the first row. Returns
+    None when no output is scored and there is no SSIM.
     """
     names = list(summaries)
-    pearson = [summaries[name][output_name]['pearson'] for name in names]
-    mae = [summaries[name][output_name]['mae'] for name in names]
-    panels = 3 if ssim else 2
-    figure, axes = plt.subplots(1, panels, figsize=(4.3 * panels, 3.8), squeeze=False)
+    scored = [output for output in output_names
+              if any(_finite(summaries[name][output].get('mae')) for name in names)]
+    columns = 0
+    if scored:
+        columns += 2
+    if ssim:
+        columns += 1
+    if columns == 0:
+        return None
+    rows = max(1, len(scored))
+    figure, axes = plt.subplots(rows, columns, figsize=(4.3 * columns, 3.4 * rows + 0.6),
+                                squeeze=False)
     positions = np.arange(len(names))
     colors = [HUMAN_COLOR if name == 'clean' else POLICY_COLOR for name in names]
+    used: List = []
 
-    axes[0, 0].bar(positions, pearson, color=colors)
-    axes[0, 0].set_title(f'{output_name}: Pearson r')
-    axes[0, 1].bar(positions, mae, color=colors)
-    baseline = summaries[names[0]][output_name].get('baseline_mae')
-    if baseline is not None and np.isfinite(baseline):
-        axes[0, 1].axhline(baseline, color=BASELINE_COLOR, linestyle='--', linewidth=1,
-                           label='constant baseline')
-        axes[0, 1].legend(fontsize=8)
-    axes[0, 1].set_title(f'{output_name}: MAE')
+    for row, output in enumerate(scored):
+        pearson = [summaries[name][output]['pearson'] for name in names]
+        mae = [summaries[name][output]['mae'] for name in names]
+        r_axis, mae_axis = axes[row, 0], axes[row, 1]
+        r_axis.bar(positions, _plottable(pearson), color=colors)
+        r_axis.set_title(f'{output}: Pearson r')
+        mae_axis.bar(positions, _plottable(mae), color=colors)
+        baseline = summaries[names[0]][output].get('baseline_mae')
+        if _finite(baseline):
+            # Named in the title: a legend box would sit on the bars.
+            mae_axis.axhline(baseline, color=BASELINE_COLOR, linestyle='--', linewidth=1)
+            mae_axis.set_title(f'{output}: MAE (dashed: constant baseline)')
+        else:
+            mae_axis.set_title(f'{output}: MAE')
+        used += [r_axis, mae_axis]
     if ssim:
-        values = [ssim.get(name, np.nan) for name in names]
-        axes[0, 2].bar(positions, values, color=colors)
-        axes[0, 2].set_ylim(0, 1.05)
-        axes[0, 2].set_title('saliency SSIM vs clean')
+        ssim_axis = axes[0, columns - 1]
+        ssim_axis.bar(positions, _plottable([ssim.get(name, np.nan) for name in names]),
+                      color=colors)
+        ssim_axis.set_ylim(0, 1.05)
+        ssim_axis.set_title('saliency SSIM vs clean (1 = unchanged)')
+        used.append(ssim_axis)
     for axis in axes.flat:
+        if axis not in used:
+            axis.set_visible(False)
+            continue
         axis.set_xticks(positions)
         axis.set_xticklabels(names, rotation=40, ha='right', fontsize=8)
         axis.grid(axis='y', alpha=0.3)
     figure.tight_layout()
-    return _save(figure, path)
+    return figure
+
+
+def _finite(value) -> bool:
+    return isinstance(value, (int, float)) and math.isfinite(value)
+
+
+def _plottable(values: Sequence) -> np.ndarray:
+    """Return values as floats, with None (a null in metrics.json) as NaN."""
+    return np.array([math.nan if value is None else value for value in values], dtype=float)
 
 
 def _layer_positions(wiring) -> Dict[int, tuple]:
