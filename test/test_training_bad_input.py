@@ -675,8 +675,31 @@ def test_compare_reuse_other_episodes(subset, trained_for_compare, tmp_path, cap
     error = run_failing(capsys, 'compare', one_episode, '--out', folder, *COMPARE_SETTINGS,
                         '--models', 'ncp_ltc', '--reuse')
     assert 'ncp_ltc-s0.lcm was not trained on the training part' in error
-    assert 'e.g. episodes is' in error
+    assert 'the model was trained on 2 episode(s), but 1 are given' in error
     assert not (folder / 'compare.md').exists()
+
+
+def test_compare_reuse_same_source_in_another_folder(subset, trained_for_compare, tmp_path):
+    from liquid_control.model.checkpoint import load_checkpoint
+
+    # The same episodes, recorded in the checkpoint under a folder that is gone (an
+    # import cache folder renamed by a new importer), from the source given here.
+    metadata = load_checkpoint(trained_for_compare)[1]
+
+    def move(name: str) -> str:
+        return f'/gone/imports/subset-0000/{name.rsplit("/", 1)[-1]}'
+
+    ranges = {key: [dict(item, episode=move(item['episode'])) for item in metadata[key]]
+              for key in ('validation', 'test')}
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    write_foreign_checkpoint(trained_for_compare, folder / 'ncp_ltc-s0.lcm',
+                             episodes=[move(name) for name in metadata['episodes']],
+                             data_sources=[str(subset)], **ranges)
+    arguments = ['compare', str(subset), '--out', str(folder), *COMPARE_SETTINGS,
+                 '--models', 'ncp_ltc', '--reuse']
+    assert main([str(item) for item in arguments]) == 0
+    assert not (folder / 'ncp_ltc-s0_logs').exists()
 
 
 def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):

@@ -100,6 +100,27 @@ def _same_episode(stored: str, folder: object, training_sources: Set[Path]) -> b
     return bool(_episode_sources(path) & training_sources)
 
 
+def episodes_problem(metadata: Mapping, folders: Sequence[object]) -> Optional[str]:
+    """Return how ``folders`` differ from the training episodes in ``metadata``, or None.
+
+    The episodes must be as many and match one by one (``_same_episode``), with the
+    checkpoint's ``data_sources`` as the training sources. Frame counts are not checked.
+    """
+    stored = metadata.get('episodes') if metadata else None
+    if not isinstance(stored, list):
+        return 'the checkpoint metadata does not list its training episodes'
+    if len(folders) != len(stored):
+        return (f'the model was trained on {len(stored)} episode(s), but {len(folders)} are '
+                'given')
+    training_sources = {_resolved(source) for source in metadata.get('data_sources') or []
+                        if isinstance(source, str)}
+    for number, (trained, folder) in enumerate(zip(stored, folders), start=1):
+        if not _same_episode(str(trained), folder, training_sources):
+            return (f'episode {number} is {folder}, but the model was trained on {trained} '
+                    'in that place')
+    return None
+
+
 def _stored_ranges(metadata: Mapping, key: str) -> Optional[List[Tuple[str, int, int]]]:
     """Return the (episode, start, stop) ranges stored under ``key``, or None if malformed."""
     ranges = []
@@ -129,15 +150,9 @@ def match_training_parts(metadata: Mapping, episodes: Sequence
     if any(value is None for value in ranges.values()):
         return None, 'the validation or test ranges in the checkpoint metadata are malformed'
     names = [getattr(episode, 'folder', None) or repr(episode) for episode in episodes]
-    if len(names) != len(stored):
-        return None, (f'the model was trained on {len(stored)} episode(s), but '
-                      f'{len(names)} are evaluated')
-    training_sources = {_resolved(source) for source in metadata.get('data_sources') or []
-                        if isinstance(source, str)}
-    for number, (trained, evaluated) in enumerate(zip(stored, names), start=1):
-        if not _same_episode(trained, evaluated, training_sources):
-            return None, (f'evaluated episode {number} is {evaluated}, but the model was '
-                          f'trained on {trained} in that place')
+    problem = episodes_problem(metadata, names)
+    if problem is not None:
+        return None, problem
     total = sum(len(episode) for episode in episodes)
     if total != frames:
         return None, (f'the evaluated episodes have {total} frames, but the training data '

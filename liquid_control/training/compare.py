@@ -18,6 +18,7 @@ import numpy as np
 
 from liquid_control.errors import CheckpointError, ConfigError
 from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
+from liquid_control.evaluation.parts import episodes_problem
 from liquid_control.evaluation.pipeline import EvaluationOptions, run_evaluation
 from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
@@ -149,14 +150,15 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
 def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Optional[str]:
     """Return how a checkpoint's record of its training data differs from ``data``, or None.
 
-    ``split`` is the split mode that made ``data.split``. The record (``Trainer.metadata``)
-    names the episodes by the paths given on the command line, so the same recordings
-    loaded from another folder count as other data.
+    ``split`` is the split mode that made ``data.split``. Episodes match as in
+    ``evaluate --part`` (``episodes_problem``): the same folder, or the same episode of an
+    import of one of the checkpoint's ``data_sources``, even where the import cache folder
+    has another name. The validation and test ranges are compared by episode position.
     NOTE: the record contains no digest of the frames, so other recordings under the same
     paths, with the same frame counts, pass.
     """
+    folders = [cached.name for cached in data.episodes]
     ours = {
-        'episodes': [cached.name for cached in data.episodes],
         'frames': int(sum(len(cached) for cached in data.episodes)),
         'split': split,
         'validation': Split.describe_segments(data.episodes, data.split.validation_segments),
@@ -165,15 +167,31 @@ def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Opt
     }
     # A JSON round trip gives the types that the checkpoint's metadata has.
     ours = json.loads(json.dumps(ours))
-    missing = [key for key in ours if key not in metadata]
+    missing = [key for key in ['episodes', *ours] if key not in metadata]
     if missing:
         return f'its metadata does not record {", ".join(missing)}'
-    differing = [key for key in ours if metadata[key] != ours[key]]
+    problem = episodes_problem(metadata, folders)
+    if problem is not None:
+        return problem
+    theirs = dict(metadata)
+    for key in ('validation', 'test'):
+        ours[key] = _by_position(ours[key], folders)
+        theirs[key] = _by_position(metadata[key], metadata['episodes'])
+    differing = [key for key in ours if theirs[key] != ours[key]]
     if not differing:
         return None
     first = differing[0]
-    return (f'its {", ".join(differing)} differ, e.g. {first} is {_shorten(metadata[first])} '
+    return (f'its {", ".join(differing)} differ, e.g. {first} is {_shorten(theirs[first])} '
             f'in the checkpoint but {_shorten(ours[first])} here')
+
+
+def _by_position(ranges, folders: Sequence[str]) -> list:
+    """Return stored ranges with each episode folder replaced by its position in ``folders``."""
+    if not isinstance(ranges, list):
+        return ranges
+    positions = {str(folder): number for number, folder in enumerate(folders)}
+    return [{**entry, 'episode': positions.get(str(entry.get('episode')), entry.get('episode'))}
+            if isinstance(entry, dict) else entry for entry in ranges]
 
 
 def _shorten(value, limit: int = 200) -> str:
