@@ -679,27 +679,46 @@ def test_compare_reuse_other_episodes(subset, trained_for_compare, tmp_path, cap
     assert not (folder / 'compare.md').exists()
 
 
-def test_compare_reuse_same_source_in_another_folder(subset, trained_for_compare, tmp_path):
+def write_moved_checkpoint(trained, path, **changes):
+    """Save the trained run to ``path`` as if its episodes had been read from a folder
+    that is gone (an import cache folder that a new importer version renamed)."""
     from liquid_control.model.checkpoint import load_checkpoint
 
-    # The same episodes, recorded in the checkpoint under a folder that is gone (an
-    # import cache folder renamed by a new importer), from the source given here.
-    metadata = load_checkpoint(trained_for_compare)[1]
+    metadata = load_checkpoint(trained)[1]
 
     def move(name: str) -> str:
         return f'/gone/imports/subset-0000/{name.rsplit("/", 1)[-1]}'
 
     ranges = {key: [dict(item, episode=move(item['episode'])) for item in metadata[key]]
               for key in ('validation', 'test')}
+    episodes = [move(name) for name in metadata['episodes']]
+    write_foreign_checkpoint(trained, path, episodes=episodes, **ranges, **changes)
+
+
+@pytest.mark.parametrize('keep_digest', [False, True], ids=['same-source', 'same-frames'])
+def test_compare_reuse_same_data_elsewhere(subset, trained_for_compare, tmp_path,
+                                           keep_digest):
+    # Without the digest (older checkpoints) the source given to train must match; with
+    # it, the frames must.
+    changes = ({'data_sources': ['/gone']} if keep_digest else
+               {'data_sources': [str(subset)], 'training_data_sha256': None})
     folder = tmp_path / 'cmp'
     folder.mkdir()
-    write_foreign_checkpoint(trained_for_compare, folder / 'ncp_ltc-s0.lcm',
-                             episodes=[move(name) for name in metadata['episodes']],
-                             data_sources=[str(subset)], **ranges)
+    write_moved_checkpoint(trained_for_compare, folder / 'ncp_ltc-s0.lcm', **changes)
     arguments = ['compare', str(subset), '--out', str(folder), *COMPARE_SETTINGS,
                  '--models', 'ncp_ltc', '--reuse']
     assert main([str(item) for item in arguments]) == 0
     assert not (folder / 'ncp_ltc-s0_logs').exists()
+
+
+def test_compare_reuse_other_frames_same_paths(subset, trained_for_compare, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    write_foreign_checkpoint(trained_for_compare, folder / 'ncp_ltc-s0.lcm',
+                             training_data_sha256='0' * 64)
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'its frames or labels differ (training_data_sha256)' in error
 
 
 def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):

@@ -26,7 +26,7 @@ from liquid_control.training.dataset import Split, segment_slices
 from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer,
                                              load_pretrained, prepare_data,
                                              pretraining_key, save_pretrained,
-                                             training_metadata_problem)
+                                             training_data_digest, training_metadata_problem)
 
 LOGGER = logging.getLogger(__name__)
 
@@ -150,12 +150,14 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
 def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Optional[str]:
     """Return how a checkpoint's record of its training data differs from ``data``, or None.
 
-    ``split`` is the split mode that made ``data.split``. Episodes match as in
+    ``split`` is the split mode that made ``data.split``. When the checkpoint's
+    ``training_data_sha256`` (a digest of the frames, labels and split) matches ``data``,
+    the episodes may have been read from anywhere. Otherwise they must match as in
     ``evaluate --part`` (``episodes_problem``): the same folder, or the same episode of an
     import of one of the checkpoint's ``data_sources``, even where the import cache folder
     has another name. The validation and test ranges are compared by episode position.
-    NOTE: the record contains no digest of the frames, so other recordings under the same
-    paths, with the same frame counts, pass.
+    NOTE: a checkpoint written before the digest was recorded passes with other recordings
+    under the same paths and with the same frame counts.
     """
     folders = [cached.name for cached in data.episodes]
     ours = {
@@ -170,15 +172,20 @@ def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Opt
     missing = [key for key in ['episodes', *ours] if key not in metadata]
     if missing:
         return f'its metadata does not record {", ".join(missing)}'
-    problem = episodes_problem(metadata, folders)
-    if problem is not None:
-        return problem
+    recorded = metadata.get('training_data_sha256')
+    same_frames = recorded is not None and recorded == training_data_digest(data)
+    if not same_frames:
+        problem = episodes_problem(metadata, folders)
+        if problem is not None:
+            return problem
     theirs = dict(metadata)
     for key in ('validation', 'test'):
         ours[key] = _by_position(ours[key], folders)
         theirs[key] = _by_position(metadata[key], metadata['episodes'])
     differing = [key for key in ours if theirs[key] != ours[key]]
     if not differing:
+        if recorded is not None and not same_frames:
+            return 'its frames or labels differ (training_data_sha256)'
         return None
     first = differing[0]
     return (f'its {", ".join(differing)} differ, e.g. {first} is {_shorten(theirs[first])} '

@@ -914,6 +914,12 @@ class Trainer:
 
     # -- checkpoints ---------------------------------------------------------------------
 
+    def _data_digest(self) -> str:
+        """Return ``training_data_digest`` of this run's data, computed once."""
+        if getattr(self, '_digest', None) is None:
+            self._digest = training_data_digest(self.data)
+        return self._digest
+
     def metadata(self, epoch: int, best_epoch: int, kind: str, values: Dict[str, float],
                  train_seconds: float) -> dict:
         """Return the JSON-able training record stored with each checkpoint."""
@@ -929,6 +935,7 @@ class Trainer:
                                                   self.split.validation_segments),
             'test': Split.describe_segments(self.episodes, self.split.test_segments),
             'training_windows': len(self.split.train_windows),
+            'training_data_sha256': self._data_digest(),
             'training_output_mean': self.output_mean(),
             'training_output_std': self.output_std(),
             'train_config': self.config.to_dict(),
