@@ -31,6 +31,9 @@ ARGUMENTS = (
      'without IMU input.'),
     ('cmd_vel_topic', 'cmd_vel', 'Output velocity command topic (geometry_msgs/Twist, or '
      'TwistStamped when the twist_stamped parameter is true).'),
+    ('enabled_on_start', '', 'false publishes zero commands until the ~/enable service '
+     '(std_srvs/SetBool) is called with true; true drives from the first frame. Empty '
+     'keeps the value of params_file (true in config/policy.yaml).'),
     ('use_sim_time', 'false', 'true follows /clock (simulators and bag playback).'),
     ('log_level', 'info', 'Log level of policy_node: debug, info, warn, error or fatal.'),
     ('namespace', '', 'Namespace of policy_node; relative topics resolve inside it.'),
@@ -56,6 +59,9 @@ def node_settings(values: Dict[str, str], share_dir: str) -> Tuple[
                  'use_sim_time': _as_bool('use_sim_time', values['use_sim_time'])}
     if values['model']:
         overrides['model_path'] = values['model']
+    if values['enabled_on_start']:
+        overrides['enabled_on_start'] = _as_bool('enabled_on_start',
+                                                 values['enabled_on_start'])
     params_file = values['params_file'] or os.path.join(share_dir, DEFAULT_PARAMS)
     if compressed:
         camera_remapping = ('image_raw/compressed', values['image_topic'] + '/compressed')

@@ -23,7 +23,8 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 LAUNCH_FILE = REPO_ROOT / 'launch' / 'drive.launch.py'
 VENV_BIN = Path(sys.executable).parent
 REQUIRED_ARGUMENTS = {'model', 'params_file', 'image_topic', 'compressed', 'imu_topic',
-                      'cmd_vel_topic', 'use_sim_time', 'log_level', 'namespace'}
+                      'cmd_vel_topic', 'enabled_on_start', 'use_sim_time', 'log_level',
+                      'namespace'}
 
 
 def _load_launch_module():
@@ -72,6 +73,14 @@ def test_launch_overrides_are_node_parameters(launch_module):
     declared = {spec.name for spec in SPECS} | {'use_sim_time'}
     assert set(parameters[1]) <= declared
     assert parameters[1]['model_path'] == '/models/x.lcm'
+
+
+@pytest.mark.parametrize('text, expected', [('', None), ('false', False), ('true', True)])
+def test_launch_enabled_on_start(launch_module, text, expected):
+    values = {name: default for name, default, _ in launch_module.ARGUMENTS}
+    values['enabled_on_start'] = text
+    parameters, _, _ = launch_module.node_settings(values, str(REPO_ROOT))
+    assert parameters[1].get('enabled_on_start') == expected
 
 
 def test_launch_params_file_names_only_declared_parameters():

@@ -151,6 +151,15 @@ def test_replay_summary_names_lost_inputs():
         '3 non-finite policy output(s), replaced by zero commands (see policy_node.log)']
 
 
+def test_replay_keeps_discovery_local_by_default():
+    from liquid_control.cli.replay import discovery_settings
+
+    assert discovery_settings({}, use_running_node=False) == {
+        'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+    assert discovery_settings({'ROS_AUTOMATIC_DISCOVERY_RANGE': 'SUBNET'}, False) == {}
+    assert discovery_settings({}, use_running_node=True) == {}
+
+
 def test_replay_uses_running_node(shared_data, ros_env, tmp_path, model):
     params = {'twist_stamped': True, 'command_stamp': 'frame', 'imu_timeout': 0.5,
               'input_timeout': 0.5}

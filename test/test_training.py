@@ -671,3 +671,14 @@ def test_comparison_lag_at_search_limit_is_not_a_lag():
     from liquid_control.training.compare import _clear_lag
     assert _clear_lag({'lag_frames': 2, 'lag_s': 0.1}) == pytest.approx(0.1)
     assert math.isnan(_clear_lag({'lag_frames': -MAX_LAG_FRAMES, 'lag_s': -0.5}))
+
+
+def test_constant_advice_follows_the_stop_reason():
+    from liquid_control.cli.train import _constant_advice
+    patience = _constant_advice('no improvement of the validation loss for 8 epochs',
+                                'linear_x', ('angular_z', 'linear_x'))
+    assert 'training longer will not help' in patience
+    assert "--set 'outputs=[angular_z]'" in patience
+    assert 'raise --max-minutes' in _constant_advice('time limit of 15 minutes', 'angular_z',
+                                                     ('angular_z',))
+    assert 'raise --epochs' in _constant_advice('epochs', 'angular_z', ('angular_z',))

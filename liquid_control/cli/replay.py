@@ -218,6 +218,18 @@ def _wait_for_connection(publishers, recorder_sub, node, process, timeout: float
                              '(--startup-timeout); check the topics and its log')
 
 
+def discovery_settings(environ: Dict[str, str], use_running_node: bool) -> Dict[str, str]:
+    """Return the environment variables replay sets before it starts ROS.
+
+    Replay publishes the bag's camera on its recorded topic name. Unless the user chose a
+    discovery range, or replays into a node that may run elsewhere, discovery stays on
+    this machine, so a robot on the network never receives the bag's frames.
+    """
+    if use_running_node or 'ROS_AUTOMATIC_DISCOVERY_RANGE' in environ:
+        return {}
+    return {'ROS_AUTOMATIC_DISCOVERY_RANGE': 'LOCALHOST'}
+
+
 def run(args: argparse.Namespace) -> int:
     """Replay the bag, record the commands and write the summary; return the exit code."""
     import rclpy
@@ -254,6 +266,7 @@ def run(args: argparse.Namespace) -> int:
     # From here on SIGINT and SIGTERM only set a flag: playback stops, the policy node is
     # stopped, and the summary of what was played is still written. A second signal during
     # that teardown changes nothing.
+    os.environ.update(discovery_settings(os.environ, args.use_running_node))
     rclpy.init(args=[], signal_handler_options=SignalHandlerOptions.NO)
     stop = StopRequest()
     previous_handlers = {number: signal.signal(number, lambda *_: stop.set())

@@ -244,6 +244,21 @@ def clean_up_failed_logs(logs: Path) -> Optional[str]:
     return None
 
 
+def _constant_advice(stop_reason: str, output: str, outputs) -> str:
+    """Return what to try when ``output`` scored no better than the constant predictor."""
+    if stop_reason.startswith('no improvement'):
+        advice = ('the validation loss had stopped improving, so training longer will not '
+                  f'help; {output} may not be predictable from these camera frames')
+        others = [name for name in outputs if name != output]
+        if others:
+            names = ', '.join(others)
+            advice += f", so consider training without it (--set 'outputs=[{names}]')"
+        return advice
+    if stop_reason.startswith('time limit'):
+        return f'training stopped at its {stop_reason}: raise --max-minutes'
+    return 'training ran all its epochs: raise --epochs, or check the data'
+
+
 def run(args: argparse.Namespace) -> int:
     """Train and print where the checkpoint went."""
     from liquid_control.errors import LiquidControlError
@@ -286,8 +301,8 @@ def run(args: argparse.Namespace) -> int:
             print(f'{part} {output}: MAE {mae:.4f} (constant predictor {constant:.4f}), '
                   f'Pearson r {values.get(f"{prefix}/{output}/pearson", float("nan")):.3f}')
             if mae >= constant:
-                print(f'  no better than the constant predictor on the {part} part: train '
-                      'longer (--epochs, --max-minutes) or check the data')
+                print(f'  no better than the constant predictor on the {part} part: '
+                      f'{_constant_advice(result.stop_reason, output, config.outputs)}')
         print(f'last checkpoint: {result.paths.last}; logs: {result.paths.logs}')
     if context.distributed:
         distributed.exit_now(0)

@@ -432,8 +432,10 @@ def _part_episodes(episodes: Sequence, frames: Optional[Sequence[np.ndarray]],
             'imported with the label options of the training run, or use --part all')
     ranges = parts.ranges(part)
     if not ranges:
+        option = {'test': ' (train with --test-fraction, e.g. 0.2, to keep one)',
+                  'validation': ' (train with --validation-fraction above 0 to keep one)'}
         raise ConfigError(f'--part {part}: the model has no {part} part in its training '
-                          'split; choose another part or --part all')
+                          f'split{option.get(part, "")}; choose another part or --part all')
     LOGGER.info('scoring the %s part only: %d frames in %d run(s), each from a fresh state',
                 part, sum(len(item) for item in ranges), len(ranges))
     return select_ranges(episodes, frames, ranges)
