@@ -142,6 +142,16 @@ def test_warning_for_flat_output():
     assert 'flat_output' in warnings
 
 
+def test_warning_for_one_sided_short_range():
+    target = np.sin(np.linspace(0, 6, 200))
+    values = regression_metrics(np.clip(target, -1.0, 0.5), target, 0.0)
+    values.update(spread_metrics(np.clip(target, -1.0, 0.5), target))
+    warnings = [w for w in output_warnings('angular_z', values) if w['check'] == 'short_range']
+    assert len(warnings) == 1
+    assert 'never commands past +0.5 while the human reached +1' in warnings[0]['message']
+    assert "largest positive command" in warnings[0]['message']
+
+
 def test_no_warning_for_good_policy():
     target = np.sin(np.linspace(0, 6, 200))
     assert _checked(0.8 * target, target) == {}

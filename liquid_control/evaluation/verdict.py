@@ -20,6 +20,10 @@ REVERSED_PEARSON = -0.3
 # output hardly moves, whatever the camera shows.
 FLAT_SPREAD_RATIO = 0.1
 
+# The policy's largest command to one side below this fraction of the human's largest to
+# that side: it falls short in the hardest manoeuvres, such as full-lock turns.
+SHORT_RANGE_RATIO = 0.7
+
 # The import option that scales each command, for the advice on a reversed sign.
 SCALE_OPTIONS = {'angular_z': '--angular-scale', 'linear_x': '--linear-scale'}
 
@@ -79,6 +83,29 @@ def output_warnings(name: str, values: Mapping, part: str = 'evaluated'
                 f"deviation of {spread:.3g} against the human's {human_spread:.3g} (ratio "
                 f'{ratio:.3f}, warning below {FLAT_SPREAD_RATIO}){moved}, so it drives like '
                 'a constant.')))
+    warnings += _short_range_warnings(name, values, where, part)
+    return warnings
+
+
+def _short_range_warnings(name: str, values: Mapping, where: str, part: str
+                          ) -> List[Dict[str, object]]:
+    """Warn for each side where the policy's commands stop well short of the human's."""
+    warnings = []
+    beyond = values.get('frames_beyond_prediction_range')
+    for side, policy_key, human_key in (('positive', 'prediction_max', 'target_max'),
+                                        ('negative', 'prediction_min', 'target_min')):
+        policy, human = values.get(policy_key), values.get(human_key)
+        if not (_finite(policy) and _finite(human)):
+            continue
+        sign = 1.0 if side == 'positive' else -1.0
+        if sign * human <= 0 or sign * policy >= SHORT_RANGE_RATIO * sign * human:
+            continue
+        count = f' ({beyond} frames beyond its range in all)' if _finite(beyond) else ''
+        warnings.append(_warning(name, 'short_range', part, (
+            f'{name}{where}: the policy never commands past {policy:+.3g} while the human '
+            f'reached {human:+.3g}{count}, below {SHORT_RANGE_RATIO} of the human\'s '
+            f'largest {side} command, so it falls short in the hardest manoeuvres to that '
+            'side. The error by command size shows how much.')))
     return warnings
 
 
