@@ -701,3 +701,21 @@ def test_evaluate_part_rejects_other_data(capsys, known_bag, trained, tmp_path):
                            '--cache-dir', str(tmp_path / 'cache'))
     assert code == 2
     assert '--part test needs the data the model was trained on' in error
+
+
+def test_part_matches_another_import_of_the_training_recording(tmp_path):
+    from liquid_control.evaluation.parts import episodes_problem
+
+    # The model trained on the user's import of a bag; evaluate imports the bag again.
+    for dataset in ('user_import', 'cache/bag-1234'):
+        episode = tmp_path / dataset / 'episode_0000'
+        episode.mkdir(parents=True)
+        (episode / 'metadata.json').write_text(json.dumps(
+            {'source': {'kind': 'rosbag2', 'path': str(tmp_path / 'drive_bag')}}))
+    metadata = {'episodes': [str(tmp_path / 'user_import' / 'episode_0000')],
+                'data_sources': [str(tmp_path / 'user_import')]}
+    assert episodes_problem(metadata, [tmp_path / 'cache/bag-1234/episode_0000']) is None
+    (tmp_path / 'user_import' / 'episode_0000' / 'metadata.json').write_text(json.dumps(
+        {'source': {'kind': 'rosbag2', 'path': str(tmp_path / 'other_bag')}}))
+    assert 'but the model was trained on' in episodes_problem(
+        metadata, [tmp_path / 'cache/bag-1234/episode_0000'])

@@ -79,7 +79,20 @@ def _episode_sources(folder: Path) -> Set[Path]:
         source = None
     if isinstance(source, str):
         sources.add(_resolved(source))
+    recorded = _recorded_source(folder)
+    if recorded is not None:
+        sources.add(recorded)
     return sources
+
+
+def _recorded_source(folder: Path) -> Optional[Path]:
+    """Return the bag or tub that an imported episode's metadata names, or None."""
+    try:
+        source = json.loads((folder / 'metadata.json').read_text()).get('source')
+    except (OSError, ValueError, AttributeError):
+        return None
+    path = source.get('path') if isinstance(source, dict) else None
+    return _resolved(path) if isinstance(path, str) and path else None
 
 
 def _same_episode(stored: str, folder: object, training_sources: Set[Path]) -> bool:
@@ -87,8 +100,10 @@ def _same_episode(stored: str, folder: object, training_sources: Set[Path]) -> b
 
     The episode names must be equal. Then it is enough that the folders are the same, that
     the dataset folders have the same name (an import's folder name carries a digest of
-    the source's path and files and of the label options), or that the evaluated episode
-    comes from one of ``training_sources``. The frame counts are checked separately.
+    the source's path and files and of the label options), that both episodes' metadata
+    name the same recording as their source (while the stored folder still exists), or
+    that the evaluated episode comes from one of ``training_sources``. The frame counts
+    are checked separately.
     """
     stored_path, path = Path(stored), Path(str(folder))
     if stored_path.name != path.name:
@@ -96,6 +111,10 @@ def _same_episode(stored: str, folder: object, training_sources: Set[Path]) -> b
     if stored_path.parent.name and stored_path.parent.name == path.parent.name:
         return True
     if _resolved(stored_path) == _resolved(path):
+        return True
+    # Two imports of one recording, such as the user's import and import on the fly.
+    recorded = _recorded_source(path)
+    if recorded is not None and recorded == _recorded_source(stored_path):
         return True
     return bool(_episode_sources(path) & training_sources)
 
