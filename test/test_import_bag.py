@@ -329,3 +329,16 @@ def test_import_sigterm_removes_episodes(tmp_path):
     assert process.returncode == 128 + signal.SIGTERM, stderr
     assert 'terminated by SIGTERM' in stderr
     assert list(out.iterdir()) == []
+
+
+def test_import_stores_the_given_command_units(tmp_path):
+    from liquid_control.cli.main import main
+
+    bag = tmp_path / 'bag'
+    write_sample_bag(bag)
+    out = tmp_path / 'out'
+    assert main(['import', str(bag), '--out', str(out), '--angular-unit',
+                 'normalised (-1..1)']) == 0
+    commands = find_episodes(out)[0].metadata['commands']
+    assert commands['angular_z']['unit'] == 'normalised (-1..1)'
+    assert commands['linear_x']['unit'] == 'm/s'

@@ -50,6 +50,13 @@ def add_label_arguments(parser: argparse.ArgumentParser) -> None:
     group.add_argument('--angular-scale', type=float,
                        help='angular_z = scale * source value (default: 1 for ROS messages, '
                        '-1 for the tub angle, which steers right for positive values)')
+    group.add_argument('--linear-unit', metavar='UNIT',
+                       help="unit name stored for linear_x, e.g. 'normalised (-1..1)' when a "
+                       'Twist carries fractions of full throttle (default: m/s for Twist, '
+                       'normalised (-1..1) for tubs)')
+    group.add_argument('--angular-unit', metavar='UNIT',
+                       help='unit name stored for angular_z, as --linear-unit (default: '
+                       'rad/s for Twist)')
     group.add_argument('--joy-linear-axis', type=int, default=defaults.joy_linear_axis,
                        help='Joy axis index for linear_x (default: %(default)s)')
     group.add_argument('--joy-angular-axis', type=int, default=defaults.joy_angular_axis,
@@ -71,6 +78,7 @@ def label_options_from_args(args: argparse.Namespace) -> LabelOptions:
         imu_mode=args.imu_mode, imu_tolerance_s=args.imu_tolerance,
         invalid_frames=args.invalid_frames, split_gap_s=args.split_gap,
         linear_scale=args.linear_scale, angular_scale=args.angular_scale,
+        linear_unit=args.linear_unit, angular_unit=args.angular_unit,
         joy_linear_axis=args.joy_linear_axis, joy_angular_axis=args.joy_angular_axis,
         raw_image_format=args.raw_image_format, jpeg_quality=args.jpeg_quality,
         require_commands=not args.no_commands)

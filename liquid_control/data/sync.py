@@ -41,6 +41,8 @@ class LabelOptions:
     split_gap_s: float = 1.0
     linear_scale: Optional[float] = None
     angular_scale: Optional[float] = None
+    linear_unit: Optional[str] = None
+    angular_unit: Optional[str] = None
     joy_linear_axis: int = 1
     joy_angular_axis: int = 0
     raw_image_format: str = 'png'
@@ -67,6 +69,11 @@ class LabelOptions:
             value = getattr(self, name)
             if value is not None and not math.isfinite(value):
                 raise ConfigError(f'invalid {name} {value!r}: expected a finite number')
+        for name in ('linear_unit', 'angular_unit'):
+            value = getattr(self, name)
+            if value is not None and not (isinstance(value, str) and value.strip()):
+                raise ConfigError(f'invalid {name} {value!r}: expected a unit name such as '
+                                  "'normalised (-1..1)'")
         for name in ('joy_linear_axis', 'joy_angular_axis'):
             if getattr(self, name) < 0:
                 raise ConfigError(f'invalid {name} {getattr(self, name)}: expected an axis '
@@ -118,8 +125,10 @@ def command_mapping(source_kind: str, options: LabelOptions) -> dict:
     linear_scale = default_linear if options.linear_scale is None else options.linear_scale
     angular_scale = (default_angular if options.angular_scale is None
                      else options.angular_scale)
-    linear_unit = units or ('m/s' if linear_scale == 1.0 else 'm/s times linear_scale')
-    angular_unit = units or ('rad/s' if angular_scale == 1.0 else 'rad/s times angular_scale')
+    linear_unit = options.linear_unit or units or (
+        'm/s' if linear_scale == 1.0 else 'm/s times linear_scale')
+    angular_unit = options.angular_unit or units or (
+        'rad/s' if angular_scale == 1.0 else 'rad/s times angular_scale')
     return {
         'linear_x': {'source': linear_source, 'scale': float(linear_scale),
                      'unit': linear_unit},
