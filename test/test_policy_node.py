@@ -124,6 +124,14 @@ def test_model_without_imu_needs_no_imu(launch, model_without_imu):
     assert 'IMU not used' in node.output()
 
 
+def test_steering_only_model_warns_about_linear_x(launch, tmp_path):
+    steering = make_checkpoint(tmp_path / 'camera_steering.lcm', imu_enabled=False,
+                               output_names=('angular_z',), output_units=('rad/s',))
+    node, _ = launch(steering, RELAXED)
+    assert ('the model has no linear_x output: linear_x is constant_linear_x = 0 m/s while '
+            'the policy runs (the robot will not move forward)') in node.output()
+
+
 @pytest.mark.parametrize('sig', [signal.SIGINT, signal.SIGTERM])
 def test_shutdown_publishes_zero(launch, model, sig):
     node, peer = launch(model, RELAXED)

@@ -160,6 +160,12 @@ class PolicyNode(Node):
             f'{self.params.control_rate_hz:g} Hz on {self._command_pub.topic_name} '
             f'({"TwistStamped" if self.params.twist_stamped else "Twist"}), '
             f'{"enabled" if self._enabled else "disabled"}')
+        if self._linear_index is None:
+            self.get_logger().warning(
+                f'the model has no linear_x output: linear_x is constant_linear_x = '
+                f'{self.params.constant_linear_x:g} m/s while the policy runs'
+                + (' (the robot will not move forward)'
+                   if self.params.constant_linear_x == 0.0 else ''))
 
     @staticmethod
     def _limits(params: PolicyNodeParams) -> Tuple[List[float], List[float]]:
