@@ -35,7 +35,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                              'for the table (0 scores the validation part instead)')
     parser.add_argument('--validation-fraction', type=float,
                         help='share of frames used for early stopping')
-    parser.add_argument('--threads', type=int, help='torch CPU threads')
+    parser.add_argument('--threads', type=int,
+                        help='torch CPU threads (default: torch\'s, one per core)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         dest='overrides', help='override a training setting (repeatable)')
     parser.add_argument('--perturbations', nargs='*', default=list(ROBUSTNESS),

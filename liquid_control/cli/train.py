@@ -69,7 +69,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument('--patience', type=int,
                         help='stop after this many epochs without a better validation loss')
     parser.add_argument('--seed', type=int, help='seed of weights, shuffling and augmentation')
-    parser.add_argument('--threads', type=int, help='torch CPU threads per process')
+    parser.add_argument('--threads', type=int,
+                        help='torch CPU threads per process (default: torch\'s, one per '
+                             'core)')
     parser.add_argument('--set', action='append', default=[], metavar='KEY=VALUE',
                         dest='overrides',
                         help='override any setting of the config, e.g. --set '
