@@ -9,6 +9,7 @@ donkeycar tub (the ``subset`` fixture), with a held-out test part.
 """
 
 import json
+import shutil
 import math
 import subprocess
 
@@ -678,12 +679,34 @@ def test_part_matches_training_source_elsewhere(trained, subset):
     assert parts is not None, reason
 
 
-def test_part_rejects_unknown_source(trained, subset):
+def test_part_rejects_unknown_source_without_digest(trained, subset):
     _, metadata = load_checkpoint(trained)
+    # A checkpoint written before the digest was recorded: only the paths can tell.
     moved = _moved(metadata, '/elsewhere/copy', ['/elsewhere/copy'])
+    del moved['training_data_sha256']
     parts, reason = match_training_parts(moved, find_episodes(subset))
     assert parts is None
     assert 'but the model was trained on /elsewhere/copy/episode_0000' in reason
+
+
+def test_part_matches_the_same_frames_anywhere(trained, subset):
+    _, metadata = load_checkpoint(trained)
+    moved = _moved(metadata, '/elsewhere/copy', ['/elsewhere/copy'])
+    parts, reason = match_training_parts(moved, find_episodes(subset))
+    assert parts is not None, reason
+
+
+def test_part_rejects_other_frames_under_the_training_paths(trained, subset, tmp_path):
+    _, metadata = load_checkpoint(trained)
+    copy = tmp_path / 'copy'
+    shutil.copytree(subset, copy)
+    frames = sorted((copy / 'episode_0000' / 'frames').iterdir())
+    # The same file names and rows, but one frame shows another moment of the drive.
+    frames[3].write_bytes(frames[-1].read_bytes())
+    moved = _moved(metadata, str(copy), [str(copy)])
+    parts, reason = match_training_parts(moved, find_episodes(copy))
+    assert parts is None
+    assert 'frames, labels or split differ' in reason
 
 
 def test_evaluate_part_option(capsys, trained, subset, tmp_path):

@@ -12,6 +12,7 @@ When the evaluated episodes are the training episodes, each frame gets its part,
 """
 
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Dict, List, Mapping, Optional, Sequence, Set, Tuple
@@ -21,6 +22,7 @@ import numpy as np
 from liquid_control.data.sources import IMPORT_MARKER
 from liquid_control.training.dataset import EpisodeSlice
 
+LOGGER = logging.getLogger(__name__)
 PARTS = ('train', 'validation', 'test')
 TRAIN, VALIDATION, TEST = range(len(PARTS))
 
@@ -140,6 +142,31 @@ def episodes_problem(metadata: Mapping, folders: Sequence[object]) -> Optional[s
     return None
 
 
+def same_training_frames(metadata: Mapping, episodes: Sequence) -> Optional[bool]:
+    """Return whether ``episodes`` are the training data that ``metadata`` records.
+
+    Prepares the episodes as the training run did (its ``train_config``) and compares
+    their ``training_data_digest`` with the recorded ``training_data_sha256``. That takes
+    a few seconds, since every frame is decoded. Returns None when the checkpoint records
+    no digest (checkpoints written before it was recorded).
+    """
+    from liquid_control.errors import LiquidControlError
+    from liquid_control.training.config import TrainConfig
+    from liquid_control.training.trainer import prepare_data, training_data_digest
+
+    recorded, settings = metadata.get('training_data_sha256'), metadata.get('train_config')
+    if not isinstance(recorded, str) or not isinstance(settings, dict):
+        return None
+    LOGGER.info('comparing the evaluated frames with the training data of the checkpoint')
+    try:
+        data = prepare_data(TrainConfig.from_dict(settings), episodes)
+    except (LiquidControlError, ValueError) as error:
+        LOGGER.info('the evaluated frames cannot be prepared as the training run did: %s',
+                    error)
+        return False
+    return training_data_digest(data) == recorded
+
+
 def _stored_ranges(metadata: Mapping, key: str) -> Optional[List[Tuple[str, int, int]]]:
     """Return the (episode, start, stop) ranges stored under ``key``, or None if malformed."""
     ranges = []
@@ -168,14 +195,19 @@ def match_training_parts(metadata: Mapping, episodes: Sequence
     ranges = {key: _stored_ranges(metadata, key) for key in ('validation', 'test')}
     if any(value is None for value in ranges.values()):
         return None, 'the validation or test ranges in the checkpoint metadata are malformed'
-    names = [getattr(episode, 'folder', None) or repr(episode) for episode in episodes]
-    problem = episodes_problem(metadata, names)
-    if problem is not None:
-        return None, problem
     total = sum(len(episode) for episode in episodes)
     if total != frames:
         return None, (f'the evaluated episodes have {total} frames, but the training data '
                       f'had {frames}')
+    same = same_training_frames(metadata, episodes)
+    if same is None:
+        names = [getattr(episode, 'folder', None) or repr(episode) for episode in episodes]
+        problem = episodes_problem(metadata, names)
+        if problem is not None:
+            return None, problem
+    elif not same:
+        return None, ('their frames, labels or split differ from the training data, whose '
+                      'digest the checkpoint records (training_data_sha256)')
 
     roles = [np.full(len(episode), TRAIN, np.int8) for episode in episodes]
     for code, key in ((VALIDATION, 'validation'), (TEST, 'test')):
