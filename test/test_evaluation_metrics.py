@@ -136,6 +136,15 @@ def test_warning_for_mae_near_baseline():
     assert '0.970 of the constant' in warnings['near_baseline']['message']
 
 
+def test_near_baseline_warning_names_overshoot():
+    target = np.sin(np.linspace(0, 6, 200))
+    # Follows the human exactly (r 1) but twice as far: MAE equals the constant 0's.
+    warnings = _checked(2.0 * target, target)
+    message = warnings['near_baseline']['message']
+    assert 'Its Pearson r is 1.000, so it does follow the human' in message
+    assert 'too large or offset' in message
+
+
 def test_warning_for_flat_output():
     target = np.sin(np.linspace(0, 6, 200))
     warnings = _checked(0.05 * target + 0.3, target, baseline=0.3)

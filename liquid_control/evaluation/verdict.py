@@ -13,6 +13,9 @@ from typing import Dict, List, Mapping, Optional, Sequence
 # MAE at or above this fraction of the constant predictor's MAE: the policy is hardly more
 # accurate than sending the training mean on every frame.
 NEAR_BASELINE_RATIO = 0.95
+# Pearson r from this on: a policy near the baseline's MAE still follows the human, and
+# its error is one of scale or offset, which the near_baseline message then says.
+FOLLOWS_PEARSON = 0.5
 # Pearson r below this: the policy tends to command the opposite of the human, as a
 # command with a flipped sign would.
 REVERSED_PEARSON = -0.3
@@ -58,10 +61,19 @@ def output_warnings(name: str, values: Mapping, part: str = 'evaluated'
                 verdict = 'no better than'
             else:
                 verdict = 'hardly better than'
-            warnings.append(_warning(name, 'near_baseline', part, (
-                f'{name}{where}: MAE {error:.4g} is {ratio:.3f} of the constant '
-                f"predictor's {baseline:.4g} (warning from {NEAR_BASELINE_RATIO}), so the "
-                f'policy is {verdict} sending the training mean on every frame.')))
+            message = (f'{name}{where}: MAE {error:.4g} is {ratio:.3f} of the constant '
+                       f"predictor's {baseline:.4g} (warning from {NEAR_BASELINE_RATIO}), so "
+                       f'the policy is {verdict} sending the training mean on every frame.')
+            pearson, spread = values.get('pearson'), values.get('prediction_std')
+            human_spread = values.get('target_std')
+            if _finite(pearson) and pearson >= FOLLOWS_PEARSON:
+                message += (f' Its Pearson r is {pearson:.3f}, so it does follow the '
+                            "human's changes: its commands are too large or offset")
+                if _finite(spread) and _finite(human_spread):
+                    message += (f' (standard deviation {spread:.3g} against the human\'s '
+                                f'{human_spread:.3g})')
+                message += '.'
+            warnings.append(_warning(name, 'near_baseline', part, message))
 
     pearson = values.get('pearson')
     if _finite(pearson) and pearson < REVERSED_PEARSON:
