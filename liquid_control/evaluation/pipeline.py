@@ -425,7 +425,9 @@ def _part_episodes(episodes: Sequence, frames: Optional[Sequence[np.ndarray]],
                    metadata: Mapping) -> Tuple[list, Optional[list]]:
     """Return the runs of frames of ``part`` as episodes, with their frames if given."""
     if parts is None:
-        sources = ', '.join(str(source) for source in metadata.get('data_sources') or [])
+        recorded = metadata.get('data_sources')
+        sources = ', '.join(str(source) for source in recorded
+                            if isinstance(source, str)) if isinstance(recorded, list) else ''
         raise ConfigError(
             f'--part {part} needs the data the model was trained on, and this is not it: '
             f'{mismatch}. Evaluate the training data ({sources or "sources not recorded"}), '
