@@ -322,13 +322,20 @@ def test_tub_impossible_timestamp_error(tmp_path, stamp):
     assert not (tmp_path / 'out').exists()
 
 
-@pytest.mark.parametrize('angle', [True, '0.5', None, [0.1]],
-                         ids=['bool', 'string', 'null', 'list'])
+@pytest.mark.parametrize('angle', [True, '0.5', [0.1]], ids=['bool', 'string', 'list'])
 def test_tub_angle_not_number_error(tmp_path, angle):
     tub = _make_tub(tmp_path / 'tub')
     _edit_record(tub, 3, user__angle=angle)
     with pytest.raises(DataError, match='line 4 is invalid: user/angle .* is not a number'):
         read_tub(tub)
+
+
+def test_tub_null_angle_is_a_missing_command(tmp_path, caplog):
+    tub = _make_tub(tmp_path / 'tub')
+    _edit_record(tub, 3, user__angle=None)
+    episode = _import_episodes(tub, tmp_path / 'out')[0]
+    assert episode.valid.tolist() == [True, True, True, False, True, True]
+    assert 'record 3 (catalog_0.catalog line 4)' in caplog.text
 
 
 def test_tub_future_stamp_costs_one_record(tmp_path, caplog):

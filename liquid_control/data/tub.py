@@ -136,7 +136,11 @@ def _stamp_ns(value) -> int:
 
 
 def _number(entry: dict, key: str) -> float:
+    """Return a numeric field; null, which donkeycar writes for a part that gave no
+    value, is NaN (a missing value)."""
     value = entry[key]
+    if value is None:
+        return math.nan
     if not _is_number(value):
         raise ValueError(f'{key} {value!r} is not a number')
     return float(value)
