@@ -497,6 +497,7 @@ def test_unit_mismatch_warning_names_both_units(episodes, tmp_path):
     # The bag import labels Twist commands in ROS units.
     assert '"normalised (-1..1)"' in messages[0]
     assert '"rad/s"' in messages[0]
+    assert "give the unit with --angular-unit 'normalised (-1..1)'" in messages[0]
 
 
 def test_report_shows_warnings_at_top(episodes, tmp_path):

@@ -146,12 +146,13 @@ def unit_warnings(output_names: Sequence[str], output_units: Sequence[str],
         if not others or not unit:
             continue
         option = SCALE_OPTIONS.get(name)
-        advice = (f', so if the scales differ, import the recording with {option} to match '
-                  'them' if option else '')
+        advice = (f' If the scales differ, import the recording with {option} to match '
+                  f'them; if only the label is wrong, give the unit with '
+                  f"{option.replace('scale', 'unit')} '{unit}'." if option else '')
         listed = ' and '.join(f'"{other}"' for other in others)
         warnings.append(_warning(name, 'unit_mismatch', 'evaluated', (
             f'{name}: the model outputs "{unit}", but the evaluated episodes label this '
-            f'command {listed}. The metrics compare the numbers as they are{advice}.')))
+            f'command {listed}. The metrics compare the numbers as they are.{advice}')))
     return warnings
 
 
