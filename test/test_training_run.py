@@ -844,3 +844,26 @@ def test_core_warmup_in_training_run(subset, tmp_path, caplog):
 def test_core_warmup_epochs_invalid(value):
     with pytest.raises(ConfigError, match='core_warmup_epochs'):
         tiny_config(core_warmup_epochs=value)
+
+
+@pytest.mark.parametrize('text, value', [('yes', 'yes'), ('no', 'no'), ('true', 'yes'),
+                                         ('false', 'no')])
+def test_use_imu_override_yaml_boolean(text, value):
+    from liquid_control.training.config import load_train_config, parse_overrides
+
+    # YAML reads yes and no as booleans.
+    config = load_train_config(None, parse_overrides([f'use_imu={text}']))
+    assert config.use_imu == value
+
+
+def test_use_imu_file_yaml_boolean(tmp_path):
+    from liquid_control.training.config import load_train_config
+
+    path = tmp_path / 'train.yaml'
+    path.write_text('use_imu: no\n')
+    assert load_train_config(path).use_imu == 'no'
+
+
+def test_use_imu_number_rejected():
+    with pytest.raises(ConfigError, match='use_imu=3 is invalid; use auto, yes or no'):
+        tiny_config(use_imu=3)

@@ -78,6 +78,11 @@ class TrainConfig:
     augment: Dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
+        # YAML reads yes and no as booleans, in a file and in --set use_imu=yes alike.
+        if isinstance(self.use_imu, bool):
+            object.__setattr__(self, 'use_imu', 'yes' if self.use_imu else 'no')
+        if not isinstance(self.use_imu, str):
+            raise ConfigError(f'use_imu={self.use_imu!r} is invalid; use auto, yes or no')
         # Types first, so that the range checks below never compare a string with a number.
         for setting in fields(self):
             _check_type(setting.name, getattr(self, setting.name), setting.type)
