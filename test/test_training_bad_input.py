@@ -719,6 +719,8 @@ def test_compare_reuse_other_frames_same_paths(subset, trained_for_compare, tmp_
     error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
                         '--models', 'ncp_ltc', '--reuse')
     assert 'its frames or labels differ (training_data_sha256)' in error
+    # The paths are the same, so the advice must not ask for the same paths.
+    assert 'to train it again, delete it or drop --reuse' in error
 
 
 def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):
@@ -730,3 +732,98 @@ def test_resume_foreign_metadata(subset, trained, tmp_path, capsys):
                         '--resume')
     assert 'train_config is not a mapping' in error
     assert last.read_bytes() == before
+
+
+# -- models too large for the checkpoint loader -------------------------------------------
+
+def test_train_model_too_large_to_load(subset, tmp_path, capsys):
+    # An fc_ltc of 362 neurons allocates about 100.7 million tensor elements, so
+    # load_checkpoint would reject every checkpoint of the run.
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--family', 'fc_ltc', '--units', '362')
+    assert 'fc_ltc policy (units=362' in error
+    assert 'more than the limit of 100,000,000' in error
+    assert 'lower model.units' in error
+    assert not (tmp_path / 'm.lcm').exists()
+
+
+def test_compare_model_too_large_to_load(subset, tmp_path, capsys):
+    folder = tmp_path / 'cmp'
+    error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'cnn:8', 'fc_ltc:362')
+    assert 'model fc_ltc-362: the model is too large' in error
+    # The check comes before training, so the first model was not trained in vain.
+    assert not (folder / 'cnn-8-s0.lcm').exists()
+
+
+# -- IMU readings -------------------------------------------------------------------------
+
+def write_with_imu(subset, folder, scale=1.0):
+    """Write the episodes of ``subset`` to ``folder`` with recorded IMU readings; return it."""
+    import numpy as np
+
+    from liquid_control.data.episodes import (EncodedImage, EpisodeWriter, FrameLabels,
+                                              find_episodes)
+
+    for episode in find_episodes(subset):
+        writer = EpisodeWriter(folder, {'source': {'kind': 'test subset with IMU'},
+                                        'commands': episode.metadata.get('commands', {})},
+                               fsync_interval_s=None)
+        for index in range(len(episode)):
+            imu = scale * np.float32([0.01 * index, 0.0, 0.1, 0.2, 0.0, 9.8])
+            labels = FrameLabels(imu=imu, imu_status='recorded',
+                                 linear_x=float(episode.command('linear_x')[index]),
+                                 angular_z=float(episode.command('angular_z')[index]),
+                                 command_status='ok', command_age_s=0.0)
+            writer.add(int(episode.stamp_ns[index]),
+                       EncodedImage(episode.frame_path(index).read_bytes(), 'jpg'), labels)
+        writer.close('test subset with IMU')
+    return folder
+
+
+def test_data_digest_covers_used_imu(subset, tmp_path):
+    from liquid_control.data.episodes import find_episodes
+    from liquid_control.training.config import TrainConfig
+    from liquid_control.training.trainer import prepare_data, training_data_digest
+
+    def digest(folder, use_imu):
+        config = TrainConfig.from_dict({'use_imu': use_imu, 'sequence_length': 8,
+                                        'preprocessing': {'height': 24, 'width': 48}})
+        return training_data_digest(prepare_data(config, find_episodes(folder)))
+
+    first = write_with_imu(subset, tmp_path / 'first')
+    second = write_with_imu(subset, tmp_path / 'second', scale=2.0)
+    assert digest(first, 'yes') != digest(second, 'yes')
+    # Without IMU input the digest stays the one of the frames, labels and split alone.
+    assert digest(first, 'no') == digest(subset, 'auto')
+
+
+def test_compare_reuse_other_imu_use(subset, trained_for_compare, tmp_path, capsys):
+    # The checkpoint has no IMU input, but this comparison's models get one.
+    with_imu = write_with_imu(subset, tmp_path / 'imu')
+    folder = tmp_path / 'cmp'
+    folder.mkdir()
+    shutil.copy(trained_for_compare, folder / 'ncp_ltc-s0.lcm')
+    error = run_failing(capsys, 'compare', with_imu, '--out', folder, *COMPARE_SETTINGS,
+                        '--models', 'ncp_ltc', '--reuse')
+    assert 'ncp_ltc-s0.lcm was trained without IMU input' in error
+    assert 'delete it or drop --reuse' in error
+    assert not (folder / 'compare.md').exists()
+
+
+# -- train --resume with other data -------------------------------------------------------
+
+def test_resume_other_data(subset, trained, tmp_path, capsys):
+    from liquid_control.data.episodes import find_episodes
+
+    # One of the two episodes was deleted between the runs.
+    data = tmp_path / 'data'
+    shutil.copytree(subset, data)
+    shutil.rmtree(find_episodes(data)[0].folder)
+    out = copy_run(trained, tmp_path / 'run')
+    checkpoints = [out, out.with_name('model.last.lcm')]
+    before = [path.read_bytes() for path in checkpoints]
+    error = run_failing(capsys, 'train', data, '--out', out, *SETTINGS, '--epochs', '2',
+                        '--resume')
+    assert 'the data differs from the run being resumed' in error
+    assert [path.read_bytes() for path in checkpoints] == before

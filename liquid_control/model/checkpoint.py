@@ -28,9 +28,9 @@ import torch
 
 from liquid_control import __version__
 from liquid_control.errors import CheckpointError, ConfigError
-from liquid_control.model.policy import (Policy, PolicyConfig, build_policy,
+from liquid_control.model.policy import (MAX_ELEMENTS, Policy, PolicyConfig, build_policy,
                                          count_encoder_parameters, default_preprocessing,
-                                         estimate_elements)
+                                         size_limit_problem)
 from liquid_control.model.wirings import Wiring
 
 MAGIC = b'\x89LCM\r\n\x1a\n'
@@ -43,13 +43,7 @@ MAX_SIDE = 4096
 MAX_UNITS = 10000
 MAX_CHANNELS = 1024
 MAX_KERNEL = 31
-# Limit on the tensor elements that building a policy may allocate (policy.estimate_elements).
-# The default ncp_ltc policy allocates about 90,000, the models of the docs and benchmarks
-# below 1 million, and 100 million take 400 MB as float32. NOTE: training does not apply
-# this limit, so a model trained beyond it (an fc_ltc of more than about 350 neurons) does
-# not load.
-MAX_ELEMENTS = 100_000_000
-# The maximum tensor data of a policy within that limit: every element as float64.
+# The maximum tensor data of a policy within policy.MAX_ELEMENTS: every element as float64.
 MAX_DATA_SIZE = 8 * MAX_ELEMENTS
 _READ_CHUNK = 1 << 20
 # Buffers that the policy divides by, so each value must be positive.
@@ -438,14 +432,10 @@ def _check_size(path: Path, config: PolicyConfig, wiring: Optional[Dict[str, Any
         if isinstance(wiring.get('synapses'), list) and \
                 isinstance(wiring.get('sensory_synapses'), list):
             synapse_counts = (len(wiring['synapses']), len(wiring['sensory_synapses']))
-    elements = estimate_elements(config, synapse_counts)
-    if elements > MAX_ELEMENTS:
-        raise CheckpointError(
-            f'checkpoint {path} describes a policy too large to build: its {config.family} '
-            f'policy (units={config.units}, encoder channels {config.encoder["channels"]}, '
-            f'kernel sizes {config.encoder["kernel_sizes"]}, input {config.input_height} x '
-            f'{config.input_width}) would allocate about {elements:,} tensor elements, more '
-            f'than the limit of {MAX_ELEMENTS:,}; use another checkpoint')
+    problem = size_limit_problem(config, synapse_counts)
+    if problem is not None:
+        raise CheckpointError(f'checkpoint {path} describes a policy too large to build: '
+                              f'{problem}; use another checkpoint')
     # Every encoder weight is stored as float32, so the data section must hold them all.
     encoder_parameters = count_encoder_parameters(config)
     if 4 * encoder_parameters > data_size:

@@ -38,6 +38,11 @@ from liquid_control.model.ltc import LTC, SENSORY_SIGMA
 FAMILIES = ('ncp_ltc', 'ncp_cfc', 'fc_ltc', 'lstm', 'gru', 'cnn')
 IMU_SIZE = 6
 MAX_FRAME_GAP = 10
+# The maximum tensor elements that building a policy may allocate, as estimate_elements
+# counts them. The default ncp_ltc policy allocates about 90,000, the models of the docs and
+# benchmarks below 1 million, and 100 million take 400 MB as float32. Training and
+# load_checkpoint both apply it (size_limit_problem), so a model that trains also loads.
+MAX_ELEMENTS = 100_000_000
 IMU_FIELDS = ('angular_velocity_x', 'angular_velocity_y', 'angular_velocity_z',
               'linear_acceleration_x', 'linear_acceleration_y', 'linear_acceleration_z')
 
@@ -552,3 +557,38 @@ def estimate_elements(config: PolicyConfig,
     else:
         total += units * (sensory + 1) + outputs * (units + 1)
     return total
+
+
+def size_limit_problem(config: PolicyConfig,
+                       synapse_counts: Optional[Tuple[int, int]] = None) -> Optional[str]:
+    """Return how the policy of ``config`` exceeds MAX_ELEMENTS, or None when it fits.
+
+    ``synapse_counts`` are those of ``estimate_elements``.
+    """
+    elements = estimate_elements(config, synapse_counts)
+    if elements <= MAX_ELEMENTS:
+        return None
+    return (f'its {config.family} policy (units={config.units}, encoder channels '
+            f'{config.encoder["channels"]}, kernel sizes {config.encoder["kernel_sizes"]}, '
+            f'input {config.input_height} x {config.input_width}) would allocate about '
+            f'{elements:,} tensor elements, more than the limit of {MAX_ELEMENTS:,}')
+
+
+def wiring_synapse_counts(config: PolicyConfig) -> Optional[Tuple[int, int]]:
+    """Return the (internal, sensory) synapse counts of the wiring ``build_policy`` makes.
+
+    Returns None for families without a wiring, and for wirings whose adjacency matrices
+    alone would have more than MAX_ELEMENTS entries, which are not built.
+    """
+    if config.family not in ('ncp_ltc', 'ncp_cfc', 'fc_ltc'):
+        return None
+    channels = config.encoder['channels']
+    sensory = (channels[-1] if channels else 0) * config.encoder['features_per_channel']
+    sensory += IMU_SIZE if config.imu_enabled else 0
+    if config.units * (config.units + sensory) > MAX_ELEMENTS:
+        return None
+    # The same wiring as _build_core's: the same settings, sizes and seed.
+    spec = {'kind': 'fully_connected'} if config.family == 'fc_ltc' else dict(config.wiring)
+    wiring = wirings.build_wiring(spec, sensory, config.units, config.output_size,
+                                  seed=config.seed)
+    return wiring.synapse_count, wiring.sensory_synapse_count

@@ -16,6 +16,7 @@ from typing import Dict, List, Optional, Sequence
 
 import numpy as np
 
+from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import CheckpointError, ConfigError
 from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
 from liquid_control.evaluation.parts import episodes_problem
@@ -24,7 +25,7 @@ from liquid_control.model.checkpoint import load_checkpoint
 from liquid_control.training.config import FAMILIES, TrainConfig
 from liquid_control.training.dataset import Split, segment_slices
 from liquid_control.training.trainer import (OutputPaths, PreparedData, Trainer,
-                                             load_pretrained, prepare_data,
+                                             build_policy_config, load_pretrained, prepare_data,
                                              pretraining_key, save_pretrained,
                                              training_data_digest, training_metadata_problem)
 
@@ -104,6 +105,13 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         if saved.get('family') != spec.family:
             raise ConfigError(f'{path} contains a {saved.get("family")} model, not '
                               f'{spec.family}; delete it or drop --reuse')
+        if policy.config.imu_enabled != data.use_imu:
+            # The comparison's other models get the IMU input exactly when the data has it.
+            theirs = 'with' if policy.config.imu_enabled else 'without'
+            ours = 'uses' if data.use_imu else 'does not use'
+            raise ConfigError(f'{path} was trained {theirs} IMU input, but this comparison '
+                              f'{ours} the IMU readings (use_imu={config.use_imu}); delete it '
+                              'or drop --reuse')
         # A checkpoint of other settings would put another model's scores in the table.
         # Model settings count as the family's merged ones, wherever the file wrote them.
         expected = config.to_dict()
@@ -120,8 +128,8 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
         if problem is not None:
             raise ConfigError(f'{path} was not trained on the training part of this '
                               f'comparison: {problem}, so it could be scored on frames it '
-                              'trained on; give DATA as the run that trained it did (same '
-                              'paths and split settings), or delete it or drop --reuse')
+                              'trained on; to score it, give the DATA and split settings '
+                              'that trained it; to train it again, delete it or drop --reuse')
         return (policy, metadata, float(totals.get('train_seconds', math.nan)),
                 int(totals.get('epoch', metadata.get('epoch', 0))))
     # The encoder pretraining of a seed is shared by every family and kept on disk, so a
@@ -147,11 +155,26 @@ def _train_or_load(spec: ModelSpec, config: TrainConfig, data: PreparedData, pat
     return policy, metadata, result.train_seconds, result.epochs_run
 
 
+def check_models(base: TrainConfig, models: Sequence[ModelSpec], seeds: Sequence[int],
+                 use_imu: bool, units: Sequence[str]) -> None:
+    """Raise ConfigError for the first model whose settings the policy rejects.
+
+    That includes a model too large for ``load_checkpoint`` to load.
+    """
+    preprocessing = Preprocessing.from_dict(base.preprocessing)
+    for spec in models:
+        for seed in seeds:
+            try:
+                build_policy_config(spec.config(base, seed), preprocessing, use_imu, units)
+            except ConfigError as error:
+                raise ConfigError(f'model {spec.name}: {error}') from error
+
+
 def training_data_problem(metadata: dict, data: PreparedData, split: str) -> Optional[str]:
     """Return how a checkpoint's record of its training data differs from ``data``, or None.
 
     ``split`` is the split mode that made ``data.split``. When the checkpoint's
-    ``training_data_sha256`` (a digest of the frames, labels and split) matches ``data``,
+    ``training_data_sha256`` (``training_data_digest``) matches ``data``,
     the episodes may have been read from anywhere. Otherwise they must match as in
     ``evaluate --part`` (``episodes_problem``): the same folder, or the same episode of an
     import of one of the checkpoint's ``data_sources``, even where the import cache folder
@@ -259,7 +282,12 @@ def compare(base: TrainConfig, episodes: Sequence, out_dir: Path,
     """
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    # IMU input only adds to a model, so a model too large without it fails before the
+    # frames are cached, and every model is checked with the data's IMU use before any
+    # of them trains.
+    check_models(base, models, seeds, use_imu=False, units=[''] * len(base.outputs))
     data = prepare_data(base, episodes)
+    check_models(base, models, seeds, use_imu=data.use_imu, units=data.units)
     part, segments = scored_part(data)
     slices, frames = segment_slices(data.episodes, segments)
     output = base.outputs[0]

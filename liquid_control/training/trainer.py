@@ -11,6 +11,7 @@ event files and ``resume.pt`` (optimizer state for ``resume``).
 """
 
 import copy
+import dataclasses
 import datetime
 import hashlib
 import json
@@ -29,7 +30,8 @@ from liquid_control.errors import (CheckpointError, ConfigError, DataError,
                                    LiquidControlError)
 from liquid_control.evaluation.metrics import regression_metrics
 from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
-from liquid_control.model.policy import PolicyConfig, build_policy
+from liquid_control.model.policy import (PolicyConfig, build_policy, size_limit_problem,
+                                         wiring_synapse_counts)
 from liquid_control.training import distributed
 from liquid_control.training.config import TrainConfig
 from liquid_control.training.core_warmup import warm_up_core
@@ -119,10 +121,30 @@ def build_policy_config(config: TrainConfig, preprocessing: Preprocessing, use_i
         'seed': config.seed,
     })
     try:
-        return PolicyConfig.from_dict(values)
+        policy_config = PolicyConfig.from_dict(values)
     except (TypeError, ValueError) as error:
         raise ConfigError(f'invalid model settings {config.model_settings()}: {error}') \
             from error
+    check_policy_size(policy_config)
+    return policy_config
+
+
+def check_policy_size(config: PolicyConfig) -> None:
+    """Raise ConfigError when ``load_checkpoint`` would reject the policy of ``config``.
+
+    It applies the loader's limit on tensor elements, with the synapse counts of the wiring
+    that the policy will get, so no model trains that the loader then rejects for it.
+    NOTE: the loader's limits on single sizes (checkpoint.MAX_UNITS, MAX_SIDE and others)
+    are not applied here; only models far beyond every documented size reach them.
+    """
+    problem = size_limit_problem(config)
+    if problem is not None and config.family in ('ncp_ltc', 'fc_ltc'):
+        # The loader counts the stored synapses, fewer than the bound without counts assumes.
+        problem = size_limit_problem(config, wiring_synapse_counts(config))
+    if problem is not None:
+        raise ConfigError(f'the model is too large: {problem}, so its checkpoints would not '
+                          'load; lower model.units, or the encoder channels or the '
+                          'preprocessing height and width')
 
 
 def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]:
@@ -218,15 +240,21 @@ def pretraining_key(config: TrainConfig) -> str:
 
 
 def training_data_digest(data: PreparedData) -> str:
-    """Return a SHA-256 digest of the frames, their labels and the split.
+    """Return a SHA-256 digest of the frames, their labels, the IMU readings and the split.
 
-    The split part covers the training windows and the validation segments, because
-    pretraining keeps the epoch that scores best on the validation frames.
+    The IMU readings count only when the data's policies use them, so the digests of data
+    without IMU input stay those written before the readings were included. The split part
+    covers the training windows and the validation segments, because pretraining keeps the
+    epoch that scores best on the validation frames.
     """
     digest = hashlib.sha256()
     for cached in data.episodes:
         for array in (cached.frames, cached.timestamps, cached.targets, cached.valid):
             digest.update(np.ascontiguousarray(array).tobytes())
+    if data.use_imu:
+        digest.update(b'imu')
+        for cached in data.episodes:
+            digest.update(np.ascontiguousarray(cached.imu, np.float32).tobytes())
     for index, window in data.split.train_windows:
         digest.update(np.asarray([index, *window], np.int64).tobytes())
     digest.update(b'validation')
@@ -598,6 +626,24 @@ class Trainer:
                         summary['validation_loss'], summary['initial_validation_loss'])
         return float(summary['seconds'])
 
+    def _first_run_digest(self, saved_config: dict) -> str:
+        """Return ``training_data_digest`` of this run's data split as the first run split it.
+
+        The split differs from this run's only where a run without validation is resumed
+        with validation.
+        """
+        defaults = TrainConfig().to_dict()
+        first = {name: saved_config.get(name, defaults[name])
+                 for name in (*SPLIT_SETTINGS, 'seed')}
+        ours = self.config.to_dict()
+        if all(first[name] == ours[name] for name in first):
+            return self._data_digest()
+        split = split_episodes(self.episodes, first['split'], first['validation_fraction'],
+                               first['sequence_length'], first['stride'], first['max_gap_s'],
+                               seed=first['seed'], test_fraction=first['test_fraction'],
+                               validation_blocks=first['validation_blocks'])
+        return training_data_digest(dataclasses.replace(self.data, split=split))
+
     def _load_resume_state(self) -> Optional[dict]:
         resume_path = self.paths.logs / RESUME_FILE
         if not self.paths.last.is_file() or not resume_path.is_file():
@@ -637,6 +683,14 @@ class Trainer:
                 + ' but this run uses '
                 + ', '.join(f'{name}={ours_split[name]!r}' for name in moved)
                 + '; resume with the settings of the first run, or train without --resume')
+        recorded = metadata.get('training_data_sha256')
+        if recorded is not None and recorded != self._first_run_digest(saved_config):
+            raise ConfigError(
+                f'cannot resume {self.paths.last}: the data differs from the run being '
+                'resumed: its frames, labels, IMU readings or split differ from those that '
+                'the checkpoint records (training_data_sha256), so the validation and test '
+                'parts could contain frames that the first run trained on; give the same '
+                'DATA, or start a new run without --resume')
         # Settings such as frame_gap or ode_unfolds leave every tensor shape as it is, so
         # loading the weights alone would not catch a change of them.
         theirs, ours = policy.config.to_dict(), self.policy.config.to_dict()
