@@ -215,6 +215,14 @@ class EpisodeWriter:
 
         self.name, self.partial_dir = self._create_partial_dir(name)
         self.final_dir = self.dataset_dir / self.name
+        try:
+            self._start_files(metadata)
+        except BaseException:
+            # A failed start leaves no folder that nothing would ever finish or delete.
+            shutil.rmtree(self.partial_dir, ignore_errors=True)
+            raise
+
+    def _start_files(self, metadata: dict) -> None:
         (self.partial_dir / FRAMES_DIR).mkdir()
         self._partial_path = str(self.partial_dir)
 

@@ -8,11 +8,12 @@ import logging
 import math
 import shutil
 from pathlib import Path
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Set, Union
 
 import numpy as np
 
-from liquid_control.data.episodes import EncodedImage, EpisodeWriter, FrameLabels
+from liquid_control.data.episodes import (PARTIAL_SUFFIX, EncodedImage, EpisodeWriter,
+                                          FrameLabels)
 from liquid_control.errors import DataError
 
 # Largest magnitude that survives storage: episodes are read back as float32.
@@ -132,6 +133,7 @@ class EpisodeSequence:
         self.skipped = 0
         self._writer: Optional[EpisodeWriter] = None
         self._previous_ns: Optional[int] = None
+        self._partial_before: Optional[Set[str]] = None
 
     def __enter__(self) -> 'EpisodeSequence':
         return self
@@ -151,7 +153,11 @@ class EpisodeSequence:
         if gap:
             self._close('gap in the recording')
         if self._writer is None:
+            # A stop signal can arrive after the writer made its folder and before it is
+            # known here, so abort also removes unfinished folders that appeared since.
+            self._partial_before = self._partial_folders()
             self._writer = EpisodeWriter(self.out_dir, self.metadata, **self.writer_options)
+            self._partial_before = None
         self._writer.add(stamp_ns, image, labels)
         self._previous_ns = stamp_ns
         return True
@@ -170,8 +176,15 @@ class EpisodeSequence:
         self._close(reason)
         return list(self.folders)
 
+    def _partial_folders(self) -> Set[str]:
+        return {path.name for path in self.out_dir.glob(f'*{PARTIAL_SUFFIX}')}
+
     def abort(self) -> None:
         """Delete every episode of this import."""
+        if self._partial_before is not None:
+            for name in self._partial_folders() - self._partial_before:
+                shutil.rmtree(self.out_dir / name, ignore_errors=True)
+            self._partial_before = None
         if self._writer is not None:
             self._writer.abort()
             shutil.rmtree(self._writer.final_dir, ignore_errors=True)
