@@ -60,20 +60,13 @@ def regression_metrics(prediction: np.ndarray, target: np.ndarray,
     ``unscored_frames`` (frames with a NaN target). With no scored frame, every metric is
     NaN. Predictions must be finite on scored frames.
     """
-    prediction = np.asarray(prediction, dtype=np.float64).reshape(-1)
-    target = np.asarray(target, dtype=np.float64).reshape(-1)
-    if prediction.shape != target.shape:
-        raise ValueError(f'prediction has {prediction.size} values but target has '
-                         f'{target.size}; both must have one value a frame')
-
-    scored = ~np.isnan(target)
-    prediction = prediction[scored]
-    target = target[scored]
+    frames = np.asarray(target).size
+    prediction, target = _scored_pairs(prediction, target)
     result = {
         'mae': math.nan, 'rmse': math.nan, 'r2': math.nan, 'pearson': math.nan,
         'baseline_mae': math.nan,
-        'scored_frames': int(scored.sum()),
-        'unscored_frames': int((~scored).sum()),
+        'scored_frames': int(target.size),
+        'unscored_frames': int(frames - target.size),
     }
     if target.size == 0:
         return result

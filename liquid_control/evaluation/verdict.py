@@ -14,7 +14,7 @@ from typing import Dict, List, Mapping, Optional, Sequence
 # accurate than sending the training mean on every frame.
 NEAR_BASELINE_RATIO = 0.95
 # Pearson r from this on: a policy near the baseline's MAE still follows the human, and
-# its error is one of scale or offset, which the near_baseline message then says.
+# its error is one of scale or offset, which the near_baseline message then names.
 FOLLOWS_PEARSON = 0.5
 # Pearson r below this: the policy tends to command the opposite of the human, as a
 # command with a flipped sign would.
