@@ -666,7 +666,7 @@ def test_epoch_summary_names_every_output():
     assert line.endswith('best so far')
 
 
-def test_comparison_lag_at_search_limit_is_not_a_lag():
+def test_compare_lag_at_search_limit():
     from liquid_control.evaluation.metrics import MAX_LAG_FRAMES
     from liquid_control.training.compare import _clear_lag
     assert _clear_lag({'lag_frames': 2, 'lag_s': 0.1}) == pytest.approx(0.1)

@@ -37,19 +37,19 @@ def format_stamp(stamp_ns: int) -> str:
 class SkippedItems:
     """A count of source items an import left out or changed for one reason.
 
-    The first ``shown`` items are kept as descriptions, so one warning names them.
+    The first ``example_limit`` items are stored as descriptions, so one warning names them.
     """
 
-    def __init__(self, reason: str, shown: int = 3):
+    def __init__(self, reason: str, example_limit: int = 3):
         self.reason = reason
-        self.shown = shown
+        self.example_limit = example_limit
         self.count = 0
         self.examples: List[str] = []
 
     def add(self, description: str) -> None:
         """Count one item; ``description`` names it (record, message index, stamp)."""
         self.count += 1
-        if len(self.examples) < self.shown:
+        if len(self.examples) < self.example_limit:
             self.examples.append(description.rstrip('.'))
 
     def describe(self) -> str:
@@ -104,13 +104,13 @@ def _longest_increasing(values: np.ndarray) -> np.ndarray:
     return keep
 
 
-def check_mostly_in_order(kept: int, total: int, source: str, what: str) -> None:
+def check_mostly_in_order(increasing: int, total: int, source: str, items: str) -> None:
     """Raise ``DataError`` when fewer than half of the frames have increasing stamps."""
-    if total and kept * 2 < total:
+    if total and increasing * 2 < total:
         raise DataError(
-            f'{source}: only {kept} of {total} {what} have stamps that increase in recording '
-            'order, so the stamps, not a few frames, are wrong (a clock that jumped or ran '
-            'backwards). Fix the stamps of the source before importing it.')
+            f'{source}: only {increasing} of {total} {items} have stamps that increase in '
+            'recording order, so the stamps, not a few frames, are wrong (a clock that '
+            'jumped or ran backwards). Fix the stamps of the source before importing it.')
 
 
 class EpisodeSequence:

@@ -100,12 +100,16 @@ def _recorded_source(folder: Path) -> Optional[Path]:
 def _same_episode(stored: str, folder: object, training_sources: Set[Path]) -> bool:
     """Return whether a stored training episode folder and an evaluated one are the same.
 
-    The episode names must be equal. Then it is enough that the folders are the same, that
-    the dataset folders have the same name (an import's folder name carries a digest of
-    the source's path and files and of the label options), that both episodes' metadata
-    name the same recording as their source (while the stored folder still exists), or
-    that the evaluated episode comes from one of ``training_sources``. The frame counts
-    are checked separately.
+    The episode names must be equal. Any one of these then suffices:
+
+    - the folders are the same;
+    - the dataset folders have the same name (an import's folder name carries a digest of
+      the source's path and files and of the label options);
+    - both episodes' metadata name the same recording as their source, while the stored
+      folder still exists;
+    - the evaluated episode comes from one of ``training_sources``.
+
+    The frame counts are checked separately.
     """
     stored_path, path = Path(stored), Path(str(folder))
     if stored_path.name != path.name:

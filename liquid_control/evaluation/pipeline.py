@@ -490,7 +490,8 @@ def _collect_warnings(metrics: Mapping, policy, episodes: Sequence
 
     On the model's own training data, a check that fails on the held-out part (test, else
     validation) is reported for that part alone, because the scores over all frames
-    include training frames. A check that fails only over all frames is still reported.
+    include training frames. A check that fails over all frames but not on that part is
+    reported for all frames.
     """
     output_names = tuple(policy.output_names)
     parts = metrics.get('parts') or {}
