@@ -4,10 +4,10 @@ import argparse
 import shutil
 import signal
 import sys
-import threading
 import time
 from pathlib import Path
 
+from liquid_control.cli.signals import Terminated, sigterm_raises
 from liquid_control.data.sync import (COMMAND_MATCHES, IMU_MODES, INVALID_FRAME_POLICIES,
                                       RAW_IMAGE_FORMATS, LabelOptions)
 
@@ -100,22 +100,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_label_arguments(parser)
 
 
-class Terminated(BaseException):
-    """Exception for SIGTERM during an import.
-
-    It derives from BaseException, like KeyboardInterrupt, so that no ``except Exception``
-    on the way stops it.
-    """
-
-
-def _raise_terminated(signum, frame) -> None:
-    # Python runs this in the main thread between bytecodes, so the exception unwinds
-    # through the importer, which deletes this import's episodes as it does for Ctrl-C.
-    # A second SIGTERM while that runs is ignored, so the deletion is not cut short.
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
-    raise Terminated()
-
-
 def run(args: argparse.Namespace) -> int:
     """Import the source and print what was written."""
     from liquid_control.data.episodes import Episode
@@ -128,13 +112,11 @@ def run(args: argparse.Namespace) -> int:
     if out.exists() and not out.is_dir():
         raise DataError(f'--out {out} is a file; name a dataset folder (new or existing)')
     started = time.monotonic()
-    handle_sigterm = threading.current_thread() is threading.main_thread()
-    if handle_sigterm:
-        previous_handler = signal.signal(signal.SIGTERM, _raise_terminated)
     folders = []
     try:
-        folders = import_source(args.source, args.out, options, args.image_topic,
-                                args.imu_topic, args.command_topic)
+        with sigterm_raises():
+            folders = import_source(args.source, args.out, options, args.image_topic,
+                                    args.imu_topic, args.command_topic)
     except Terminated:
         # The importer deleted its episodes, unless the signal came after it returned.
         for folder in folders:
@@ -142,10 +124,6 @@ def run(args: argparse.Namespace) -> int:
         print('liquid-control import: terminated by SIGTERM; the episodes of this import '
               'were deleted', file=sys.stderr)
         return 128 + signal.SIGTERM
-    finally:
-        if handle_sigterm:
-            # None means a handler installed outside Python, which cannot be restored.
-            signal.signal(signal.SIGTERM, previous_handler or signal.SIG_DFL)
     elapsed = time.monotonic() - started
     episodes = [Episode(folder) for folder in folders]
     frames = sum(len(e) for e in episodes)

@@ -7,17 +7,20 @@ heavy imports (torch, rclpy) inside ``run`` so that ``--help`` stays fast.
 import argparse
 import importlib
 import logging
+import contextlib
 import os
+import signal
 import sys
 from typing import Optional, Sequence
 
 from liquid_control import __version__
+from liquid_control.cli.signals import Terminated, sigterm_raises
 from liquid_control.errors import LiquidControlError
 
 # (subcommand, module under liquid_control.cli, one-line help)
 COMMANDS = [
     ('import', 'import_data', 'import a rosbag2, ROS 1 bag or donkeycar tub as episodes'),
-    ('dataset', 'dataset', 'inspect a dataset of episodes (dataset info DIR)'),
+    ('dataset', 'dataset', 'inspect, check or repair a dataset of episodes'),
     ('train', 'train', 'train a policy on episodes, bags or tubs'),
     ('compare', 'compare', 'train several model families on the same data and tabulate them'),
     ('evaluate', 'evaluate', 'replay recordings through a policy and report how close it is'),
@@ -27,6 +30,11 @@ COMMANDS = [
     ('export', 'export', 'export a checkpoint\'s policy step to ONNX and torch.export'),
     ('bench', 'bench', 'run a speed benchmark (bench core: LTC against ncps)'),
 ]
+
+# Subcommands that clean up on SIGTERM as on Ctrl-C: temporary import folders, unfinished
+# outputs and empty training logs are removed. replay and demo stop their node processes
+# on SIGTERM themselves.
+CLEAN_UP_ON_SIGTERM = {'train', 'compare', 'evaluate', 'dataset', 'export'}
 
 
 def _requested_command(argv: Sequence[str]) -> Optional[str]:
@@ -69,14 +77,20 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     if args.command is None:
         parser.print_help()
         return 2
+    handling = (sigterm_raises() if args.command in CLEAN_UP_ON_SIGTERM
+                else contextlib.nullcontext())
     try:
-        return int(args.run(args) or 0)
+        with handling:
+            return int(args.run(args) or 0)
     except (LiquidControlError, FileNotFoundError) as error:
         print(f'liquid-control {args.command}: error: {error}', file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f'liquid-control {args.command}: interrupted', file=sys.stderr)
         return 130
+    except Terminated:
+        print(f'liquid-control {args.command}: terminated by SIGTERM', file=sys.stderr)
+        return 128 + signal.SIGTERM
     except BrokenPipeError:
         # The reader of stdout (e.g. head) has gone; output further prints nowhere.
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())

@@ -55,7 +55,8 @@ IMU_STATUSES = ('recorded', 'interpolated', 'nearest', 'missing')
 # command_status: 'ok' when a command was matched to the frame, 'missing' otherwise.
 COMMAND_STATUSES = ('ok', 'missing')
 
-_EPISODE_NAME = re.compile(r'^episode_(\d+)(\.partial)?$')
+# Folder names of episodes, finished or not: episode_0003, episode_0003.partial.
+EPISODE_NAME = re.compile(r'^episode_(\d+)(\.partial)?$')
 # Values are read back as float32: a larger magnitude would come back as infinity.
 FLOAT32_MAX = float(np.finfo(np.float32).max)
 _INT64_MAX = 2 ** 63 - 1
@@ -185,7 +186,7 @@ def next_episode_name(dataset_dir: Path) -> str:
     numbers = [-1]
     if dataset_dir.is_dir():
         for child in dataset_dir.iterdir():
-            match = _EPISODE_NAME.match(child.name)
+            match = EPISODE_NAME.match(child.name)
             if match:
                 numbers.append(int(match.group(1)))
     return f'{EPISODE_PREFIX}{max(numbers) + 1:04d}'
@@ -593,6 +594,11 @@ class Episode:
         return bool(np.any(self._table.imu_status != 'missing'))
 
     @property
+    def command_status(self) -> np.ndarray:
+        """(N,) strings from ``COMMAND_STATUSES``."""
+        return self._table.command_status
+
+    @property
     def has_commands(self) -> bool:
         """Whether any frame has a teacher command."""
         return bool(np.any(self._table.command_status == 'ok'))
@@ -633,6 +639,10 @@ class Episode:
             return 0.05
         return float(np.median(np.diff(self.timestamps)))
 
+    def frame_name(self, index: int) -> str:
+        """Return the image file of frame ``index`` as rows.csv names it."""
+        return self._table.frames[index]
+
     def frame_path(self, index: int) -> Path:
         """Return the image file of frame ``index``."""
         return self.folder / self._table.frames[index]
@@ -642,7 +652,9 @@ class Episode:
         path = self.frame_path(index)
         image = cv2.imread(str(path), cv2.IMREAD_COLOR)
         if image is None:
-            raise DataError(f'frame {path} is missing or not a readable image')
+            raise DataError(f'frame {path} is missing or not a readable image. List every '
+                            'damaged frame with liquid-control dataset check '
+                            f'{self.folder.parent}')
         return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
     def load_frames(self, indices: Sequence[int]) -> np.ndarray:
@@ -735,7 +747,7 @@ def find_episodes(path: Union[str, Path], include_partial: bool = False) -> List
     skipped = []
     for child in sorted(path.iterdir()):
         if not child.is_dir() or not _is_episode_dir(child):
-            if (child.is_dir() and _EPISODE_NAME.match(child.name)
+            if (child.is_dir() and EPISODE_NAME.match(child.name)
                     and not child.name.endswith(PARTIAL_SUFFIX)):
                 # An episode folder by name that lacks a file: damaged, not foreign.
                 Episode(child)
