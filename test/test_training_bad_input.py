@@ -747,6 +747,20 @@ def test_train_model_too_large_to_load(subset, tmp_path, capsys):
     assert not (tmp_path / 'm.lcm').exists()
 
 
+@pytest.mark.parametrize('family, settings, expected', [
+    ('cnn', ['--units', '10001'], 'units=10001 (allowed 1..10000)'),
+    ('ncp_ltc', ['--set', 'model.encoder={channels: [8, 1024], kernel_sizes: [3, 3], '
+                 'strides: [2, 2], features_per_channel: 10}'],
+     'wiring input_size=10240 (allowed 1..10000)'),
+])
+def test_train_size_beyond_loader_limit(subset, tmp_path, capsys, family, settings, expected):
+    # Both stay far below the element limit: the loader's limits on single sizes reject them.
+    error = run_failing(capsys, 'train', subset, '--out', tmp_path / 'm.lcm', *SETTINGS,
+                        '--family', family, *settings)
+    assert f'the model is too large: {expected}' in error
+    assert not (tmp_path / 'm.lcm').exists()
+
+
 def test_compare_model_too_large_to_load(subset, tmp_path, capsys):
     folder = tmp_path / 'cmp'
     error = run_failing(capsys, 'compare', subset, '--out', folder, *COMPARE_SETTINGS,

@@ -240,7 +240,7 @@ def load_checkpoint(path: PathLike) -> Tuple[Policy, Dict[str, Any]]:
 
 def _build_policy_of(path: Path, header: Dict[str, Any], data_size: int) -> Policy:
     """Build the policy that a verified header describes, after checking its size."""
-    size_problem = _size_problem(header['config'], header.get('wiring'))
+    size_problem = declared_size_problem(header['config'], header.get('wiring'))
     if size_problem is not None:
         raise CheckpointError(f'checkpoint {path} describes an architecture too large to '
                               f'build: {size_problem}')
@@ -365,8 +365,12 @@ def _header_problem(header: Dict[str, Any]) -> Optional[str]:
     return None
 
 
-def _size_problem(config: Dict[str, Any], wiring: Optional[Dict[str, Any]]) -> Optional[str]:
-    """Return a declared size beyond the MAX_* limits, checked before allocating, or None."""
+def declared_size_problem(config: Dict[str, Any], wiring: Optional[Dict[str, Any]]
+                          ) -> Optional[str]:
+    """Return a declared size beyond the MAX_* limits, checked before allocating, or None.
+
+    ``config`` and ``wiring`` are dicts as a checkpoint header stores them.
+    """
     def too_large(value: Any, limit: int) -> bool:
         return not isinstance(value, int) or isinstance(value, bool) or not 0 < value <= limit
 
@@ -398,7 +402,7 @@ def _preprocessing_problem(settings: Dict[str, Any]) -> Optional[str]:
 
     These are the rules of ``liquid_control.data.preprocess.Preprocessing``, repeated here
     because that module needs OpenCV, which the model layer does not import. The height and
-    width are checked by ``PolicyConfig`` and ``_size_problem``.
+    width are checked by ``PolicyConfig`` and ``declared_size_problem``.
     """
     unknown = sorted(set(settings) - set(default_preprocessing()))
     if unknown:

@@ -574,6 +574,13 @@ def size_limit_problem(config: PolicyConfig,
             f'{elements:,} tensor elements, more than the limit of {MAX_ELEMENTS:,}')
 
 
+def sensory_size(config: PolicyConfig) -> int:
+    """Return the number of inputs of the recurrent core: encoder features, then IMU."""
+    channels = config.encoder['channels']
+    features = (channels[-1] if channels else 0) * config.encoder['features_per_channel']
+    return features + (IMU_SIZE if config.imu_enabled else 0)
+
+
 def wiring_synapse_counts(config: PolicyConfig) -> Optional[Tuple[int, int]]:
     """Return the (internal, sensory) synapse counts of the wiring ``build_policy`` makes.
 
@@ -582,9 +589,7 @@ def wiring_synapse_counts(config: PolicyConfig) -> Optional[Tuple[int, int]]:
     """
     if config.family not in ('ncp_ltc', 'ncp_cfc', 'fc_ltc'):
         return None
-    channels = config.encoder['channels']
-    sensory = (channels[-1] if channels else 0) * config.encoder['features_per_channel']
-    sensory += IMU_SIZE if config.imu_enabled else 0
+    sensory = sensory_size(config)
     if config.units * (config.units + sensory) > MAX_ELEMENTS:
         return None
     # The same wiring as _build_core's: the same settings, sizes and seed.

@@ -29,9 +29,10 @@ from liquid_control.data.preprocess import Preprocessing
 from liquid_control.errors import (CheckpointError, ConfigError, DataError,
                                    LiquidControlError)
 from liquid_control.evaluation.metrics import regression_metrics
-from liquid_control.model.checkpoint import load_checkpoint, save_checkpoint
-from liquid_control.model.policy import (PolicyConfig, build_policy, size_limit_problem,
-                                         wiring_synapse_counts)
+from liquid_control.model.checkpoint import (declared_size_problem, load_checkpoint,
+                                             save_checkpoint)
+from liquid_control.model.policy import (PolicyConfig, build_policy, sensory_size,
+                                         size_limit_problem, wiring_synapse_counts)
 from liquid_control.training import distributed
 from liquid_control.training.config import TrainConfig
 from liquid_control.training.core_warmup import warm_up_core
@@ -132,11 +133,14 @@ def build_policy_config(config: TrainConfig, preprocessing: Preprocessing, use_i
 def check_policy_size(config: PolicyConfig) -> None:
     """Raise ConfigError when ``load_checkpoint`` would reject the policy of ``config``.
 
-    It applies the loader's limit on tensor elements, with the synapse counts of the wiring
-    that the policy will get, so no model trains that the loader then rejects for it.
-    NOTE: the loader's limits on single sizes (checkpoint.MAX_UNITS, MAX_SIDE and others)
-    are not applied here; only models far beyond every documented size reach them.
+    It applies the loader's limits on single sizes (units, sides, channels) and on tensor
+    elements, with the synapse counts of the wiring that the policy will get, so no model
+    trains that the loader then rejects.
     """
+    problem = declared_size_problem(config.to_dict(), _declared_wiring(config))
+    if problem is not None:
+        raise ConfigError(f'the model is too large: {problem}, so its checkpoints would not '
+                          'load; lower that setting')
     problem = size_limit_problem(config)
     if problem is not None and config.family in ('ncp_ltc', 'fc_ltc'):
         # The loader counts the stored synapses, fewer than the bound without counts assumes.
@@ -145,6 +149,14 @@ def check_policy_size(config: PolicyConfig) -> None:
         raise ConfigError(f'the model is too large: {problem}, so its checkpoints would not '
                           'load; lower model.units, or the encoder channels or the '
                           'preprocessing height and width')
+
+
+def _declared_wiring(config: PolicyConfig) -> Optional[Dict[str, int]]:
+    """Return the sizes that a checkpoint header stores for the policy's wiring, or None."""
+    if config.family not in ('ncp_ltc', 'ncp_cfc', 'fc_ltc'):
+        return None
+    return {'units': config.units, 'input_size': sensory_size(config),
+            'output_size': config.output_size}
 
 
 def parameter_groups(policy: torch.nn.Module, config: TrainConfig) -> List[dict]:
