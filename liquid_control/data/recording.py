@@ -22,12 +22,20 @@ import numpy as np
 
 from liquid_control.data.episodes import (EncodedImage, EpisodeWriter, FrameLabels,
                                           raw_image_for_storage)
+from liquid_control.data.images import check_compressed
 from liquid_control.data.sync import LabelOptions, label_frame
 from liquid_control.errors import DataError
 
-# How long IMU and command samples are kept before the newest frame or sample, so a late
-# frame still finds its neighbours.
+# How long IMU and command samples are kept before the newest sample of their stream, so a
+# late frame still finds its neighbours. A sample stamped further back than this means
+# that the stream's clock jumped back (or that the newest sample was stamped in the
+# future), and the stream's history starts again from that sample.
 HISTORY_S = 2.0
+# A frame stamped further back than this before the previous frame means that the camera
+# clock jumped back, for example after a restart of the driver or simulation. The episode
+# then ends and a new one starts with that frame. A smaller step back, or a repeated
+# stamp, drops the frame.
+CLOCK_JUMP_S = 1.0
 # Extra wait beyond the tolerances before a frame is labelled with what has arrived.
 READY_MARGIN_S = 0.02
 
@@ -84,17 +92,37 @@ class FrameSynchroniser:
         """Number of frames waiting for their labels."""
         return len(self._pending)
 
-    def add_imu(self, stamp_ns: int, values: np.ndarray) -> None:
-        """Store one IMU reading, (6,) in ``IMU_FIELDS`` order."""
-        self._imu.append((int(stamp_ns), np.asarray(values, dtype=np.float64)))
-        self._newest_imu_ns = max(self._newest_imu_ns or stamp_ns, int(stamp_ns))
-        self._drop_older(self._imu, self._newest_imu_ns)
+    def add_imu(self, stamp_ns: int, values: np.ndarray) -> bool:
+        """Store one IMU reading, (6,) in ``IMU_FIELDS`` order.
 
-    def add_command(self, stamp_ns: int, linear_x: float, angular_z: float) -> None:
-        """Store one teacher command, already mapped to REP 103."""
-        self._commands.append((int(stamp_ns), (float(linear_x), float(angular_z))))
-        self._newest_command_ns = max(self._newest_command_ns or stamp_ns, int(stamp_ns))
+        Returns True when the stamp jumped back by more than ``HISTORY_S`` and the IMU
+        history was cleared.
+        """
+        stamp_ns = int(stamp_ns)
+        jumped = _jumped_back(stamp_ns, self._newest_imu_ns)
+        if jumped:
+            self._imu.clear()
+            self._newest_imu_ns = None
+        self._imu.append((stamp_ns, np.asarray(values, dtype=np.float64)))
+        self._newest_imu_ns = max(self._newest_imu_ns or stamp_ns, stamp_ns)
+        self._drop_older(self._imu, self._newest_imu_ns)
+        return jumped
+
+    def add_command(self, stamp_ns: int, linear_x: float, angular_z: float) -> bool:
+        """Store one teacher command, already mapped to REP 103.
+
+        Returns True when the stamp jumped back by more than ``HISTORY_S`` and the
+        command history was cleared.
+        """
+        stamp_ns = int(stamp_ns)
+        jumped = _jumped_back(stamp_ns, self._newest_command_ns)
+        if jumped:
+            self._commands.clear()
+            self._newest_command_ns = None
+        self._commands.append((stamp_ns, (float(linear_x), float(angular_z))))
+        self._newest_command_ns = max(self._newest_command_ns or stamp_ns, stamp_ns)
         self._drop_older(self._commands, self._newest_command_ns)
+        return jumped
 
     def add_frame(self, stamp_ns: int, image: Image, now_s: float) -> None:
         """Queue a frame until its labels can be decided."""
@@ -124,12 +152,10 @@ class FrameSynchroniser:
             return []
         imu_ns, imu_values = self._history(self._imu, 6)
         command_ns, command_values = self._history(self._commands, 2)
-        labelled = [(frame.stamp_ns, frame.image,
-                     label_frame(frame.stamp_ns, imu_ns, imu_values, command_ns,
-                                 command_values, self.options))
-                    for frame in ready]
-        self._trim(max(frame.stamp_ns for frame in ready))
-        return labelled
+        return [(frame.stamp_ns, frame.image,
+                 label_frame(frame.stamp_ns, imu_ns, imu_values, command_ns,
+                             command_values, self.options))
+                for frame in ready]
 
     @staticmethod
     def _history(samples: Deque, width: int) -> Tuple[np.ndarray, np.ndarray]:
@@ -141,18 +167,18 @@ class FrameSynchroniser:
         order = np.argsort(stamps, kind='stable')
         return stamps[order], values[order]
 
-    def _trim(self, newest_frame_ns: int) -> None:
-        for samples in (self._imu, self._commands):
-            self._drop_older(samples, newest_frame_ns)
-
     @staticmethod
     def _drop_older(samples: Deque, newest_ns: int) -> None:
-        # Called on every sample too, so the history stays bounded while no frames come
-        # (for example while not recording). One sample older than the limit is kept,
-        # because 'latest' matching may still need it.
+        # Called on every sample, so the history stays bounded while no frames come (for
+        # example while not recording). One sample older than the limit is kept, because
+        # 'latest' matching may still need it.
         oldest = newest_ns - int(HISTORY_S * 1e9)
         while len(samples) > 1 and samples[1][0] < oldest:
             samples.popleft()
+
+
+def _jumped_back(stamp_ns: int, newest_ns: Optional[int]) -> bool:
+    return newest_ns is not None and stamp_ns < newest_ns - int(HISTORY_S * 1e9)
 
 
 class AutoRecordGate:
@@ -195,6 +221,26 @@ class AutoRecordGate:
         """Forget the current state (after a manual stop)."""
         self._active = False
         self._last_fast_s = None
+
+
+def _image_for_storage(image: Image) -> Union[EncodedImage, np.ndarray]:
+    """Return what ``EpisodeWriter.add`` stores; raise ``DataError`` for a damaged image.
+
+    Compressed frames are decoded once (at reduced size for JPEG) because a truncated or
+    damaged file would otherwise be stored under a valid row and fail only when read. Raw
+    data must have exactly ``step * height`` bytes, as ``sensor_msgs/Image`` defines and
+    the policy node requires: another size means that the size fields are wrong.
+    """
+    if isinstance(image, RawImage):
+        expected = image.step * image.height
+        if image.data.size != expected:
+            raise DataError(f'image data has {image.data.size} bytes, but step {image.step} x '
+                            f'height {image.height} = {expected} ({image.width}x'
+                            f'{image.height} {image.encoding!r}); check the camera driver')
+        return raw_image_for_storage(image.encoding, image.height, image.width, image.step,
+                                     image.data, image.is_bigendian)
+    extension = check_compressed(image.data)
+    return EncodedImage(image.data, extension)
 
 
 def free_disk_mb(path: Path) -> float:
@@ -342,9 +388,14 @@ class RecordingSession:
             self._recording = False
             if not self._stop_reason:
                 self._stop_reason = reason
-        self._queue.put(_Control('stop', reason))
-        self._queue.put(_STOP_THREAD)
-        self._thread.join(timeout_s)
+        deadline = time.monotonic() + timeout_s
+        try:
+            # A full queue drains while the thread writes; the timeout bounds the wait.
+            for item in (_Control('stop', reason), _STOP_THREAD):
+                self._queue.put(item, timeout=max(0.0, deadline - time.monotonic()))
+        except queue.Full:
+            return False
+        self._thread.join(max(0.0, deadline - time.monotonic()))
         return not self._thread.is_alive()
 
     # The writer thread.
@@ -366,6 +417,10 @@ class RecordingSession:
             except (OSError, DataError) as error:
                 # A disk or file-system error: stop rather than lose frames silently.
                 self._fail(f'writing failed: {error}')
+            except Exception as error:
+                # Any other error is a bug. The thread must survive it, because close()
+                # and the queued frames depend on it, so recording stops with the error.
+                self._fail(f'episode writer failed: {type(error).__name__}: {error}')
 
     def _open_episode(self) -> None:
         self._writer = EpisodeWriter(
@@ -377,7 +432,7 @@ class RecordingSession:
             png_compression=self.settings.png_compression)
         with self._lock:
             self._episode_name = self._writer.name
-        self._on_event('info', f'episode started: {self._writer.partial_dir}')
+        self._emit('info', f'episode started: {self._writer.partial_dir}')
 
     def _close_episode(self, reason: str) -> None:
         writer, self._writer = self._writer, None
@@ -391,10 +446,10 @@ class RecordingSession:
             if folder is not None:
                 self._episodes_finished.append(folder.name)
         if folder is None:
-            self._on_event('info', f'episode {writer.name} had no frames and was deleted '
-                           f'({reason})')
+            self._emit('info', f'episode {writer.name} had no frames and was deleted '
+                       f'({reason})')
         else:
-            self._on_event('info', f'episode finished: {folder} ({count} frames, {reason})')
+            self._emit('info', f'episode finished: {folder} ({count} frames, {reason})')
 
     def _write_frame(self, stamp_ns: int, image: Image, labels: FrameLabels) -> None:
         if self._writer is None:
@@ -403,28 +458,37 @@ class RecordingSession:
                 self.drops['not_recording'] += 1
                 return
             self._open_episode()
+        try:
+            image = _image_for_storage(image)
+        except DataError as error:
+            self.drops['invalid_image'] += 1
+            if self.drops['invalid_image'] == 1:
+                self._emit('warning', f'frame dropped, invalid image: {error} '
+                           '(further ones are only counted)')
+            return
         last = self._writer.last_stamp_ns
         if last is not None and stamp_ns <= last:
-            self.drops['out_of_order'] += 1
-            return
+            if last - stamp_ns <= CLOCK_JUMP_S * 1e9:
+                self.drops['out_of_order'] += 1
+                return
+            jump_s = (last - stamp_ns) * 1e-9
+            self._close_episode(f'clock jumped back by {jump_s:.2f} s')
+            self._open_episode()
         split_ns = self.settings.split_gap_s * 1e9
         if last is not None and split_ns > 0 and stamp_ns - last > split_ns:
             gap_s = (stamp_ns - last) * 1e-9
             self._close_episode(f'gap of {gap_s:.2f} s between frames')
             self._open_episode()
-        if isinstance(image, RawImage):
-            try:
-                image = raw_image_for_storage(image.encoding, image.height, image.width,
-                                              image.step, image.data, image.is_bigendian)
-            except DataError as error:
-                self.drops['invalid_image'] += 1
-                if self.drops['invalid_image'] == 1:
-                    self._on_event('warning', f'frame dropped, invalid image: {error} '
-                                   '(further ones are only counted)')
-                return
         self._writer.add(stamp_ns, image, labels)
         with self._lock:
             self._frames_written += 1
+
+    def _emit(self, level: str, message: str) -> None:
+        # The thread must not die of a failing event handler (see _run).
+        try:
+            self._on_event(level, message)
+        except Exception:
+            _logger.exception('event handler failed on %s message: %s', level, message)
 
     def _check_disk(self) -> None:
         now = time.monotonic()
@@ -442,8 +506,8 @@ class RecordingSession:
             self._recording = False
             self._stop_reason = message
             self._failed = True
-        self._on_event('error', message)
+        self._emit('error', message)
         try:
             self._close_episode(message)
         except (OSError, DataError) as error:
-            self._on_event('error', f'closing the episode failed: {error}')
+            self._emit('error', f'closing the episode failed: {error}')

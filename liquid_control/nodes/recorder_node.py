@@ -12,7 +12,7 @@ import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Dict, Optional
+from typing import Dict, Optional, Tuple
 
 import numpy as np
 from diagnostic_msgs.msg import DiagnosticStatus, KeyValue
@@ -25,12 +25,12 @@ from sensor_msgs.msg import CompressedImage, Image, Imu, Joy
 from std_srvs.srv import Trigger
 
 from liquid_control.data.episodes import EncodedImage, image_extension
-from liquid_control.data.recording import (AutoRecordGate, FrameSynchroniser, RawImage,
-                                           RecordingSession, SessionSettings)
+from liquid_control.data.recording import (HISTORY_S, AutoRecordGate, FrameSynchroniser,
+                                           RawImage, RecordingSession, SessionSettings)
 from liquid_control.data.sync import (COMMAND_MATCHES, COMMAND_TYPES, IMU_MODES,
                                       INVALID_FRAME_POLICIES, RAW_IMAGE_FORMATS, LabelOptions,
                                       command_from_message, command_mapping)
-from liquid_control.errors import DataError, LiquidControlError
+from liquid_control.errors import ConfigError, DataError, LiquidControlError
 from liquid_control.nodes.process import (CALLBACK_STOP_TIMEOUT_S, Spinner, create_node,
                                           init_ros, limit_teardown, stop_and_destroy)
 from liquid_control.nodes.messages import imu_msg_to_array
@@ -138,6 +138,20 @@ def _stamp_ns(stamp) -> int:
     return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
+def check_parameters(params: Dict[str, object]) -> None:
+    """Raise ``ConfigError`` for a parameter outside its choices or an empty output_dir.
+
+    rclpy enforces the types and the numeric ranges of ``SPECS`` but not the choices.
+    """
+    for spec in SPECS:
+        if spec.choices and params[spec.name] not in spec.choices:
+            raise ConfigError(f'invalid {spec.name} {params[spec.name]!r}: use one of '
+                              f'{", ".join(spec.choices)}')
+    if not str(params['output_dir']).strip():
+        raise ConfigError("output_dir is empty; set it to the dataset folder, for example "
+                          "'~/liquid_control_data'")
+
+
 class RecorderNode(Node):
     """Records synchronised frames, IMU and teacher commands into episode folders."""
 
@@ -147,6 +161,7 @@ class RecorderNode(Node):
             self.declare_parameter(spec.name, spec.default, _descriptor(spec))
         self.params: Dict[str, object] = {spec.name: self.get_parameter(spec.name).value
                                           for spec in SPECS}
+        check_parameters(self.params)
         params = self.params
         self.options = LabelOptions(
             command_match=params['command_match'],
@@ -166,6 +181,9 @@ class RecorderNode(Node):
         self._label_throttle = _Throttle(WARN_THROTTLE_S)
         self._drop_throttle = _Throttle(WARN_THROTTLE_S)
         self._reported_drops = 0
+        self._clock_throttle = _Throttle(WARN_THROTTLE_S)
+        # Reason of a stop that waits for the frames received before it to be labelled.
+        self._stop_reason: Optional[str] = None
 
         self._create_interfaces()
         self.session = RecordingSession(self._session_settings(), on_event=self._on_event)
@@ -262,8 +280,12 @@ class RecorderNode(Node):
             return
         self._add_frame(self._stamp(msg.header), image)
 
+    @property
+    def _accepting_frames(self) -> bool:
+        return self.session.recording and self._stop_reason is None
+
     def _add_frame(self, stamp_ns: int, image) -> None:
-        if not self.session.recording:
+        if not self._accepting_frames:
             return
         self.synchroniser.add_frame(stamp_ns, image, self._now_s())
         self._release_ready_frames()
@@ -274,13 +296,16 @@ class RecorderNode(Node):
         except DataError as error:
             self._count_drop('invalid_imu', f'IMU message ignored: {error}', count=False)
             return
-        self.synchroniser.add_imu(self._stamp(msg.header), values)
+        stamp_ns = self._stamp(msg.header)
+        if self.synchroniser.add_imu(stamp_ns, values):
+            self._warn_clock_jump('IMU', stamp_ns)
         self._release_ready_frames()
 
     def _on_command(self, msg) -> None:
         linear_x, angular_z = command_from_message(msg, self.params['command_type'], self.mapping)
-        self.synchroniser.add_command(self._stamp(getattr(msg, 'header', None)), linear_x,
-                                      angular_z)
+        stamp_ns = self._stamp(getattr(msg, 'header', None))
+        if self.synchroniser.add_command(stamp_ns, linear_x, angular_z):
+            self._warn_clock_jump('command', stamp_ns)
         self._apply_gate(self.gate.update(self._now_s(), linear_x))
         self._release_ready_frames()
 
@@ -290,7 +315,16 @@ class RecorderNode(Node):
         self._apply_gate(self.gate.update(now_s))
         for stamp_ns, image, labels in self.synchroniser.pop_ready(now_s):
             self._submit(stamp_ns, image, labels)
+        if self._stop_reason is not None and not self.synchroniser.pending:
+            self._finish_stop()
         self._report_drops()
+
+    def _warn_clock_jump(self, stream: str, stamp_ns: int) -> None:
+        if self._clock_throttle.ready(self._now_s()):
+            self.get_logger().warning(
+                f'{stream} stamp {stamp_ns} ns is more than {HISTORY_S:g} s older than the '
+                f'newest {stream} stamp: its clock jumped back, or an earlier message was '
+                f'stamped in the future. The {stream} history starts again from this message.')
 
     def _submit(self, stamp_ns: int, image, labels) -> None:
         self._count_missing_labels(labels)
@@ -328,12 +362,16 @@ class RecorderNode(Node):
             self._reported_drops = dropped
 
     def _apply_gate(self, action: Optional[str]) -> None:
-        if action == 'start' and not self.session.recording:
+        if action == 'start' and not self._accepting_frames:
             self._start(f'speed above {self.gate.speed_threshold} m/s')
-        elif action == 'stop' and self.session.recording:
+        elif action == 'stop' and self._accepting_frames:
             self._stop(f'speed below {self.gate.speed_threshold} m/s')
 
-    def _start(self, reason: str):
+    def _start(self, reason: str) -> Tuple[bool, str]:
+        if self._stop_reason is not None:
+            # The frames before the stop are labelled with what has arrived so far.
+            self._flush_pending()
+            self._finish_stop()
         ok, message = self.session.start(reason)
         if ok:
             self.get_logger().info(f'recording: {message}')
@@ -342,13 +380,26 @@ class RecorderNode(Node):
         self._publish_status()
         return ok, message
 
-    def _stop(self, reason: str):
-        self._flush_pending()
+    def _stop(self, reason: str) -> Tuple[bool, str]:
+        """Stop taking frames; the episode ends once the frames before the stop are labelled.
+
+        A frame's command or IMU sample may arrive just after the stop request, so the
+        frames still pending wait for their labels as usual (at most
+        ``synchroniser.max_wait_s``) before the session stops.
+        """
+        if not self._accepting_frames:
+            return False, 'not recording'
+        self._stop_reason = reason
+        if not self.synchroniser.pending:
+            self._finish_stop()
+        return True, f'recording stopped ({reason})'
+
+    def _finish_stop(self) -> None:
+        reason, self._stop_reason = self._stop_reason, None
         ok, message = self.session.stop(reason)
         if ok:
             self.get_logger().info(message)
         self._publish_status()
-        return ok, message
 
     def _flush_pending(self) -> None:
         for stamp_ns, image, labels in self.synchroniser.pop_ready(self._now_s(), flush=True):
@@ -364,9 +415,16 @@ class RecorderNode(Node):
         return response
 
     def _on_event(self, level: str, message: str) -> None:
-        # Called on the writer thread; rclpy loggers are thread-safe.
-        {'info': self.get_logger().info, 'warning': self.get_logger().warning,
-         'error': self.get_logger().error}.get(level, self.get_logger().info)(message)
+        # Called on the writer thread; rclpy loggers are thread-safe. Each severity needs
+        # its own call site, because rclpy (Kilted) raises ValueError when one line logs
+        # with two severities.
+        logger = self.get_logger()
+        if level == 'error':
+            logger.error(message)
+        elif level == 'warning':
+            logger.warning(message)
+        else:
+            logger.info(message)
 
     def _publish_status(self) -> None:
         status = self.session.status()
@@ -398,6 +456,8 @@ class RecorderNode(Node):
         Returns False when the episode writer did not finish in time.
         """
         self._flush_pending()
+        if self._stop_reason is not None:
+            self._finish_stop()
         finished = self.session.close('shutdown')
         status = self.session.status()
         if not finished:
