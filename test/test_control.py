@@ -50,6 +50,13 @@ def test_limiter_negative_dt_holds_command():
     np.testing.assert_allclose(limiter.apply([3.0, 3.0], -1.0), [0.0, 0.0])
 
 
+def test_limiter_lowered_limit_beats_slew():
+    limiter = OutputLimiter([0.5, 1.0], [0.1, 0.1])
+    limiter.reset([0.5, -1.0])
+    limiter.set_limits([0.1, 0.0], [0.1, 0.1])
+    np.testing.assert_allclose(limiter.apply([0.5, -1.0], 0.05), [0.1, 0.0])
+
+
 def test_limiter_rejects_wrong_limit_count():
     limiter = OutputLimiter([1.0, 1.0], [0.0, 0.0])
     with pytest.raises(ValueError):

@@ -18,7 +18,9 @@ class OutputLimiter:
 
     ``max_abs`` and ``max_rate`` have one entry per command channel; a rate of 0 disables
     the slew-rate limit of that channel. The limiter remembers the last command it returned,
-    so ``reset()`` must follow every fail-safe zero command.
+    so ``reset()`` must follow every fail-safe zero command. The absolute limit wins over
+    the slew-rate limit: after ``set_limits`` lowers a limit, the next command is within it,
+    however far that is from the previous one.
     """
 
     def __init__(self, max_abs: Sequence[float], max_rate: Sequence[float]) -> None:
@@ -48,6 +50,8 @@ class OutputLimiter:
         slewed = np.where(self._max_rate > 0,
                           np.clip(limited, self._previous - max_step, self._previous + max_step),
                           limited)
+        # The previous command may exceed limits that were lowered since it was sent.
+        slewed = np.clip(slewed, -self._max_abs, self._max_abs)
         self._previous = slewed
         return slewed.copy()
 

@@ -62,10 +62,12 @@ SPECS: Tuple[ParameterSpec, ...] = (
     ParameterSpec('max_angular_z', 1.0, 'Limit of the absolute angular velocity command.',
                   unit='rad/s', minimum=0.0, maximum=100.0),
     ParameterSpec('max_linear_accel', 0.0, 'Slew-rate limit of the linear command; 0 disables '
-                  'it. Fail-safe zero commands are not slew-limited.', unit='m/s^2',
+                  'it. Fail-safe zero commands and the drop to a lowered max_linear_x are not '
+                  'slew-limited.', unit='m/s^2',
                   minimum=0.0, maximum=1000.0),
     ParameterSpec('max_angular_accel', 0.0, 'Slew-rate limit of the angular command; 0 '
-                  'disables it. Fail-safe zero commands are not slew-limited.',
+                  'disables it. Fail-safe zero commands and the drop to a lowered '
+                  'max_angular_z are not slew-limited.',
                   unit='rad/s^2', minimum=0.0, maximum=1000.0),
     ParameterSpec('linear_scale', 1.0, "Factor applied to the model's linear_x output before "
                   'the limits, for models trained on normalised commands.',

@@ -26,6 +26,7 @@ from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
 from geometry_msgs.msg import Twist, TwistStamped
 from rcl_interfaces.msg import (FloatingPointRange, IntegerRange, ParameterDescriptor,
                                 SetParametersResult)
+from rclpy.clock import Clock, ClockType
 from rclpy.duration import Duration
 from rclpy.exceptions import ParameterException
 from rclpy.node import Node
@@ -48,6 +49,11 @@ from liquid_control.nodes.qos import command_qos, sensor_qos
 NODE_NAME = 'policy_node'
 WARN_THROTTLE_S = 2.0
 SHUTDOWN_ACK_TIMEOUT_S = 1.0
+# Seconds of steady time without a control tick, beyond one control period, after which
+# the node warns and publishes a zero command. The control timer runs on the ROS clock, so
+# with use_sim_time it stops when /clock stops.
+TICK_STALL_S = 1.0
+TICK_STALL_CHECK_PERIOD_S = 0.25
 
 
 def _descriptor(spec) -> ParameterDescriptor:
@@ -90,7 +96,10 @@ class PolicyNode(Node):
         self._imu_received: Optional[float] = None
         self._last_expected_tick: Optional[float] = None
         self._ticked = False  # whether the control timer has fired since start-up
-        self._elapsed = ElapsedTime()
+        self._last_tick_steady = time.monotonic()
+        self._tick_stall_reported = False
+        self._step_clock = ElapsedTime()  # every control step, to detect a clock jump back
+        self._elapsed = ElapsedTime()  # policy steps only: the time step of the network
         self._limiter = OutputLimiter(*self._limits(self.params))
         self._watchdog = InputWatchdog(
             self.params.input_timeout, self.params.imu_timeout, self._imu_required,
@@ -149,6 +158,8 @@ class PolicyNode(Node):
         self.create_service(Trigger, '~/reset', self._on_reset)
         self._timer = self.create_timer(self.params.control_period, self._on_control_tick)
         self.create_timer(self.params.diagnostics_period, self._publish_diagnostics)
+        self.create_timer(TICK_STALL_CHECK_PERIOD_S, self._check_tick_stall,
+                          clock=Clock(clock_type=ClockType.STEADY_TIME))
 
     def _log_ready(self) -> None:
         topic = self._image_sub.topic_name
@@ -224,6 +235,10 @@ class PolicyNode(Node):
 
     def _on_control_tick(self, info: TimerInfo) -> None:
         started = time.perf_counter()
+        self._last_tick_steady = time.monotonic()
+        if self._tick_stall_reported:
+            self._tick_stall_reported = False
+            self.get_logger().info('control ticks resumed')
         expected = info.expected_call_time.nanoseconds * 1e-9
         if self._shutting_down:
             return
@@ -256,7 +271,7 @@ class PolicyNode(Node):
         now = self._now()
         period = self.params.control_period
         deadline = expected + period
-        dt, clock_went_back = self._elapsed.update(now)
+        _, clock_went_back = self._step_clock.update(now)
         if clock_went_back:
             self._last_expected_tick = None
             self._reset_state('the clock jumped back')
@@ -272,6 +287,9 @@ class PolicyNode(Node):
             self._publish_zero()
             return
         imu = self._imu if mode is Mode.RUNNING and self._imu_required else None
+        # The network integrates the time since its previous step, skipped ticks included.
+        # After a state reset it starts a new sequence with one control period.
+        dt, _ = self._elapsed.update(now)
         dt = dt if dt is not None and dt > 0 else period
         try:
             outputs = self.runner.step_preprocessed(self._frame, imu, dt)
@@ -367,6 +385,7 @@ class PolicyNode(Node):
 
     def _reset_state(self, reason: str, log: bool = True) -> None:
         self.runner.reset()
+        self._elapsed.reset()
         self.counters.state_resets += 1
         if log:
             self.get_logger().info(f'policy state reset: {reason}')
@@ -429,11 +448,34 @@ class PolicyNode(Node):
             self._watchdog.continue_without_imu = params.imu_stale_action == 'continue'
             if params.control_rate_hz != self.params.control_rate_hz:
                 self._timer.timer_period_ns = int(round(params.control_period * 1e9))
+                # The timer keeps the next call time of the old period (seen with rclpy
+                # Kilted), which is up to 10 s away at 0.1 Hz.
+                self._timer.reset()
                 self._last_expected_tick = None
             self.params = params
         self.get_logger().info(
             'parameters set: ' + ', '.join(f'{name}={value!r}' for name, value in changes.items()))
         return SetParametersResult(successful=True)
+
+    def _check_tick_stall(self) -> None:
+        """Warn and publish one zero command when the control timer stops firing."""
+        silent = time.monotonic() - self._last_tick_steady
+        if (self._shutting_down or self._tick_stall_reported
+                or silent <= self.params.control_period + TICK_STALL_S):
+            return
+        self._tick_stall_reported = True
+        if self.get_clock().ros_time_is_active:
+            cause = ('the ROS clock has not advanced (use_sim_time is true): check that '
+                     '/clock is published')
+        else:
+            # NOTE: not tested. Without use_sim_time the ticks follow the system clock, so
+            # setting that clock back may hold them until it catches up.
+            cause = 'the clock did not reach the next tick: was the system clock set back?'
+        self.get_logger().warning(f'no control tick for {silent:.1f} s: {cause}. Zero command '
+                                  'published; policy commands resume with the control ticks')
+        with self._lock:
+            if not self._shutting_down:
+                self._publish_zero()
 
     def _publish_diagnostics(self) -> None:
         now = self._now()
