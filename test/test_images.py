@@ -118,3 +118,53 @@ def test_check_compressed_damaged_png_raises():
 def test_check_compressed_other_format_raises():
     with pytest.raises(DataError, match='neither JPEG nor PNG'):
         check_compressed(b'GIF89a' + bytes(20))
+
+
+def _with_declared_size(data: bytes, width: int, height: int) -> bytes:
+    """Return a JPEG or PNG whose header declares another size; the pixel data stays."""
+    import struct
+    import zlib
+
+    patched = bytearray(data)
+    if data.startswith(b'\x89PNG'):
+        patched[16:24] = struct.pack('>II', width, height)
+        # The IHDR chunk's CRC covers its type and data.
+        patched[29:33] = struct.pack('>I', zlib.crc32(bytes(patched[12:29])))
+    else:
+        frame = data.index(b'\xff\xc0')
+        patched[frame + 5:frame + 9] = struct.pack('>HH', height, width)
+    return bytes(patched)
+
+
+@pytest.mark.parametrize('extension', ['.jpg', '.png'])
+@pytest.mark.parametrize('shape', [(1, 1, 3), (120, 160, 3), (48, 64)])
+def test_compressed_image_size_reads_header(extension, shape):
+    from liquid_control.data.images import compressed_image_size
+
+    encoded = cv2.imencode(extension, np.zeros(shape, np.uint8))[1].tobytes()
+    assert compressed_image_size(encoded) == (shape[1], shape[0])
+
+
+def test_compressed_image_size_progressive_and_exif():
+    from liquid_control.data.images import compressed_image_size
+
+    image = np.zeros((30, 40, 3), np.uint8)
+    progressive = cv2.imencode('.jpg', image, [cv2.IMWRITE_JPEG_PROGRESSIVE, 1])[1].tobytes()
+    assert b'\xff\xc2' in progressive
+    assert compressed_image_size(progressive) == (40, 30)
+    # An APP1 segment of 60,000 bytes before the frame header, as large EXIF data puts it.
+    baseline = cv2.imencode('.jpg', image)[1].tobytes()
+    app1 = b'\xff\xe1' + (60002).to_bytes(2, 'big') + bytes(60000)
+    assert compressed_image_size(baseline[:2] + app1 + baseline[2:]) == (40, 30)
+    assert compressed_image_size(b'not an image') is None
+    assert compressed_image_size(baseline[:4]) is None
+
+
+@pytest.mark.parametrize('extension', ['.jpg', '.png'])
+@pytest.mark.parametrize('width, height', [(16000, 16000), (20000, 10), (8000, 6000)])
+def test_oversized_image_rejected_before_decoding(extension, width, height):
+    bomb = _with_declared_size(_encoded(extension), width, height)
+    with pytest.raises(DataError, match=f'declares {width}x{height} pixels'):
+        decode_compressed(bomb, 'camera')
+    with pytest.raises(DataError, match=f'declares {width}x{height} pixels'):
+        check_compressed(bomb, 'camera')

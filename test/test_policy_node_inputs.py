@@ -92,7 +92,13 @@ def test_raw_malformed_frames_rejected(ros_env, tmp_path, model):
 
 
 JPEG = encode_jpeg(FRAME, 80)
+# A frame header that declares 16000x16000 pixels over the data of a small frame: OpenCV
+# would decode it into a grey 768 MB image, taking seconds, if the size were not checked.
+_FRAME_HEADER = JPEG.index(b'\xff\xc0')
+HUGE_JPEG = (JPEG[:_FRAME_HEADER + 5] + (16000).to_bytes(2, 'big') * 2
+             + JPEG[_FRAME_HEADER + 9:])
 COMPRESSED_CASES = {
+    'jpeg declaring 16000x16000 pixels': (HUGE_JPEG, 'declares 16000x16000 pixels'),
     'truncated jpeg': (JPEG[:len(JPEG) * 2 // 3], 'truncated'),
     'corrupt jpeg': (JPEG[:20] + bytes(len(JPEG) - 22) + JPEG[-2:], 'cannot decode'),
     'not an image': (b'hello world, not an image' * 10, 'neither JPEG nor PNG'),

@@ -6,7 +6,8 @@ returns a C-contiguous ``(H, W, 3)`` uint8 array in RGB order, or raises ``DataE
 with a message that names the value at fault.
 """
 
-from typing import Union
+import struct
+from typing import Optional, Tuple, Union
 
 import cv2
 import numpy as np
@@ -28,6 +29,11 @@ RAW_ENCODINGS = {
 }
 
 MAX_SIDE = 16384
+# The largest compressed image, in pixels, that is decoded: an 8K UHD frame (7680x4320) has
+# 33.2 million. A few hundred bytes of JPEG can declare 16000x16000 pixels, which OpenCV
+# decoded in 3.4 s into 1.5 GB (OpenCV 5.1, the development machine), so the size in the
+# header is checked first.
+MAX_PIXELS = 40_000_000
 
 JPEG_START = b'\xff\xd8\xff'
 JPEG_END = b'\xff\xd9'
@@ -80,6 +86,60 @@ def decode_raw(encoding: str, height: int, width: int, step: int, data: Buffer,
     return cv2.cvtColor(np.ascontiguousarray(image), conversion)
 
 
+# JPEG start-of-frame markers, which carry the image size: C0-CF except DHT (C4), JPG (C8)
+# and DAC (CC). Markers D0-D7 (restart), 01 (TEM) and D8 (start of image) have no length.
+_JPEG_FRAME_MARKERS = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+_JPEG_UNSIZED_MARKERS = frozenset(range(0xD0, 0xD9)) | {0x01}
+
+
+def compressed_image_size(data: bytes) -> Optional[Tuple[int, int]]:
+    """Return ``(width, height)`` from a JPEG or PNG header, or None when it has none.
+
+    Only the header is read, so the size of an image can be checked before decoding it.
+    """
+    if data.startswith(PNG_SIGNATURE):
+        # The IHDR chunk comes first: length (4 bytes), type, width and height (4 each).
+        if len(data) >= 24 and data[12:16] == b'IHDR':
+            width, height = struct.unpack('>II', data[16:24])
+            return width, height
+        return None
+    if not data.startswith(JPEG_START):
+        return None
+    position = 2
+    while position + 4 <= len(data):
+        if data[position] != 0xFF:
+            return None
+        marker = data[position + 1]
+        if marker == 0xFF:
+            position += 1  # a fill byte before the marker
+            continue
+        if marker in _JPEG_UNSIZED_MARKERS:
+            position += 2
+            continue
+        length = struct.unpack('>H', data[position + 2:position + 4])[0]
+        if marker in _JPEG_FRAME_MARKERS:
+            if position + 9 > len(data):
+                return None
+            height, width = struct.unpack('>HH', data[position + 5:position + 9])
+            return width, height
+        if marker == 0xDA:  # start of scan before any frame header
+            return None
+        position += 2 + length
+    return None
+
+
+def _check_declared_size(buffer: bytes, label: str) -> None:
+    size = compressed_image_size(buffer)
+    if size is None:
+        return
+    width, height = size
+    if width > MAX_SIDE or height > MAX_SIDE or width * height > MAX_PIXELS:
+        raise DataError(f'{label} declares {width}x{height} pixels, more than this package '
+                        f'decodes ({MAX_PIXELS:,} pixels, {MAX_SIDE} a side): the header is '
+                        'damaged, or the camera sends frames far larger than a policy uses. '
+                        'Lower the camera resolution.')
+
+
 def decode_compressed(data: Buffer, format: str = '') -> np.ndarray:
     """Decode JPEG or PNG bytes into an ``(H, W, 3)`` uint8 RGB array.
 
@@ -89,6 +149,8 @@ def decode_compressed(data: Buffer, format: str = '') -> np.ndarray:
     buffer = _as_uint8(data)
     if buffer.size == 0:
         raise DataError(f'compressed image ({format or "unknown format"}) is empty')
+    _check_declared_size(buffer.tobytes(),
+                         f'compressed image ({format or "unknown format"}, {buffer.size} bytes)')
     # NOTE: a JPEG cut in its scan data but still ending in an end-of-image marker decodes
     # with a grey lower part. OpenCV only prints a libjpeg warning, so no error is raised.
     image = cv2.imdecode(buffer, cv2.IMREAD_COLOR)
@@ -123,6 +185,7 @@ def check_compressed(data: Buffer, format: str = '') -> str:
         flag, kind = cv2.IMREAD_UNCHANGED, 'PNG'
     else:
         raise DataError(f'{label} starts with {buffer[:8]!r}: it is neither JPEG nor PNG')
+    _check_declared_size(buffer, label)
     # NOTE: like decode_compressed, this accepts a JPEG cut in its scan data that still
     # ends in an end-of-image marker, because libjpeg only warns about it.
     try:
