@@ -158,7 +158,7 @@ def test_repair_leaves_out_damaged_frames(dataset, tmp_path, capsys):
     assert all(episode.finished for episode in episodes)
     assert check_dataset(out)[1].errors == 0
 
-    # Rows keep every stored digit; only the index and frame file names move up.
+    # Rows keep every stored digit. Only the index and the frame file names change.
     source_rows = [row for i, row in enumerate(_rows(source)) if i != 4]
     copied_rows = _rows(out / 'episode_0001')
     assert len(copied_rows) == len(source_rows)
@@ -185,7 +185,7 @@ def test_repair_leaves_out_damaged_frames(dataset, tmp_path, capsys):
     assert unfinished['end_reason'] == 'repaired copy of an unfinished episode'
 
 
-def test_repair_skips_unreadable_episode(dataset, tmp_path, capsys):
+def test_repair_skips_unreadable_episode(dataset, tmp_path):
     (dataset / 'episode_0000' / 'rows.csv').write_text('index,stamp_ns\n0,abc\n')
     results = repair_dataset(dataset, tmp_path / 'out')
     assert results[0].skipped.startswith('cannot be read: ')
@@ -224,7 +224,7 @@ def test_repair_interrupt_deletes_copies(dataset, tmp_path, monkeypatch):
 
 
 def test_train_sigterm_removes_staging_import(tmp_path):
-    # An import on the fly writes into a staging folder of the cache; a stop signal during
+    # An import on the fly writes into a staging folder of the cache. A stop signal during
     # that import leaves neither the staging folder nor a model behind.
     bag = write_sample_bag(tmp_path / 'bag', frames=3000, imu=False).path
     cache = tmp_path / 'cache'
