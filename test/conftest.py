@@ -3,9 +3,11 @@
 import itertools
 import os
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 import pytest
@@ -52,6 +54,25 @@ def ros_env() -> dict:
     env['PYTHONUNBUFFERED'] = '1'
     env['PATH'] = f'{VENV_BIN}{os.pathsep}{env.get("PATH", "")}'
     return env
+
+
+def terminate_when_ready(arguments, ready, description, timeout=60.0):
+    """Run ``liquid-control ARGUMENTS``, send SIGTERM once ``ready()`` is true.
+
+    Returns the exit code and stderr. ``description`` names what ``ready`` waits for, for
+    the failure message when it does not happen within ``timeout`` seconds.
+    """
+    process = subprocess.Popen([str(VENV_BIN / 'liquid-control'), *map(str, arguments)],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + timeout
+    while process.poll() is None and not ready():
+        if time.monotonic() > deadline:
+            process.kill()
+            raise AssertionError(f'{description} did not happen within {timeout} s')
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    _, stderr = process.communicate(timeout=timeout)
+    return process.returncode, stderr
 
 
 PACKAGE_ITEMS = ['package.xml', 'setup.py', 'setup.cfg', 'resource', 'liquid_control',

@@ -3,10 +3,7 @@
 import csv
 import json
 import math
-import shutil
 import signal
-import subprocess
-import time
 
 import cv2
 import numpy as np
@@ -19,7 +16,7 @@ from liquid_control.data.episodes import (EncodedImage, Episode, EpisodeWriter, 
 from liquid_control.errors import DataError
 
 from bag_samples import write_sample_bag
-from conftest import VENV_BIN
+from conftest import terminate_when_ready
 
 RNG = np.random.default_rng(7)
 
@@ -130,6 +127,11 @@ def test_check_rejects_tub_and_missing_folder(shared_data, tmp_path, capsys):
     assert 'not found' in capsys.readouterr().err
 
 
+def test_check_rejects_zero_workers(dataset, capsys):
+    assert main(['dataset', 'check', str(dataset), '--workers', '0']) == 2
+    assert '--workers 0 is invalid: use 1 or more threads' in capsys.readouterr().err
+
+
 def test_load_frame_error_names_check(dataset):
     (dataset / 'episode_0000' / 'frames' / '000002.jpg').write_bytes(b'x')
     with pytest.raises(DataError, match='liquid-control dataset check'):
@@ -229,18 +231,11 @@ def test_train_sigterm_removes_staging_import(tmp_path):
     bag = write_sample_bag(tmp_path / 'bag', frames=3000, imu=False).path
     cache = tmp_path / 'cache'
     model = tmp_path / 'model.lcm'
-    process = subprocess.Popen(
-        [str(VENV_BIN / 'liquid-control'), 'train', str(bag), '--out', str(model),
-         '--cache-dir', str(cache), '--epochs', '1'],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 120
-    while process.poll() is None and not list(cache.glob('.*/episode_0000*')):
-        assert time.monotonic() < deadline, 'the import on the fly started no episode in 120 s'
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    returncode, stderr = terminate_when_ready(
+        ['train', bag, '--out', model, '--cache-dir', cache, '--epochs', '1'],
+        lambda: list(cache.glob('.*/episode_0000*')), 'an episode of the import on the fly',
+        timeout=120)
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert 'liquid-control train: terminated by SIGTERM' in stderr
     assert list(cache.iterdir()) == []
     assert not model.exists()
-    shutil.rmtree(cache, ignore_errors=True)

@@ -1,8 +1,6 @@
 """rosbag2 import: the real EuRoC MCAP bag, topic selection, and damaged bags."""
 
 import signal
-import subprocess
-import time
 
 import cv2
 import numpy as np
@@ -19,7 +17,7 @@ from liquid_control.data.sync import LabelOptions
 from liquid_control.errors import DataError
 
 from bag_samples import FRAME_PERIOD_NS, START_NS, set_stamp, stamp_ns, write_sample_bag
-from conftest import SHARED_DATA, VENV_BIN
+from conftest import SHARED_DATA, terminate_when_ready
 
 EUROC = SHARED_DATA / 'euroc_v101_micro'
 DONKEY_BAG = SHARED_DATA / 'donkey_indoor_train_bag'
@@ -317,16 +315,10 @@ def test_import_sigterm_removes_episodes(tmp_path):
             set_stamp(message, stamp_ns(message) + (i // 30) * 2 * 10**9)
     sample = write_sample_bag(tmp_path / 'bag', frames=3000, imu=False, edit=gaps)
     out = tmp_path / 'out'
-    process = subprocess.Popen(
-        [str(VENV_BIN / 'liquid-control'), 'import', str(sample.path), '--out', str(out)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    deadline = time.monotonic() + 60
-    while not (out / 'episode_0000').is_dir() and process.poll() is None:
-        assert time.monotonic() < deadline, 'the import wrote no episode within 60 s'
-        time.sleep(0.01)
-    process.send_signal(signal.SIGTERM)
-    _, stderr = process.communicate(timeout=60)
-    assert process.returncode == 128 + signal.SIGTERM, stderr
+    returncode, stderr = terminate_when_ready(
+        ['import', sample.path, '--out', out], (out / 'episode_0000').is_dir,
+        'the first finished episode of the import')
+    assert returncode == 128 + signal.SIGTERM, stderr
     assert 'terminated by SIGTERM' in stderr
     assert list(out.iterdir()) == []
 

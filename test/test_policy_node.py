@@ -34,9 +34,11 @@ def launch(ros_env, tmp_path):
     """Start policy_node and a peer on one domain; stop both after the test."""
     started = []
 
-    def start(model, params=None, remaps=(), peer_options=None, extra=(), wait=True):
-        node = NodeProcess(node_command(model, params, remaps, extra=extra), ros_env,
-                           tmp_path / f'node{len(started)}.log')
+    def start(model, params=None, remaps=(), peer_options=None, extra=(), wait=True,
+              command=None):
+        # ``command`` replaces the node command built from the other arguments.
+        command = command or node_command(model, params, remaps, extra=extra)
+        node = NodeProcess(command, ros_env, tmp_path / f'node{len(started)}.log')
         peer = Peer(ros_env, **(peer_options or {}))
         started.append((node, peer))
         if wait:

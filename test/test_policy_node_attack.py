@@ -10,8 +10,12 @@ import sys
 import time
 
 import pytest
+import test_policy_node
+from node_harness import is_zero, node_command, sample_frame
 
-from node_harness import NodeProcess, Peer, is_zero, make_checkpoint, node_command, sample_frame
+# The fixtures of the policy node tests: a node and peer launcher, and a model with IMU.
+launch = test_policy_node.launch
+model = test_policy_node.model
 
 RELAXED = {'input_timeout': 1.0, 'imu_timeout': 1.0}
 
@@ -41,31 +45,6 @@ sys.exit(main())
 '''
 
 
-@pytest.fixture(scope='module')
-def model(tmp_path_factory):
-    return make_checkpoint(tmp_path_factory.mktemp('model') / 'imu.lcm', imu_enabled=True)
-
-
-@pytest.fixture
-def launch(ros_env, tmp_path):
-    """Start policy_node and a peer on one domain; stop both after the test."""
-    started = []
-
-    def start(command, wait=True):
-        node = NodeProcess(command, ros_env, tmp_path / f'node{len(started)}.log')
-        peer = Peer(ros_env)
-        started.append((node, peer))
-        if wait:
-            assert node.wait_for_output('ready:', timeout=60), node.output()
-            peer.wait_connected()
-        return node, peer
-
-    yield start
-    for node, peer in started:
-        node.stop()
-        peer.close()
-
-
 def _set_doubles(peer, values):
     from rcl_interfaces.msg import Parameter, ParameterType, ParameterValue
     from rcl_interfaces.srv import SetParameters
@@ -85,7 +64,7 @@ def test_lowered_limits_apply_at_once(launch, model):
     # to zero.
     params = dict(RELAXED, linear_scale=100.0, angular_scale=100.0, max_linear_x=0.5,
                   max_angular_z=1.0, max_linear_accel=0.1, max_angular_accel=0.2)
-    node, peer = launch(node_command(model, params))
+    node, peer = launch(model, params)
     peer.stream(6.0)
     last = peer.command_list()[-1]
     assert abs(last[1]) == pytest.approx(0.5), node.output()
@@ -102,7 +81,7 @@ def test_lowered_limits_apply_at_once(launch, model):
 
 
 def test_control_rate_change_applies_at_once(launch, model):
-    node, peer = launch(node_command(model, dict(RELAXED, control_rate_hz=0.1)))
+    node, peer = launch(model, dict(RELAXED, control_rate_hz=0.1))
     peer.stream(1.0)
     results = _set_doubles(peer, {'control_rate_hz': 20.0})
     assert results[0].successful
@@ -118,7 +97,7 @@ def test_stopped_sim_clock_warns_and_stops(launch, model):
     from rosgraph_msgs.msg import Clock
 
     params = dict(RELAXED, use_sim_time=True, max_stamp_offset=0.0)
-    node, peer = launch(node_command(model, params), wait=False)
+    node, peer = launch(model, params, wait=False)
     clock_pub = peer.node.create_publisher(Clock, '/clock', 10)
     assert node.wait_for_output('ready:', timeout=60), node.output()
     peer.wait_connected()
@@ -152,7 +131,7 @@ def test_paused_process_time_reaches_policy(launch, model, tmp_path):
     command = node_command(model, RELAXED)
     command[1:3] = [str(script)]
     assert command[0] == sys.executable
-    node, peer = launch(command)
+    node, peer = launch(model, RELAXED, command=command)
     peer.stream(1.0)
     for _ in range(3):
         # A paused process stands for CPU starvation: the first tick after it is late.

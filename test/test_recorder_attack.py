@@ -12,7 +12,8 @@ import time
 import cv2
 import numpy as np
 import pytest
-from test_recorder_node import MS, Recorder, Teacher, _recorder_command
+import test_recorder_node
+from test_recorder_node import MS, _recorder_command
 
 from liquid_control.data.episodes import EncodedImage, FrameLabels, find_episodes
 from liquid_control.data.recording import (HISTORY_S, FrameSynchroniser, RawImage,
@@ -21,30 +22,20 @@ from liquid_control.data.sync import LabelOptions
 
 HOUR_NS = 3600 * 10**9
 
+# The recorder and teacher launcher of the recorder node tests (a pytest fixture).
+recorder_harness = test_recorder_node.harness
+
 
 @pytest.fixture
-def harness(tmp_path, ros_env):
-    started = []
-
+def harness(recorder_harness):
+    """Start a recorder and a teacher that sends stamped commands, with IMU from 50 ms ago."""
     def start(params):
         params = {'command_type': 'twist_stamped', **params}
-        recorder = Recorder(_recorder_command(tmp_path / 'data', params), ros_env,
-                            tmp_path / f'recorder{len(started)}.log')
-        started.append(recorder)
-        assert recorder.wait_for_output('ready:'), recorder.output()
-        teacher = Teacher(ros_env, command_type='twist_stamped',
-                          compressed=bool(params.get('compressed')))
-        started.append(teacher)
-        teacher.wait_connected()
+        recorder, teacher = recorder_harness(params, compressed=bool(params.get('compressed')))
         teacher.imu_start_ns = teacher.now_ns() - 50 * MS
         return recorder, teacher
 
-    yield start
-    for item in reversed(started):
-        if isinstance(item, Teacher):
-            item.close()
-        else:
-            item.kill_if_running()
+    return start
 
 
 def _publish_raw(teacher, stamp_ns, data, step=96):

@@ -28,10 +28,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'unfinished episodes, episodes without a valid command, frames of another size, '
         'blank frames and runs of identical frames (warnings). Exit code 1 when there is an '
         'error, else 0.')
-    check.add_argument('directory', metavar='DIR', help='dataset or episode folder')
+    _add_decoding_arguments(check)
     check.add_argument('--json', action='store_true', help='print the findings as JSON')
-    check.add_argument('--workers', type=int, default=2, metavar='N',
-                       help='threads that decode frames (default: %(default)s)')
     check.set_defaults(dataset_run=_run_check)
 
     repair = actions.add_parser(
@@ -40,12 +38,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         'episodes included, into a new folder. Frames are copied byte for byte with their '
         'rows; damaged frames are left out and listed in the copy\'s metadata.json under '
         'repaired_from. The source is not changed.')
-    repair.add_argument('directory', metavar='DIR', help='dataset or episode folder')
+    _add_decoding_arguments(repair)
     repair.add_argument('--out', required=True, metavar='NEW_DIR',
                         help='folder for the copies, outside DIR; created if needed')
-    repair.add_argument('--workers', type=int, default=2, metavar='N',
-                        help='threads that decode frames (default: %(default)s)')
     repair.set_defaults(dataset_run=_run_repair)
+
+
+def _add_decoding_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add the folder and the decoding threads of the actions that decode every frame."""
+    parser.add_argument('directory', metavar='DIR', help='dataset or episode folder')
+    parser.add_argument('--workers', type=int, default=2, metavar='N',
+                        help='threads that decode frames (default: %(default)s)')
 
 
 KIND_NAMES = {'donkeycar_tub': 'donkeycar tub', 'rosbag2': 'rosbag2', 'ros1_bag': 'ROS 1 bag'}

@@ -31,9 +31,9 @@ COMMANDS = [
     ('bench', 'bench', 'run a speed benchmark (bench core: LTC against ncps)'),
 ]
 
-# Subcommands that clean up on SIGTERM as on Ctrl-C: temporary import folders, unfinished
-# outputs and empty training logs are removed. replay and demo stop their node processes
-# on SIGTERM themselves.
+# Subcommands whose clean-up code also runs on SIGTERM, as on Ctrl-C: an import on the fly
+# removes its staging folder, dataset repair its copies, train an empty log folder. replay
+# and demo stop their node processes on SIGTERM themselves.
 CLEAN_UP_ON_SIGTERM = {'train', 'compare', 'evaluate', 'dataset', 'export'}
 
 

@@ -24,7 +24,7 @@ def _raise_terminated(signum, frame) -> None:
 
 @contextlib.contextmanager
 def sigterm_raises() -> Iterator[None]:
-    """Raise ``Terminated`` on SIGTERM inside the block; restore the old handler after it.
+    """Raise ``Terminated`` on SIGTERM inside the block, then restore the old handler.
 
     Outside the main thread Python cannot install signal handlers, and the block runs
     with SIGTERM's handling unchanged.

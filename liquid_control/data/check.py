@@ -126,8 +126,8 @@ class EpisodeCheck:
 
 
 def _list_frames(indices: Sequence[int], limit: int = 5) -> str:
-    shown = ', '.join(str(index) for index in indices[:limit])
-    return shown + (', ...' if len(indices) > limit else '')
+    listed = ', '.join(str(index) for index in indices[:limit])
+    return listed + (', ...' if len(indices) > limit else '')
 
 
 def inspect_frame(path: Path, index: int) -> FrameReport:
